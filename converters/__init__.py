@@ -1,0 +1,1 @@
+"""geoaware converters: quantized TFLite export and app-ready bundles."""

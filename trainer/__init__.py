@@ -1,0 +1,1 @@
+"""geoaware trainer: datasets, the benchmark world, geo-aware models, training and evaluation."""
