@@ -1,0 +1,224 @@
+"""Range maps: one label's geo score over the world, with real coastlines (the paper's Figure 1).
+
+    python -m trainer.rangemap --model RUN_DIR --label NAME --out PNG [--prior DATA_SPEC]
+
+Panels drawn (one PNG):
+- the post-processing run's geo logit for the label (the learned log P(G|L)/P(G|not L) residual);
+- with --prior, the Bayesian radius prior P(L|G) from the training observations of DATA_SPEC;
+- with --truth WORLD_DIR, the world generator's true range density for the label.
+
+A feature-modulation model has no per-label geo score (location shifts internal features, not
+label logits), so asking for its range map is an error that says to use --prior instead.
+Coastlines are the 0.5 contour of global-land-mask's real land mask.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_STEP_DEG = 1.0
+DEFAULT_RADIUS_MILES = 100.0
+
+
+class RangeMapError(ValueError):
+    """A range map that cannot be drawn: unknown label, a model without geo scores, bad grid."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Cell centres of a regular lat/lon grid; `latlon` is [rows*cols, 2] in row-major order."""
+
+    lats: np.ndarray
+    lons: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.lats), len(self.lons)
+
+    @property
+    def latlon(self) -> np.ndarray:
+        lat, lon = np.meshgrid(self.lats, self.lons, indexing="ij")
+        return np.stack([lat.ravel(), lon.ravel()], axis=-1).astype(np.float32)
+
+
+def world_grid(step_deg: float = DEFAULT_STEP_DEG) -> Grid:
+    if not (0.05 <= step_deg <= 30.0):
+        raise RangeMapError(f"grid step must be in [0.05, 30] degrees, got {step_deg}")
+    lats = np.arange(-90.0 + step_deg / 2, 90.0, step_deg)
+    lons = np.arange(-180.0 + step_deg / 2, 180.0, step_deg)
+    return Grid(lats, lons)
+
+
+def label_index(labels: list[str], name: str) -> int:
+    """Index of `name` in `labels`; accepts an integer index written as text too."""
+    if name in labels:
+        return labels.index(name)
+    if name.isdigit() and int(name) < len(labels):
+        return int(name)
+    close = [label for label in labels if name.lower() in label.lower()][:5]
+    hint = f"; did you mean one of {close}?" if close else f"; labels start {labels[:5]}"
+    raise RangeMapError(f"label {name!r} is not one of the {len(labels)} labels{hint}")
+
+
+def geo_logits_fn(model):
+    """location [N,2] -> geo logits [N,L] for a post-processing model, without running its CNN.
+
+    The geo logits depend on the location input alone, so a sub-model from that input to the
+    `geo_logits` output is exactly the geo network.
+    """
+    import keras
+
+    outputs = model.output if isinstance(model.output, dict) else {}
+    if "geo_logits" not in outputs:
+        raise RangeMapError(
+            "this model has no 'geo_logits' output: only a post-processing model has a per-label "
+            "geo score. Feature modulation adds location to internal features, so no range map can "
+            "be read off it; draw the radius prior with --prior DATA_SPEC instead")
+    geo = keras.Model(model.input["location"], outputs["geo_logits"])
+    return lambda latlon: np.asarray(geo.predict(np.asarray(latlon, np.float32), batch_size=8192, verbose=0))
+
+
+def prior_scores(train_ds, label: int, latlon: np.ndarray, radius_miles: float) -> np.ndarray:
+    """Bayesian radius prior P(label | G) at each point (eq. 2's histogram, normalised); NaN where
+    no training observation lies within the radius (the prior is undefined there)."""
+    from trainer.priors import LabelHistogram
+
+    latlon_train = np.stack([train_ds.lat, train_ds.lon], axis=-1)
+    counts = LabelHistogram(latlon_train, train_ds.labels, len(train_ds.label_names)).counts(latlon, radius_miles)
+    totals = counts.sum(axis=1)
+    return np.where(totals > 0, counts[:, label] / np.maximum(totals, 1), np.nan)
+
+
+def land_outline(step_deg: float = 0.25) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fine land mask (from global-land-mask's real data) for drawing coastlines as a contour."""
+    from global_land_mask import globe
+
+    grid = world_grid(step_deg)
+    lat, lon = np.meshgrid(grid.lats, grid.lons, indexing="ij")
+    return grid.lons, grid.lats, globe.is_land(lat, lon).astype(np.float32)
+
+
+def draw_panel(ax, grid: Grid, scores: np.ndarray, title: str, marker=None, cmap="viridis", colorbar=True):
+    """One map: scores [rows*cols] on the grid, coastlines, optional (lat, lon) marker."""
+    values = np.asarray(scores, np.float64).reshape(grid.shape)
+    extent = (-180, 180, -90, 90)
+    image = ax.imshow(np.ma.masked_invalid(values), origin="lower", extent=extent, cmap=cmap,
+                      interpolation="nearest", aspect="auto")
+    lons, lats, land = land_outline()
+    ax.contour(lons, lats, land, levels=[0.5], colors="black", linewidths=0.4)
+    if marker is not None:
+        ax.plot(marker[1], marker[0], marker="*", color="red", markersize=10, markeredgecolor="white")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
+    return image
+
+
+def save_figure(fig, out_png) -> Path:
+    """Write a figure as PNG atomically (temp file in the same folder, then rename)."""
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_png.name}.", suffix=".png", dir=out_png.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
+        os.replace(tmp, out_png)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out_png
+
+
+def figure(ncols: int, nrows: int = 1, width: float = 6.0, height: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), dpi=100, squeeze=False)
+    return plt, fig, axes
+
+
+def geo_panel(model, labels, label: str, grid: Grid, source: str = "") -> tuple[str, np.ndarray]:
+    index = label_index(list(labels), label)
+    scores = geo_logits_fn(model)(grid.latlon)[:, index]
+    return f"{label}: post-processing geo logit {source}".strip(), scores
+
+
+def prior_panel(train_ds, label: str, grid: Grid, radius_miles: float) -> tuple[str, np.ndarray]:
+    index = label_index(list(train_ds.label_names), label)
+    return f"{label}: radius prior P(L|G), r = {radius_miles:g} mi", prior_scores(train_ds, index, grid.latlon, radius_miles)
+
+
+def truth_panel(world, label: str, grid: Grid) -> tuple[str, np.ndarray]:
+    index = label_index(list(world.label_names), label)
+    return f"{label}: true range density (world)", np.asarray(world.density(grid.latlon))[:, index]
+
+
+def write_map(out_png, grid: Grid, panels: list[tuple[str, np.ndarray]]) -> Path:
+    """Draw the panels side by side into one PNG (atomically)."""
+    if not panels:
+        raise RangeMapError("no panels to draw")
+    plt, fig, axes = figure(len(panels))
+    try:
+        for ax, (title, scores) in zip(axes[0], panels):
+            draw_panel(ax, grid, scores, title)
+        fig.tight_layout()
+        return save_figure(fig, out_png)
+    finally:
+        plt.close(fig)
+
+
+def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=None,
+              radius_miles: float = DEFAULT_RADIUS_MILES, step_deg: float = DEFAULT_STEP_DEG) -> Path:
+    """Draw every panel that the given sources allow for one label into `out_png`."""
+    if run_dir is None and prior_spec is None and truth_world is None:
+        raise RangeMapError("nothing to draw: give --model RUN_DIR, --prior DATA_SPEC or --truth WORLD_DIR")
+    grid = world_grid(step_deg)
+    panels = []
+    if run_dir is not None:
+        from trainer.checkpoint import load_run
+
+        run = load_run(run_dir)
+        panels.append(geo_panel(run.model, run.labels, label, grid, f"({Path(run_dir).name})"))
+    if prior_spec is not None:
+        from trainer.data import load_split
+
+        panels.append(prior_panel(load_split(prior_spec, "train"), label, grid, radius_miles))
+    if truth_world is not None:
+        from trainer.world import load_world
+
+        panels.append(truth_panel(load_world(truth_world), label, grid))
+    return write_map(out_png, grid, panels)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.rangemap", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="post-processing RUN_DIR: draw its geo network's logit")
+    parser.add_argument("--label", required=True, help="label name (or index)")
+    parser.add_argument("--out", required=True, help="output PNG path")
+    parser.add_argument("--prior", metavar="DATA_SPEC", help="also draw the radius prior from this dataset's train split")
+    parser.add_argument("--truth", metavar="WORLD_DIR", help="also draw the world's true range density")
+    parser.add_argument("--radius-miles", type=float, default=DEFAULT_RADIUS_MILES)
+    parser.add_argument("--step", type=float, default=DEFAULT_STEP_DEG, help="grid step in degrees")
+    args = parser.parse_args(argv)
+    try:
+        out = range_map(args.out, args.label, args.model, args.prior, args.truth, args.radius_miles, args.step)
+    except RangeMapError as exc:
+        parser.error(str(exc))
+    print(f"range map written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
