@@ -133,7 +133,7 @@ def test_fallback_to_image_only_with_no_data_in_range_or_unknown_location():
         ([[0.5, 0.5]], [[1, 1, 1]], "does not match"),
         ([[-1.0, 2.0]], [[1, 1]], "non-negative"),
         ([[0.5, np.nan]], [[1, 1]], "finite"),
-        ([[0.5, 0.5]], [[-1, 1]], "counts must be"),
+        ([[0.5, 0.5]], [[-1, 1]], r"counts \(weights\) must be"),
     ],
 )
 def test_fusion_rejects_bad_input(probs, counts, message):

@@ -88,12 +88,15 @@ def _check_probs_and_counts(image_probs, counts) -> tuple[np.ndarray, np.ndarray
     if not np.isfinite(probs).all() or (probs < 0).any():
         raise ValueError("image_probs must be finite and non-negative (pass probabilities, not logits)")
     if not np.isfinite(hist).all() or (hist < 0).any():
-        raise ValueError("counts must be finite and non-negative")
+        raise ValueError("counts (weights) must be finite and non-negative")
     return probs, hist
 
 
-def _fuse(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Renormalised probs·weights per row; rows where that is all zero keep `probs` (fallback)."""
+def product_scores(image_probs, weights) -> np.ndarray:
+    """Renormalised image_probs·weights per row, the shared form of eqs. 2 and 3 (and of the
+    oracle, with the true range density as weights). Rows where the product is all zero keep
+    `image_probs`: the fallback to the image-only prediction."""
+    probs, weights = _check_probs_and_counts(image_probs, weights)
     fused = probs * weights
     mass = fused.sum(axis=1, keepdims=True)
     # mass == 0: empty histogram, or the image model gave every in-range label exactly 0 — ranking
@@ -110,14 +113,14 @@ def bayesian_prior_scores(image_probs, counts) -> np.ndarray:
     probs, hist = _check_probs_and_counts(image_probs, counts)
     total = hist.sum(axis=1, keepdims=True)
     prior = np.divide(hist, total, out=np.zeros_like(hist), where=total > 0)
-    return _fuse(probs, prior)
+    return product_scores(probs, prior)
 
 
 def whitelist_scores(image_probs, counts) -> np.ndarray:
     """Eq. 3: f(I|L)·1θ(L,G), 1θ = 1 when L has a training observation within the radius; returned
     renormalised per row. Rows whose histogram is empty keep the image probabilities."""
     probs, hist = _check_probs_and_counts(image_probs, counts)
-    return _fuse(probs, (hist > 0).astype(np.float64))
+    return product_scores(probs, (hist > 0).astype(np.float64))
 
 
 PRIOR_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -168,3 +171,33 @@ def sweep_prior(
     val_top1 = {r: top_k_accuracy(fuse(val_probs, histogram.counts(val_latlon, r)), val_labels, 1) for r in radii}
     test_scores = {r: fuse(test_probs, histogram.counts(test_latlon, r)) for r in radii}
     return PriorSweep(method, radii, val_top1, select_radius(val_top1), test_scores)
+
+
+def main(argv=None) -> None:
+    """Time the histogram at iNaturalist scale: `python -m trainer.priors --observations FILE`."""
+    import argparse
+    import time
+
+    from tqdm import tqdm
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--observations", required=True, help="npz with train_locs [N,2] and train_ids [N]")
+    parser.add_argument("--queries", type=int, default=10000, help="query locations drawn from the file")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    with np.load(args.observations) as data:
+        latlon = data["train_locs"].astype(np.float64)
+        _, labels = np.unique(data["train_ids"], return_inverse=True)
+    start = time.perf_counter()
+    hist = LabelHistogram(latlon, labels, int(labels.max()) + 1)
+    print(f"index {len(latlon):,} observations of {hist.num_labels} labels: {time.perf_counter() - start:.2f} s")
+    queries = latlon[np.random.default_rng(args.seed).choice(len(latlon), args.queries, replace=False)]
+    for radius in tqdm(SWEEP_RADII_MILES, desc="radii"):
+        start = time.perf_counter()
+        counts = hist.counts(queries, radius)
+        tqdm.write(f"{radius:>5} mi: {args.queries:,} queries in {time.perf_counter() - start:.2f} s, "
+                   f"mean {counts.sum(1).mean():,.0f} observations and {(counts > 0).sum(1).mean():.1f} labels in range")
+
+
+if __name__ == "__main__":
+    main()
