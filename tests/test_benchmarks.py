@@ -1,0 +1,80 @@
+"""Benchmark helpers on tiny inputs (the benchmarks themselves are run by `make bench`)."""
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import common, geography, run
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "inat500_observations.npz"
+
+
+def test_timing_median_and_quantiles():
+    t = common.timing_of([0.5, 0.1, 0.2, 0.3, 0.4])
+    assert (t.median, t.p10, t.p90, t.repeats) == (0.3, 0.1, 0.5, 5)
+    with pytest.raises(ValueError):
+        common.timing_of([])
+    with pytest.raises(ValueError, match="repeats"):
+        common.time_calls(lambda: None, repeats=0)
+
+
+def test_interleaved_timing_sees_the_slower_callable():
+    timings = common.interleaved({"fast": lambda: None, "slow": lambda: time.sleep(0.002)}, repeats=5, warmup=1)
+    assert timings["slow"].median >= 0.002 > timings["fast"].median
+
+
+def test_ratio_target_verdict_and_reason():
+    met = common.ratio_target("classify overhead", 1.05, 1.0, 1.10, "classify/invoke")
+    missed = common.ratio_target("classify overhead", 1.5, 1.0, 1.10, "classify/invoke", why_missed="resize")
+    assert met.met is True and "1.050x" in met.detail
+    assert missed.met is False and "Why: resize" in missed.detail and "MISSED" in missed.line()
+
+
+def test_split_by_observation_is_a_disjoint_cover():
+    train, test = geography.split_by_observation(100, 0.2, seed=3)
+    assert len(test) == 20 and len(train) == 80
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(100))
+    with pytest.raises(ValueError, match="test_fraction"):
+        geography.split_by_observation(100, 1.0, seed=0)
+
+
+def test_whitelist_stats_hand_computed():
+    counts = np.array([[3, 0, 1],    # true 0 survives, 2 candidates
+                       [0, 0, 2],    # true 1 filtered out, 1 candidate
+                       [0, 0, 0]])   # no data: nothing filtered, 3 candidates, survives
+    stats = geography.whitelist_stats(counts, np.array([0, 1, 1]))
+    assert stats["recall"] == pytest.approx(2 / 3)
+    assert stats["mean_candidates"] == pytest.approx(2.0)
+    assert stats["no_data"] == pytest.approx(1 / 3)
+
+
+def test_location_only_stats_and_smoothing():
+    counts = np.array([[9, 0, 1], [0, 0, 0]])
+    probs = geography.bayesian_location_probs(counts, smoothing=1.0)
+    np.testing.assert_allclose(probs[0], [10 / 13, 1 / 13, 2 / 13])
+    np.testing.assert_allclose(probs[1], [1 / 3] * 3)  # empty histogram: uniform
+    stats = geography.location_only_stats(probs, np.array([0, 2]))
+    assert stats["loglik"] == pytest.approx(np.mean(np.log([10 / 13, 1 / 3])))
+    assert stats["top1"] == 0.5  # row 1 is a 3-way tie, which counts against
+
+
+def test_run_rejects_unknown_sections(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--only", "accuracy,nope"])
+    assert "subset of" in capsys.readouterr().err
+
+
+def test_assemble_marks_missing_sections(tmp_path):
+    (tmp_path / "geography.md").write_text("## Real geography\n\nnumbers\n")
+    doc = run.assemble(tmp_path)
+    assert "numbers" in doc
+    assert "python -m benchmarks.run --only perf" in doc and "python -m benchmarks.run --only accuracy" in doc
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data/inat500_observations.npz is absent")
+def test_real_observations_load_with_consistent_labels():
+    latlon, labels, names = geography.load_observations(DATA)
+    assert latlon.shape == (272037, 2) and len(names) == 500
+    assert labels.min() == 0 and labels.max() == 499
+    assert np.abs(latlon[:, 0]).max() <= 90
