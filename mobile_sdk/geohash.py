@@ -1,0 +1,143 @@
+"""Vectorised integer geohash: cells as uint64 keys, not strings.
+
+A geohash of precision p (characters) has 5p bits that interleave longitude and latitude bisections,
+longitude first. The key is those bits as an integer, so sorting keys sorts cells in the geohash
+Z-order and the string form is just base32 of the key (`to_string`/`from_string`, for humans and
+tests). p <= 12 keeps keys within 60 bits.
+
+Cells are the half-open boxes [lat_min, lat_max) x [lon_min, lon_max); latitude 90 and longitude
+180 fall in the last row/column, as in the reference implementation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MAX_PRECISION = 12
+BASE32 = "0123456789bcdefghjkmnpqrstuvwxyz"
+_BASE32_INDEX = {c: i for i, c in enumerate(BASE32)}
+
+
+def check_precision(precision) -> int:
+    if isinstance(precision, bool) or not isinstance(precision, (int, np.integer)) or not 1 <= precision <= MAX_PRECISION:
+        raise ValueError(f"geohash precision must be an integer in [1, {MAX_PRECISION}], got {precision!r}")
+    return int(precision)
+
+
+def bit_split(precision: int) -> tuple[int, int]:
+    """(latitude bits, longitude bits) of a precision: longitude gets the extra bit of odd totals."""
+    total = 5 * check_precision(precision)
+    return total // 2, total - total // 2
+
+
+def grid_shape(precision: int) -> tuple[int, int]:
+    """(rows, columns) of the cell grid: 2**lat_bits latitude rows by 2**lon_bits longitude columns."""
+    lat_bits, lon_bits = bit_split(precision)
+    return 1 << lat_bits, 1 << lon_bits
+
+
+def cell_size_deg(precision: int) -> tuple[float, float]:
+    """(height, width) of every cell in degrees."""
+    rows, cols = grid_shape(precision)
+    return 180.0 / rows, 360.0 / cols
+
+
+def _spread(values: np.ndarray, bits: int, stride_offset: int, total: int) -> np.ndarray:
+    """Place bit b (MSB first) of `values` at key position total-1-(2b+stride_offset)."""
+    out = np.zeros(values.shape, dtype=np.uint64)
+    for b in range(bits):
+        bit = (values >> np.uint64(bits - 1 - b)) & np.uint64(1)
+        out |= bit << np.uint64(total - 1 - (2 * b + stride_offset))
+    return out
+
+
+def _gather(keys: np.ndarray, bits: int, stride_offset: int, total: int) -> np.ndarray:
+    out = np.zeros(keys.shape, dtype=np.uint64)
+    for b in range(bits):
+        bit = (keys >> np.uint64(total - 1 - (2 * b + stride_offset))) & np.uint64(1)
+        out |= bit << np.uint64(bits - 1 - b)
+    return out
+
+
+def rows_cols_to_keys(rows, cols, precision: int) -> np.ndarray:
+    """Grid indices (row from the south, column from -180) -> keys. Columns wrap around the globe."""
+    lat_bits, lon_bits = bit_split(precision)
+    n_cols = 1 << lon_bits
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.mod(np.asarray(cols, dtype=np.int64), n_cols)
+    if ((rows < 0) | (rows >= 1 << lat_bits)).any():
+        raise ValueError("geohash row index outside the grid")
+    total = lat_bits + lon_bits
+    return _spread(cols.astype(np.uint64), lon_bits, 0, total) | _spread(rows.astype(np.uint64), lat_bits, 1, total)
+
+
+def keys_to_rows_cols(keys, precision: int) -> tuple[np.ndarray, np.ndarray]:
+    lat_bits, lon_bits = bit_split(precision)
+    keys = np.asarray(keys, dtype=np.uint64)
+    total = lat_bits + lon_bits
+    return (_gather(keys, lat_bits, 1, total).astype(np.int64), _gather(keys, lon_bits, 0, total).astype(np.int64))
+
+
+def latlon_to_rows_cols(lat, lon, precision: int) -> tuple[np.ndarray, np.ndarray]:
+    """Degrees -> grid indices. Inputs must be validated (finite, |lat| <= 90); longitude wraps."""
+    rows_n, cols_n = grid_shape(precision)
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.mod(np.asarray(lon, dtype=np.float64) + 180.0, 360.0)  # [0, 360), i.e. wrapped lon + 180
+    rows = np.clip(np.floor((lat + 90.0) * (rows_n / 180.0)), 0, rows_n - 1).astype(np.int64)
+    cols = np.clip(np.floor(lon * (cols_n / 360.0)), 0, cols_n - 1).astype(np.int64)
+    return rows, cols
+
+
+def encode(lat, lon, precision: int) -> np.ndarray:
+    """Degrees -> uint64 keys (vectorised). Callers validate coordinates (mobile_sdk.geo)."""
+    rows, cols = latlon_to_rows_cols(lat, lon, precision)
+    return rows_cols_to_keys(rows, cols, precision)
+
+
+def decode_bounds(keys, precision: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keys -> (lat_min, lat_max, lon_min, lon_max) of each cell, in degrees."""
+    rows, cols = keys_to_rows_cols(keys, precision)
+    height, width = cell_size_deg(precision)
+    lat_min = rows * height - 90.0
+    lon_min = cols * width - 180.0
+    return lat_min, lat_min + height, lon_min, lon_min + width
+
+
+def decode_centres(keys, precision: int) -> tuple[np.ndarray, np.ndarray]:
+    lat_min, lat_max, lon_min, lon_max = decode_bounds(keys, precision)
+    return (lat_min + lat_max) / 2.0, (lon_min + lon_max) / 2.0
+
+
+def neighbours(keys, precision: int) -> np.ndarray:
+    """[N, 8] keys of the surrounding cells (N, NE, E, SE, S, SW, W, NW).
+
+    Longitude wraps across the antimeridian. Beyond a pole there is no cell: those entries hold the
+    cell itself (rows are clamped), so the result is always a valid key.
+    """
+    rows, cols = keys_to_rows_cols(keys, precision)
+    n_rows, _ = grid_shape(precision)
+    offsets = [(1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1)]
+    out = []
+    for d_row, d_col in offsets:
+        r = rows + d_row
+        beyond_pole = (r < 0) | (r >= n_rows)
+        out.append(np.where(beyond_pole, np.asarray(keys, dtype=np.uint64),
+                            rows_cols_to_keys(np.clip(r, 0, n_rows - 1), cols + d_col, precision)))
+    return np.stack(out, axis=-1)
+
+
+def to_string(key: int, precision: int) -> str:
+    check_precision(precision)
+    key = int(key)
+    return "".join(BASE32[(key >> (5 * (precision - 1 - i))) & 31] for i in range(precision))
+
+
+def from_string(text: str) -> tuple[int, int]:
+    """Geohash string -> (key, precision)."""
+    if not isinstance(text, str) or not 1 <= len(text) <= MAX_PRECISION:
+        raise ValueError(f"geohash must be a string of 1..{MAX_PRECISION} characters, got {text!r}")
+    key = 0
+    for ch in text.lower():
+        if ch not in _BASE32_INDEX:
+            raise ValueError(f"invalid geohash character {ch!r} in {text!r}")
+        key = (key << 5) | _BASE32_INDEX[ch]
+    return key, len(text)
