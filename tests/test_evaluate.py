@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+
+from trainer.data import GeoDataset
+from trainer.evaluate import (
+    NAMES,
+    UNKNOWN,
+    EvaluationError,
+    evaluate_methods,
+    render_markdown,
+    tuning_split,
+    without_locations,
+    write_report,
+)
+
+LABEL_NAMES = ["west a", "east a", "west b"]
+SUPER = ["Aves", "Plantae"]
+SUPER_OF_LABEL = np.array([0, 0, 1])
+
+
+def make_ds(latlon, labels):
+    latlon = np.asarray(latlon, dtype=np.float64)
+    labels = np.asarray(labels)
+    known = ~np.isnan(latlon[:, 0])
+    return GeoDataset(
+        paths=np.array([f"img{i}.jpg" for i in range(len(labels))]), labels=labels, lat=latlon[:, 0],
+        lon=latlon[:, 1], has_location=known, dates=np.array([""] * len(labels)),
+        supercategories=SUPER_OF_LABEL[labels], label_names=LABEL_NAMES, supercategory_names=SUPER,
+    )
+
+
+WEST, EAST = (40.0, -120.0), (40.0, -75.0)
+# Label 0 (head, 120 images) lives west, label 1 (tail) east, label 2 (tail) west.
+TRAIN = make_ds([WEST] * 120 + [EAST] * 30 + [WEST] * 20, [0] * 120 + [1] * 30 + [2] * 20)
+# The image model confuses labels 0 and 1 (look-alikes in different regions).
+CONFUSED_TOWARD_1 = [0.3, 0.6, 0.1]
+CONFUSED_TOWARD_0 = [0.6, 0.3, 0.1]
+
+
+def test_evaluate_methods_hand_computed():
+    # Four evaluation images: two label-0 in the west the image model calls label 1, one label-1 in
+    # the east called right, and one label-0 without location called wrong.
+    evalset = make_ds([WEST, WEST, EAST, (np.nan, np.nan)], [0, 0, 1, 0])
+    image = np.array([CONFUSED_TOWARD_1, CONFUSED_TOWARD_1, CONFUSED_TOWARD_1, CONFUSED_TOWARD_1])
+    post = np.array([CONFUSED_TOWARD_0, CONFUSED_TOWARD_0, CONFUSED_TOWARD_1, CONFUSED_TOWARD_1])
+    tune = (image[:2], evalset.locations[:2], evalset.labels[:2])
+    density = np.array([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    out = evaluate_methods(TRAIN, evalset, {"image": image, "postprocess": post, "postprocess_unknown": image},
+                           tune=tune, density=density)
+    methods = out["methods"]
+    assert list(methods) == [NAMES["image"], NAMES["bayesian"], NAMES["whitelist"], NAMES["postprocess"],
+                             NAMES["postprocess"] + UNKNOWN, NAMES["oracle"]]
+    assert methods[NAMES["image"]]["top1"] == 0.25
+    # Whitelist at any radius < ~2400 mi keeps {0, 2} in the west: rows 0, 1 become right; row 3
+    # (unknown location) falls back to the image and stays wrong.
+    assert methods[NAMES["whitelist"]]["top1"] == 0.75
+    assert methods[NAMES["whitelist"]]["head"] == {"n": 3, "top1": 2 / 3, "top5": 1.0}
+    assert methods[NAMES["whitelist"]]["tail"] == {"n": 1, "top1": 1.0, "top5": 1.0}
+    assert methods[NAMES["bayesian"]]["top1"] == 0.75
+    assert methods[NAMES["postprocess"]]["top1"] == 0.75
+    assert methods[NAMES["oracle"]]["top1"] == 0.75
+    assert out["oracle"] == NAMES["oracle"]
+    # Ties go to the smallest radius: every radius gives the same tuning accuracy here.
+    assert out["chosen_radius_miles"] == {"bayesian": 50.0, "whitelist": 50.0}
+    sweep = out["prior_sweep"][NAMES["whitelist"]]
+    assert sweep["val_top1"] == {"50.0": 1.0, "100.0": 1.0, "500.0": 1.0, "1000.0": 1.0}
+    assert sweep["test_top1"]["50.0"] == 0.75
+
+
+def test_second_dataset_uses_the_given_radii_and_needs_no_tuning():
+    evalset = make_ds([EAST], [1])
+    out = evaluate_methods(TRAIN, evalset, {"image": np.array([CONFUSED_TOWARD_0])},
+                           chosen_radii={"bayesian": 100.0, "whitelist": 1000.0})
+    assert "prior_sweep" not in out
+    assert out["chosen_radius_miles"] == {"bayesian": 100.0, "whitelist": 1000.0}
+    assert out["methods"][NAMES["whitelist"]]["top1"] == 1.0
+
+
+def test_bad_inputs_are_evaluation_errors():
+    evalset = make_ds([WEST], [0])
+    with pytest.raises(EvaluationError, match="shape"):
+        evaluate_methods(TRAIN, evalset, {"image": np.ones((2, 3)) / 3})
+    with pytest.raises(EvaluationError, match="tuning data"):
+        evaluate_methods(TRAIN, evalset, {"image": np.ones((1, 3)) / 3})
+    with pytest.raises(EvaluationError, match="needs the image-only run"):
+        evaluate_methods(TRAIN, evalset, {"postprocess": np.ones((1, 3)) / 3}, density=np.ones((1, 3)))
+    with pytest.raises(EvaluationError, match="nothing to evaluate"):
+        evaluate_methods(TRAIN, evalset, {})
+
+
+def test_tuning_split_is_disjoint_stratified_and_seeded():
+    labels = np.repeat(np.arange(4), 10)
+    tune, report = tuning_split(labels, 0.3, seed=1)
+    assert len(np.intersect1d(tune, report)) == 0 and len(tune) + len(report) == 40
+    assert np.bincount(labels[tune]).tolist() == [3, 3, 3, 3]
+    np.testing.assert_array_equal(tuning_split(labels, 0.3, seed=1)[0], tune)
+    assert not np.array_equal(tuning_split(labels, 0.3, seed=2)[0], tune)
+    with pytest.raises(EvaluationError, match="fraction"):
+        tuning_split(labels, 1.0)
+    with pytest.raises(EvaluationError, match="cannot split"):
+        tuning_split(np.arange(3), 0.3)  # one image per label: nothing left to tune on
+
+
+def test_without_locations_keeps_rows_and_makes_every_location_unknown():
+    ds = without_locations(TRAIN)
+    assert len(ds) == len(TRAIN) and (ds.labels == TRAIN.labels).all()
+    assert np.isnan(ds.locations).all() and not ds.has_location.any()
+
+
+def test_report_files_render_every_table(tmp_path):
+    evalset = make_ds([WEST, WEST, EAST, (np.nan, np.nan)], [0, 0, 1, 0])
+    image = np.array([CONFUSED_TOWARD_1] * 4)
+    primary = evaluate_methods(TRAIN, evalset, {"image": image, "featuremod": image, "featuremod_unknown": image},
+                               tune=(image, evalset.locations, evalset.labels))
+    primary["n"] = 4
+    second = evaluate_methods(TRAIN, make_ds([EAST], [1]), {"image": np.array([CONFUSED_TOWARD_0])}, chosen_radii=primary["chosen_radius_miles"])
+    second.update(data="yfcc:x.csv,imgs", n=1, skipped={"unknown_label": 2})
+    report = {"data": "worlddir", "eval_split": "val", "tuning": "tuned elsewhere.", "runs": {"image": "runs/img"},
+              "backbone": "mobilenet_v2", "primary": primary, "second": second}
+    write_report(report, tmp_path / "eval")
+    md = (tmp_path / "eval" / "report.md").read_text()
+    for heading in ("Table 1", "Table 3", "Table 4", "Table 5", "Table 6"):
+        assert f"## {heading}" in md
+    assert "| whitelist | **75.0%** | 75.0% | 75.0% | 75.0% |" in md
+    assert f"| {NAMES['featuremod']}{UNKNOWN} | 25.0% |" in md
+    assert "| Plantae (0) |" not in md and "| Aves (2) | 25.0% |" in md
+    assert "| yfcc:x.csv,imgs | 0.0% | 100.0% | 100.0% | – | – |" in md and "unknown_label=2" in md
+    assert json.loads((tmp_path / "eval" / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert md == render_markdown(report)
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["report.json", "report.md"]  # no temp files left

@@ -1,0 +1,410 @@
+"""Evaluate every method of the paper on one dataset (and optionally a second): report.md + report.json.
+
+    python -m trainer.evaluate --data SPEC [--image RUN] [--postprocess RUN] [--featuremod RUN]
+        [--second-data SPEC] [--out DIR]
+
+Methods (any run may be omitted; what is given is reported):
+- image only (--image), and the geolocation priors built on it: Bayesian prior (eq. 2) and
+  whitelist (eq. 3), swept over 50/100/500/1000 miles;
+- post-processing (--postprocess) and feature modulation (--featuremod), each also with every
+  location replaced by "unknown" (NaN), the behaviour an app gets without location permission;
+- when SPEC is a world folder from trainer.world: the ORACLE, image-only probabilities times the
+  world's true range density, and each method's gap to it.
+
+The prior radius is never chosen on the images it is scored on: with `--eval-split val` (the
+default, as in the paper) a seeded, label-stratified `--tune-fraction` of the validation images
+chooses the radius and every method is reported on the remaining images; with a separate
+`--eval-split test`, the whole `--tune-split` chooses it. Predictions are cached per run, model
+file and dataset under OUT/cache, so re-evaluating is cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from trainer import metrics
+from trainer.data import GeoDataset, load_split
+from trainer.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, product_scores, sweep_prior
+
+logger = logging.getLogger(__name__)
+
+RUN_KINDS = ("image", "postprocess", "featuremod")
+GEO_RUN_KINDS = ("postprocess", "featuremod")
+NAMES = {
+    "image": "image only",
+    "bayesian": "Bayesian prior",
+    "whitelist": "whitelist",
+    "postprocess": "post-process",
+    "featuremod": "feature mod.",
+    "oracle": "oracle: image × true range density",
+}
+UNKNOWN = " (location unknown)"
+REPORT_VERSION = 1
+
+
+class EvaluationError(ValueError):
+    """Runs or datasets that cannot be evaluated together (label lists differ, empty splits...)."""
+
+
+# ---- predictions -------------------------------------------------------------------------------
+
+def without_locations(ds: GeoDataset) -> GeoDataset:
+    """The same rows with every location unknown (NaN), to run a geo model without location."""
+    nan = np.full(len(ds), np.nan)
+    return dataclasses.replace(ds, lat=nan, lon=nan, has_location=np.zeros(len(ds), dtype=bool))
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dataset_fingerprint(ds: GeoDataset) -> str:
+    digest = hashlib.sha256()
+    digest.update("\n".join(ds.paths.tolist()).encode())
+    digest.update(np.ascontiguousarray(ds.lat).tobytes() + np.ascontiguousarray(ds.lon).tobytes())
+    return digest.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _image_size(config) -> int | tuple[int, int]:
+    size = getattr(config, "image_size", None)
+    if size is None:
+        raise EvaluationError(f"run config {type(config).__name__} has no image_size")
+    return size
+
+
+def predict(run, run_dir, ds: GeoDataset, *, batch_size: int = 64, cache_dir: Path | None = None,
+            desc: str = "predict") -> np.ndarray:
+    """float32 [N, L] probabilities of a loaded run on `ds` (row order kept), cached in `cache_dir`
+    under a key of the model file's sha256, the image size and the rows' paths and locations."""
+    from tqdm import tqdm
+
+    from trainer.pipeline import make_dataset
+
+    image_size = _image_size(run.config)
+    cache_file = None
+    if cache_dir is not None:
+        key = hashlib.sha256(
+            f"{_sha256_file(Path(run_dir) / 'model.keras')}|{image_size}|{_dataset_fingerprint(ds)}".encode()
+        ).hexdigest()[:24]
+        cache_file = Path(cache_dir) / f"{Path(run_dir).name}-{key}.npy"
+        if cache_file.exists():
+            probs = np.load(cache_file)
+            if probs.shape == (len(ds), len(run.labels)):
+                logger.info("%s: cached predictions %s", desc, cache_file)
+                return probs
+    batches = make_dataset(ds, image_size, batch_size, training=False)
+    chunks = []
+    for inputs, _ in tqdm(batches, total=math.ceil(len(ds) / batch_size), desc=desc, unit="batch"):
+        chunks.append(np.asarray(run.model(inputs, training=False)["probabilities"], dtype=np.float32))
+    probs = np.concatenate(chunks)
+    if probs.shape != (len(ds), len(run.labels)):
+        raise EvaluationError(f"{desc}: predictions have shape {probs.shape}, expected {(len(ds), len(run.labels))}")
+    if cache_file is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, probs)
+        _atomic_write_bytes(cache_file, buffer.getvalue())
+    return probs
+
+
+# ---- the numpy core: probabilities in, report sections out -------------------------------------
+
+def tuning_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(tune, report) row indices: a seeded `fraction` of each label's rows chooses the prior radius,
+    the rest are reported. Stratified so both halves keep the label mix."""
+    if not 0.0 < fraction < 1.0:
+        raise EvaluationError(f"tune fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    tune = []
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        tune.append(rows[: int(round(fraction * len(rows)))])
+    tune = np.sort(np.concatenate(tune)) if tune else np.zeros(0, dtype=np.int64)
+    report = np.setdiff1d(np.arange(len(labels)), tune)
+    if len(tune) == 0 or len(report) == 0:
+        raise EvaluationError(f"cannot split {len(labels)} images into tuning and reported parts at fraction {fraction}")
+    return tune, report
+
+
+def evaluate_methods(
+    train: GeoDataset,
+    evalset: GeoDataset,
+    probs: Mapping[str, np.ndarray],
+    *,
+    tune: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    chosen_radii: Mapping[str, float] | None = None,
+    radii=SWEEP_RADII_MILES,
+    density: np.ndarray | None = None,
+) -> dict:
+    """Score every method whose probabilities are given and summarise it (trainer.metrics).
+
+    probs: any of "image", "postprocess", "featuremod" and "<kind>_unknown" -> [N, L] on `evalset`.
+    Priors (from probs["image"]): radius swept and chosen on `tune` = (image probs, latlon, labels)
+    of other images, or fixed by `chosen_radii` (e.g. those chosen for the primary dataset).
+    density: the true P(G|L) [N, L] for the oracle row.
+    """
+    num_labels = train.num_labels
+    for key, p in probs.items():
+        if np.shape(p) != (len(evalset), num_labels):
+            raise EvaluationError(f"{key} probabilities have shape {np.shape(p)}, expected {(len(evalset), num_labels)}")
+    head = metrics.head_labels(train.labels, num_labels)
+
+    def summary(scores):
+        return metrics.summarize(scores, evalset.labels, head=head, supercategories=evalset.supercategories,
+                                 supercategory_names=evalset.supercategory_names)
+
+    methods: dict[str, dict] = {}
+    out: dict = {"methods": methods}
+    image = probs.get("image")
+    if image is not None:
+        methods[NAMES["image"]] = summary(image)
+        histogram = LabelHistogram(train.locations, train.labels, num_labels)
+        if chosen_radii is None:
+            if tune is None:
+                raise EvaluationError("the priors need tuning data (tune=...) or fixed chosen_radii")
+            sweeps = {m: sweep_prior(histogram, m, tune, (image, evalset.locations), radii) for m in PRIOR_METHODS}
+            out["prior_sweep"] = {
+                NAMES[m]: {
+                    "val_top1": {str(r): a for r, a in s.val_top1.items()},
+                    "test_top1": {str(r): metrics.top_k_accuracy(sc, evalset.labels, 1) for r, sc in s.test_scores.items()},
+                    "chosen_radius": s.chosen_radius,
+                }
+                for m, s in sweeps.items()
+            }
+            chosen_radii = {m: s.chosen_radius for m, s in sweeps.items()}
+            prior_scores = {m: sweeps[m].test_scores[chosen_radii[m]] for m in PRIOR_METHODS}
+        else:
+            prior_scores = {m: PRIOR_METHODS[m](image, histogram.counts(evalset.locations, chosen_radii[m]))
+                            for m in PRIOR_METHODS}
+        out["chosen_radius_miles"] = {m: float(chosen_radii[m]) for m in PRIOR_METHODS}
+        for m in PRIOR_METHODS:
+            methods[NAMES[m]] = summary(prior_scores[m])
+    for kind in GEO_RUN_KINDS:
+        if kind in probs:
+            methods[NAMES[kind]] = summary(probs[kind])
+        if f"{kind}_unknown" in probs:
+            methods[NAMES[kind] + UNKNOWN] = summary(probs[f"{kind}_unknown"])
+    if density is not None:
+        if image is None:
+            raise EvaluationError("the oracle needs the image-only run (--image)")
+        methods[NAMES["oracle"]] = summary(product_scores(image, density))
+        out["oracle"] = NAMES["oracle"]
+    if not methods:
+        raise EvaluationError("nothing to evaluate: give at least one run")
+    return out
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+def render_markdown(report: dict) -> str:
+    primary = report["primary"]
+    lines = ["# Evaluation report", ""]
+    lines.append(f"Data `{report['data']}`: {primary['n']} images of split `{report['eval_split']}` reported; "
+                 f"{report['tuning']}")
+    lines.append("Runs: " + ", ".join(f"{k} = `{v}`" for k, v in report["runs"].items()) + ".")
+    lines.append("Accuracies are top-k over images; ties count against the prediction. "
+                 f"Head labels have ≥{metrics.HEAD_MIN_TRAIN_IMAGES} training images.")
+    if "prior_sweep" in primary:
+        chosen = ", ".join(f"{NAMES[m]} {r:g} mi" for m, r in primary["chosen_radius_miles"].items())
+        lines += ["", "## Table 1: geolocation priors, top-1 by radius", "",
+                  metrics.table_prior_sweep(primary["prior_sweep"]), "",
+                  f"Bold: the radius chosen on validation ({chosen}); the other columns are shown, not used."]
+    lines += ["", "## Table 3: top-1, top-5, head and tail", "",
+              metrics.table_methods(primary["methods"], oracle=primary.get("oracle"))]
+    if any(UNKNOWN in name for name in primary["methods"]):
+        lines += ["", f"Rows marked “{UNKNOWN.strip()}” ran the same geo model with every location NaN "
+                      "(no location permission); they should match image only within about a point."]
+    lines += ["", "## Table 4: top-1 per supercategory (labels in the evaluated images)", "",
+              metrics.table_supercategories(primary["methods"])]
+    lines += ["", "## Table 5: top-1 by image backbone", "",
+              metrics.table_backbones({report["backbone"]: primary["methods"]})]
+    datasets = {f"{report['data']} ({report['eval_split']})": primary["methods"]}
+    if "second" in report:
+        second = report["second"]
+        datasets[second["data"]] = second["methods"]
+    lines += ["", "## Table 6: top-1 by evaluation data", "", metrics.table_datasets(datasets)]
+    if "second" in report:
+        second = report["second"]
+        skipped = ", ".join(f"{k}={v}" for k, v in second["skipped"].items()) or "none"
+        lines += ["", f"Second data `{second['data']}`: {second['n']} images with labels mapped to the "
+                      f"training label list (skipped: {skipped}); priors use the radii chosen above."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    """report.json and report.md, each written atomically."""
+    out_dir = Path(out_dir)
+    _atomic_write_bytes(out_dir / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    _atomic_write_bytes(out_dir / "report.md", render_markdown(report).encode())
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+def _load_runs(paths: Mapping[str, str | None]) -> dict:
+    from trainer.checkpoint import load_run
+
+    runs = {kind: load_run(path) for kind, path in paths.items() if path}
+    label_lists = {kind: list(run.labels) for kind, run in runs.items()}
+    first = next(iter(label_lists.items()), None)
+    for kind, labels in label_lists.items():
+        if labels != first[1]:
+            raise EvaluationError(f"runs {first[0]} and {kind} have different label lists; "
+                                  "evaluate runs trained on the same labels together")
+    return runs
+
+
+def _world_density(spec: str):
+    """The world's true range density function when SPEC is a trainer.world folder, else None."""
+    if not Path(spec).is_dir():
+        return None
+    try:
+        from trainer.world import load_world
+    except ImportError:
+        logger.warning("trainer.world is not available: no oracle row")
+        return None
+    try:
+        world = load_world(spec)
+    except (OSError, ValueError) as exc:
+        logger.info("%s is not a world folder (%s): no oracle row", spec, exc)
+        return None
+    return world.density
+
+
+def _oracle_density(density_fn, ds: GeoDataset) -> np.ndarray:
+    density = np.zeros((len(ds), ds.num_labels))
+    if ds.has_location.any():  # unknown rows keep 0: the fusion falls back to image only
+        density[ds.has_location] = density_fn(ds.locations[ds.has_location])
+    return density
+
+
+def _predict_all(runs, run_dirs, ds: GeoDataset, args, tag: str) -> dict:
+    probs = {}
+    for kind, run in runs.items():
+        probs[kind] = predict(run, run_dirs[kind], ds, batch_size=args.batch_size, cache_dir=args.cache,
+                              desc=f"{kind} on {tag}")
+        if kind in GEO_RUN_KINDS:
+            probs[f"{kind}_unknown"] = predict(run, run_dirs[kind], without_locations(ds),
+                                               batch_size=args.batch_size, cache_dir=args.cache,
+                                               desc=f"{kind} on {tag}, location unknown")
+    return probs
+
+
+def run_evaluation(args) -> dict:
+    run_dirs = {"image": args.image, "postprocess": args.postprocess, "featuremod": args.featuremod}
+    run_dirs = {k: v for k, v in run_dirs.items() if v}
+    if not run_dirs:
+        raise EvaluationError("give at least one of --image, --postprocess, --featuremod")
+    runs = _load_runs(run_dirs)
+    labels = list(next(iter(runs.values())).labels)
+    train = load_split(args.data, "train", label_names=labels)
+    evalset = load_split(args.data, args.eval_split, label_names=labels)
+    if len(evalset) == 0:
+        raise EvaluationError(f"split {args.eval_split!r} of {args.data} has no usable images")
+    if args.eval_split == args.tune_split:
+        tune_rows, report_rows = tuning_split(evalset.labels, args.tune_fraction, args.seed)
+        tuneset, evalset = evalset.subset(tune_rows), evalset.subset(report_rows)
+        tuning = (f"the prior radius was chosen on {len(tuneset)} other `{args.tune_split}` images "
+                  f"(seeded label-stratified hold-out, fraction {args.tune_fraction}), never on the reported ones.")
+    else:
+        tuneset = load_split(args.data, args.tune_split, label_names=labels)
+        tuning = f"the prior radius was chosen on the {len(tuneset)} images of split `{args.tune_split}`."
+    density_fn = _world_density(args.data)
+    tag = f"{args.eval_split}"
+    probs = _predict_all(runs, run_dirs, evalset, args, tag)
+    tune = None
+    if "image" in runs:
+        tune_probs = predict(runs["image"], run_dirs["image"], tuneset, batch_size=args.batch_size,
+                             cache_dir=args.cache, desc=f"image on {args.tune_split} (tuning)")
+        tune = (tune_probs, tuneset.locations, tuneset.labels)
+    density = _oracle_density(density_fn, evalset) if density_fn and "image" in runs else None
+    primary = evaluate_methods(train, evalset, probs, tune=tune, density=density)
+    primary["n"] = len(evalset)
+    first_config = next(iter(runs.values())).config
+    report = {
+        "version": REPORT_VERSION,
+        "data": args.data,
+        "eval_split": args.eval_split,
+        "tune_split": args.tune_split,
+        "tuning": tuning,
+        "runs": run_dirs,
+        "backbone": str(getattr(runs.get("image", next(iter(runs.values()))).config, "backbone", "unknown")),
+        "image_size": str(_image_size(first_config)),
+        "primary": primary,
+    }
+    if args.second_data:
+        second = load_split(args.second_data, args.second_split, label_names=labels)
+        if len(second) == 0:
+            raise EvaluationError(f"{args.second_data} has no images with labels of the training label list")
+        second_probs = _predict_all(runs, run_dirs, second, args, "second data")
+        section = evaluate_methods(train, second, second_probs, chosen_radii=primary.get("chosen_radius_miles"))
+        section.update(data=args.second_data, n=len(second), skipped=dict(second.skipped))
+        report["second"] = section
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="data SPEC (trainer.data.load_split)")
+    parser.add_argument("--image", help="image-only RUN_DIR (also the base of the priors and the oracle)")
+    parser.add_argument("--postprocess", help="post-processing RUN_DIR")
+    parser.add_argument("--featuremod", help="feature-modulation RUN_DIR")
+    parser.add_argument("--second-data", help="a second evaluation SPEC (Table 6), e.g. yfcc:CSV,IMAGE_ROOT")
+    parser.add_argument("--second-split", default="val", help="split name for the second SPEC (default val)")
+    parser.add_argument("--eval-split", default="val", help="split reported (default val)")
+    parser.add_argument("--tune-split", default="val", help="split that chooses the prior radius (default val)")
+    parser.add_argument("--tune-fraction", type=float, default=0.3,
+                        help="when eval and tune split coincide: fraction held out to choose the radius")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path("out/eval"), help="report folder (default out/eval)")
+    parser.add_argument("--cache", type=Path, help="prediction cache folder (default OUT/cache)")
+    return parser
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    if args.cache is None:
+        args.cache = args.out / "cache"
+    if args.batch_size < 1:
+        raise SystemExit("--batch-size must be positive")
+    try:
+        report = run_evaluation(args)
+    except (EvaluationError, ValueError, OSError) as exc:
+        raise SystemExit(f"evaluate: {exc}") from exc
+    write_report(report, args.out)
+    print(render_markdown(report))
+    print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
