@@ -1,0 +1,187 @@
+"""The tf.data input pipeline and THE image preprocessing spec (mirrored in numpy by
+mobile_sdk.preprocess; a parity test pins the two together, so keep these names and signatures).
+
+Image spec (docs/CONTRACTS.md "Images"):
+1. `decode_image`: JPEG or PNG bytes -> RGB uint8 [h, w, 3]; grayscale is replicated to three
+   channels, RGBA drops its alpha channel (no blending against a background).
+2. `resize_image`: to (H, W) with bilinear interpolation, half-pixel centres, no antialiasing, no
+   crop, no aspect-ratio preservation (`tf.image.resize(..., "bilinear", antialias=False)`),
+   computed in float32, then round half to even, clip to [0, 255], cast to uint8. An image that
+   already has size (H, W) passes through unchanged.
+3. The model receives uint8 [H, W, 3] and scales pixels inside its graph.
+
+Training augmentation (random crop, horizontal flip) is applied between steps 1 and 2, in tf.data
+only; the evaluation path is deterministic and is exactly steps 1-2.
+
+Elements of every dataset built here:
+    ({"image": uint8 [B, H, W, 3], "location": float32 [B, 2] degrees, NaN = unknown}, label int32 [B])
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from .data import GeoDataset
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Random crop: fraction of the image area kept, and the aspect-ratio range of the crop box.
+CROP_AREA = (0.6, 1.0)
+CROP_ASPECT = (3 / 4, 4 / 3)
+
+TFRECORD_INDEX = "index.json"
+TFRECORD_FORMAT = "geoaware-tfrecords"
+TFRECORD_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "lat": tf.io.FixedLenFeature([], tf.float32),
+    "lon": tf.io.FixedLenFeature([], tf.float32),
+    "has_location": tf.io.FixedLenFeature([], tf.int64),
+    "supercategory": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def decode_image(data) -> tf.Tensor:
+    """JPEG/PNG bytes (Python bytes or a scalar string tensor) -> RGB uint8 tensor [h, w, 3].
+
+    Grayscale is replicated to 3 channels; RGBA/grey+alpha drop the alpha channel. Works eagerly
+    (call `.numpy()` on the result) and inside tf.data."""
+    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize_image(image, size) -> tf.Tensor:
+    """uint8 [h, w, 3] -> uint8 [H, W, 3], exactly the spec above (size = (H, W))."""
+    height, width = int(size[0]), int(size[1])
+    image = tf.convert_to_tensor(image)
+    if image.dtype != tf.uint8:
+        raise ValueError(f"resize_image expects uint8 pixels, got {image.dtype.name}")
+    resized = tf.image.resize(tf.cast(image, tf.float32), (height, width), method="bilinear", antialias=False)
+    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    # Same size: return the input itself so the pass-through is exact by construction.
+    same = tf.logical_and(tf.equal(tf.shape(image)[0], height), tf.equal(tf.shape(image)[1], width))
+    out = tf.cond(same, lambda: image, lambda: resized)
+    out.set_shape([height, width, 3])
+    return out
+
+
+def augment_image(image, seed) -> tf.Tensor:
+    """Training only: a random crop (CROP_AREA of the area, CROP_ASPECT ratios), then a random
+    horizontal flip. `seed` is a [2] int tensor, so augmentation is reproducible per element."""
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seeds[0],
+        min_object_covered=0.0, aspect_ratio_range=CROP_ASPECT, area_range=CROP_AREA,
+        max_attempts=20, use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop_size)
+    return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+
+
+def _location(lat, lon, has_location) -> tf.Tensor:
+    nan = tf.constant(float("nan"), tf.float32)
+    known = tf.cast(has_location, tf.bool)
+    return tf.stack([tf.where(known, tf.cast(lat, tf.float32), nan), tf.where(known, tf.cast(lon, tf.float32), nan)])
+
+
+def _finish(ds: tf.data.Dataset, image_size, batch_size: int, training: bool, shuffle_seed: int,
+            location_dropout: float, drop_remainder: bool) -> tf.data.Dataset:
+    """(encoded bytes, location, label) elements -> decoded, augmented, resized, batched."""
+    size = (int(image_size[0]), int(image_size[1])) if np.ndim(image_size) else (int(image_size),) * 2
+    if training:
+        # A seeded stream of per-element seeds keeps augmentation reproducible under parallel map.
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=shuffle_seed).batch(2)))
+    else:
+        ds = ds.map(lambda *element: (element, tf.zeros([2], tf.int64)))
+
+    def prepare(element, seed):
+        data, location, label = element
+        image = decode_image(data)
+        if training:
+            image = augment_image(image, seed)
+            if location_dropout > 0:
+                # Drop the location to unknown (NaN) sometimes, so geo models learn to work without it.
+                u = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 7))
+                location = tf.where(u < location_dropout, tf.fill([2], float("nan")), location)
+        return {"image": resize_image(image, size), "location": location}, label
+
+    return (ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+            .batch(batch_size, drop_remainder=drop_remainder)
+            .prefetch(AUTOTUNE))
+
+
+def _check_args(batch_size, location_dropout):
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0.0 <= float(location_dropout) < 1.0:
+        raise ValueError(f"location_dropout must be in [0, 1), got {location_dropout}")
+
+
+def make_dataset(ds: GeoDataset, image_size, batch_size: int, training: bool, shuffle_seed: int = 0,
+                 repeat: bool = False, location_dropout: float = 0.0, drop_remainder: bool = False,
+                 shuffle_buffer: int | None = None) -> tf.data.Dataset:
+    """GeoDataset -> tf.data yielding ({"image", "location"}, label) batches (module docstring).
+
+    training=True shuffles (seeded, reshuffled every epoch), augments, and optionally replaces a
+    `location_dropout` fraction of locations by NaN. training=False keeps the dataset's row order
+    and is deterministic. `image_size` is H or (H, W). `repeat=True` repeats forever."""
+    _check_args(batch_size, location_dropout)
+    if len(ds) == 0:
+        raise ValueError("cannot make a tf.data pipeline from an empty dataset")
+    locations = np.where(ds.has_location[:, None], ds.locations, np.nan).astype(np.float32)
+    elements = tf.data.Dataset.from_tensor_slices((ds.paths, locations, ds.labels.astype(np.int32)))
+    if training:
+        elements = elements.shuffle(shuffle_buffer or len(ds), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+        elements = elements.repeat()
+    elements = elements.map(lambda path, loc, label: (tf.io.read_file(path), loc, label),
+                            num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _finish(elements, image_size, batch_size, training, shuffle_seed, location_dropout, drop_remainder)
+
+
+def read_tfrecord_index(path) -> dict:
+    """The index.json of a folder written by `python -m trainer.prepare` (one split)."""
+    index_path = Path(path) / TFRECORD_INDEX
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{index_path} not found: is {path} a split folder written by trainer.prepare?") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {index_path}: {exc}") from None
+    if index.get("format") != TFRECORD_FORMAT:
+        raise ValueError(f"{index_path}: not a {TFRECORD_FORMAT} index (format={index.get('format')!r})")
+    missing = [s for s in index["shards"] if not (Path(path) / s).is_file()]
+    if missing:
+        raise ValueError(f"{path}: shard(s) listed in the index are missing: {missing}")
+    return index
+
+
+def make_dataset_from_tfrecords(path, image_size, batch_size: int, training: bool, shuffle_seed: int = 0,
+                                repeat: bool = False, location_dropout: float = 0.0,
+                                drop_remainder: bool = False, shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+    """Like make_dataset, from a split folder written by trainer.prepare (same element structure).
+
+    Training shuffles the shard order and a `shuffle_buffer` of records; evaluation reads the
+    shards in order, deterministically."""
+    _check_args(batch_size, location_dropout)
+    index = read_tfrecord_index(path)
+    files = [os.path.join(str(path), s) for s in index["shards"]]
+    shards = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        shards = shards.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    records = shards.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                                num_parallel_calls=AUTOTUNE, deterministic=True)
+    if training:
+        records = records.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+        records = records.repeat()
+
+    def parse(record):
+        f = tf.io.parse_single_example(record, TFRECORD_FEATURES)
+        return f["image"], _location(f["lat"], f["lon"], f["has_location"]), tf.cast(f["label"], tf.int32)
+
+    records = records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _finish(records, image_size, batch_size, training, shuffle_seed, location_dropout, drop_remainder)
