@@ -280,21 +280,25 @@ def _load_runs(paths: Mapping[str, str | None]) -> dict:
     return runs
 
 
-def _world_density(spec: str):
-    """The world's true range density function when SPEC is a trainer.world folder, else None."""
+def _world_density(spec: str, labels: list[str]):
+    """latlon -> true range density [N, L] in `labels` order when SPEC is a trainer.world folder
+    holding every label, else None (no oracle row)."""
     if not Path(spec).is_dir():
         return None
-    try:
-        from trainer.world import load_world
-    except ImportError:
-        logger.warning("trainer.world is not available: no oracle row")
-        return None
+    from trainer.world import load_world
+
     try:
         world = load_world(spec)
     except (OSError, ValueError) as exc:
         logger.info("%s is not a world folder (%s): no oracle row", spec, exc)
         return None
-    return world.density
+    column = {name: i for i, name in enumerate(world.label_names)}
+    missing = [name for name in labels if name not in column]
+    if missing:
+        logger.warning("the world lacks %d of the run's labels (e.g. %r): no oracle row", len(missing), missing[0])
+        return None
+    order = np.array([column[name] for name in labels])
+    return lambda latlon: world.density(latlon)[:, order]
 
 
 def _oracle_density(density_fn, ds: GeoDataset) -> np.ndarray:
@@ -335,7 +339,7 @@ def run_evaluation(args) -> dict:
     else:
         tuneset = load_split(args.data, args.tune_split, label_names=labels)
         tuning = f"the prior radius was chosen on the {len(tuneset)} images of split `{args.tune_split}`."
-    density_fn = _world_density(args.data)
+    density_fn = _world_density(args.data, labels)
     tag = f"{args.eval_split}"
     probs = _predict_all(runs, run_dirs, evalset, args, tag)
     tune = None
