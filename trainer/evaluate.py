@@ -26,8 +26,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -81,15 +79,9 @@ def _dataset_fingerprint(ds: GeoDataset) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from trainer.checkpoint import atomic_write_bytes  # the one home of atomic writes (imports keras)
+
+    atomic_write_bytes(path, data)
 
 
 def _image_size(config) -> int | tuple[int, int]:
