@@ -1,0 +1,181 @@
+"""Training configuration: frozen dataclasses, validated at construction, saved as RUN_DIR/config.json
+with every run and round-trippable (`TrainConfig.from_json(cfg.to_json()) == cfg`).
+
+Smoke run (seconds, on a world from `python -m trainer.world --preset tiny --out /tmp/world`):
+    python -m trainer.train --data /tmp/world --model image --image-size 32 --alpha 0.35 --epochs 1 --out /tmp/run_image
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+import keras
+
+from mobile_sdk.encoding import DEFAULT_ENCODING, ENCODINGS
+from trainer.layers import DEFAULT_VARIANT, VARIANTS
+from trainer.models import BACKBONES, MIN_IMAGE_SIZE, MODEL_KINDS, default_modulated_layers
+
+OPTIMIZERS = ("sgd", "rmsprop", "adam")
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
+FORMAT_VERSION = 1
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"invalid config field {field_name!r}: {message}")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer and step-decay schedule: lr * decay_rate ** floor(epoch / decay_epochs)."""
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    decay_rate: float = 1.0  # 1.0 = no decay
+    decay_epochs: float = 1.0
+    momentum: float = 0.0
+    rho: float = 0.9  # rmsprop only
+    epsilon: float = 1e-7
+
+    def __post_init__(self):
+        _require(self.name in OPTIMIZERS, "optimizer.name", f"{self.name!r} is not one of {OPTIMIZERS}")
+        _require(self.learning_rate > 0 and math.isfinite(self.learning_rate), "optimizer.learning_rate",
+                 f"must be a positive finite number, got {self.learning_rate}")
+        _require(0 < self.decay_rate <= 1, "optimizer.decay_rate", f"must be in (0, 1], got {self.decay_rate}")
+        _require(self.decay_epochs > 0, "optimizer.decay_epochs", f"must be > 0, got {self.decay_epochs}")
+        _require(0 <= self.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(0 < self.rho < 1, "optimizer.rho", f"must be in (0, 1), got {self.rho}")
+        _require(self.epsilon > 0, "optimizer.epsilon", f"must be > 0, got {self.epsilon}")
+
+    @classmethod
+    def for_model(cls, model: str) -> "OptimizerConfig":
+        """Paper defaults for the geo models; Adam for training the image model from scratch."""
+        if model == "postprocess":
+            # Paper: LR 0.02 without decay; the optimizer is not stated, we use SGD + momentum.
+            return cls(name="sgd", learning_rate=0.02, momentum=0.9)
+        if model == "featuremod":
+            # Paper: RMSprop 0.0045, x0.94 every 4 epochs; rho/momentum/epsilon are the TF-slim
+            # settings of the iNat baseline it starts from.
+            return cls(name="rmsprop", learning_rate=0.0045, decay_rate=0.94, decay_epochs=4.0,
+                       momentum=0.9, rho=0.9, epsilon=1.0)
+        return cls()
+
+    def build(self, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+        lr = self.learning_rate
+        if self.decay_rate < 1.0:
+            lr = keras.optimizers.schedules.ExponentialDecay(
+                lr, decay_steps=max(1, round(self.decay_epochs * steps_per_epoch)),
+                decay_rate=self.decay_rate, staircase=True)
+        if self.name == "sgd":
+            return keras.optimizers.SGD(lr, momentum=self.momentum)
+        if self.name == "rmsprop":
+            return keras.optimizers.RMSprop(lr, rho=self.rho, momentum=self.momentum, epsilon=self.epsilon)
+        return keras.optimizers.Adam(lr, epsilon=self.epsilon)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Fields left None get the model kind's default."""
+    data: str
+    model: str = "image"
+    backbone: str = "mobilenet_v2"
+    alpha: float = 1.0
+    image_size: int = 224
+    weights: str = "none"  # imagenet | none | PATH (backbone weights, used when not --init)
+    init: str | None = None  # image-only RUN_DIR; required for postprocess, recommended for featuremod
+    encoding: str = DEFAULT_ENCODING
+    modulated_layers: tuple[str, ...] | None = None
+    variant: str = DEFAULT_VARIANT
+    location_dropout: float | None = None
+    dropout: float = 0.2
+    optimizer: OptimizerConfig | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+    strategy: str = "default"
+    tpu: str = ""  # TPU name or grpc address for --strategy tpu ("" = the environment's default)
+    steps_per_epoch: int | None = None  # cap, for smoke runs; None = the whole training set
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        _require(isinstance(self.data, str) and self.data != "", "data", "a data SPEC is required")
+        _require(self.model in MODEL_KINDS, "model", f"{self.model!r} is not one of {MODEL_KINDS}")
+        _require(self.backbone in BACKBONES, "backbone", f"{self.backbone!r} is not one of {BACKBONES}")
+        _require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        _require(self.backbone == "mobilenet_v2" or self.alpha == 1.0, "alpha",
+                 f"applies to mobilenet_v2 only; inception_v3 needs 1.0, got {self.alpha}")
+        _require(isinstance(self.image_size, int) and self.image_size >= MIN_IMAGE_SIZE[self.backbone],
+                 "image_size", f"{self.backbone} needs an int >= {MIN_IMAGE_SIZE[self.backbone]}, got {self.image_size}")
+        _require(isinstance(self.weights, str) and self.weights != "", "weights", "use imagenet, none or a PATH")
+        _require(self.model != "postprocess" or self.init, "init",
+                 "post-processing needs --init RUN_DIR of a trained image-only model")
+        _require(self.model != "image" or not self.init, "init", "applies to postprocess and featuremod only")
+        _require(self.encoding in ENCODINGS, "encoding", f"{self.encoding!r} is not one of {ENCODINGS}")
+        _require(self.variant in VARIANTS, "variant", f"{self.variant!r} is not one of {sorted(VARIANTS)}")
+        if self.modulated_layers is None:
+            object.__setattr__(self, "modulated_layers", default_modulated_layers(self.backbone))
+        object.__setattr__(self, "modulated_layers", tuple(self.modulated_layers))
+        _require(len(self.modulated_layers) > 0 and all(isinstance(n, str) for n in self.modulated_layers),
+                 "modulated_layers", "need at least one layer name")
+        if self.location_dropout is None:
+            # Post-processing is exact without a location (geo logits gated to 0), so dropping
+            # locations would only discard training signal; feature modulation must learn it.
+            object.__setattr__(self, "location_dropout", 0.1 if self.model == "featuremod" else 0.0)
+        _require(0 <= self.location_dropout < 1, "location_dropout", f"must be in [0, 1), got {self.location_dropout}")
+        _require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.optimizer is None:
+            object.__setattr__(self, "optimizer", OptimizerConfig.for_model(self.model))
+        elif isinstance(self.optimizer, dict):
+            object.__setattr__(self, "optimizer", OptimizerConfig(**self.optimizer))
+        _require(isinstance(self.optimizer, OptimizerConfig), "optimizer", "must be an OptimizerConfig")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 1, name, f"must be an int >= 1, got {value!r}")
+        _require(self.steps_per_epoch is None or (isinstance(self.steps_per_epoch, int) and self.steps_per_epoch >= 1),
+                 "steps_per_epoch", f"must be None or an int >= 1, got {self.steps_per_epoch!r}")
+        _require(isinstance(self.seed, int), "seed", f"must be an int, got {self.seed!r}")
+        _require(self.strategy in STRATEGIES, "strategy", f"{self.strategy!r} is not one of {STRATEGIES}")
+        _require(self.format_version == FORMAT_VERSION, "format_version",
+                 f"this trainer reads version {FORMAT_VERSION}, got {self.format_version}")
+
+    @property
+    def weights_arg(self) -> str | None:
+        """`weights` as keras.applications takes it."""
+        return None if self.weights == "none" else self.weights
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["modulated_layers"] = list(self.modulated_layers)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        if not isinstance(values, dict):
+            raise ValueError(f"a TrainConfig must be a JSON object, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(values) - known)
+        if extra:
+            raise ValueError(f"unknown config fields {extra}; known fields are {sorted(known)}")
+        values = dict(values)
+        if isinstance(values.get("optimizer"), dict):
+            opt = values["optimizer"]
+            opt_known = {f.name for f in dataclasses.fields(OptimizerConfig)}
+            if set(opt) - opt_known:
+                raise ValueError(f"unknown optimizer fields {sorted(set(opt) - opt_known)}")
+            values["optimizer"] = OptimizerConfig(**opt)
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config is not valid JSON: {exc}") from None
+        return cls.from_dict(values)

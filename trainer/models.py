@@ -1,0 +1,181 @@
+"""The three model kinds of the paper on either backbone, all with the same interface
+(docs/CONTRACTS.md): inputs {"image": uint8 [H, W, 3], "location": float32 [2]} and outputs
+{"probabilities", "logits"}; post-processing also outputs "vision_logits" and "geo_logits".
+
+- image only: keras.applications backbone + global pooling + dropout + Dense logits;
+- post-processing: the frozen image model's logits + a geo net's logits (GUIDE §1);
+- feature modulation: the image model's own layer objects rewired with FeatureModulation after the
+  chosen blocks (eq. 4), so it starts from the image-only weights.
+"""
+from __future__ import annotations
+
+import os
+
+import keras
+
+from mobile_sdk.encoding import DEFAULT_ENCODING
+from trainer.layers import (DEFAULT_VARIANT, FeatureModulation, GateByKnown, KnownFlag,
+                            LocationDropout, LocationEncoder, PixelScaling)
+
+BACKBONES = ("mobilenet_v2", "inception_v3")
+MODEL_KINDS = ("image", "postprocess", "featuremod")
+POSTPROCESS_GEO_UNITS = (256, 128, 128)
+FEATUREMOD_GEO_UNITS = (128, 256)
+# keras.applications refuses smaller inputs.
+MIN_IMAGE_SIZE = {"mobilenet_v2": 32, "inception_v3": 75}
+
+# Layer names inside the keras.applications backbones.
+_BACKBONE_NAME = "backbone"
+_HEAD_LAYERS = ("avg_pool", "head_dropout", "classifier")
+
+
+def default_modulated_layers(backbone: str) -> tuple[str, ...]:
+    """Middle and high blocks. MobileNet V2: the last post-activation tensor of inverted-bottleneck
+    blocks 3-16 (stride >= 8; blocks 0-2 hold edge-level features). Inception V3: the output of
+    every Inception module, mixed0-mixed10, as in the paper (§5.3)."""
+    check_backbone(backbone)
+    if backbone == "mobilenet_v2":
+        return tuple(f"block_{i}_depthwise_relu" for i in range(3, 17))
+    return tuple(f"mixed{i}" for i in range(11))
+
+
+def check_backbone(backbone: str) -> None:
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+
+
+def build_backbone(backbone: str = "mobilenet_v2", image_size: int = 224, alpha: float = 1.0,
+                   weights: str | None = None) -> keras.Model:
+    """keras.applications feature extractor (no top) on float inputs in [-1, 1].
+
+    weights: None (random), "imagenet" (Keras's own download and cache) or a path to a weights file
+    for exactly this architecture.
+    """
+    check_backbone(backbone)
+    if image_size < MIN_IMAGE_SIZE[backbone]:
+        raise ValueError(f"image_size {image_size} is below {backbone}'s minimum {MIN_IMAGE_SIZE[backbone]}")
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise ValueError(f"weights must be None, 'imagenet' or an existing file, got {weights!r}")
+    shape = (image_size, image_size, 3)
+    if backbone == "mobilenet_v2":
+        model = keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=weights)
+    else:
+        if alpha != 1.0:
+            raise ValueError(f"alpha applies to mobilenet_v2 only; inception_v3 needs alpha=1.0, got {alpha}")
+        model = keras.applications.InceptionV3(input_shape=shape, include_top=False, weights=weights)
+    model.name = _BACKBONE_NAME
+    return model
+
+
+def _inputs(image_size: int) -> dict:
+    return {"image": keras.Input((image_size, image_size, 3), dtype="uint8", name="image"),
+            "location": keras.Input((2,), dtype="float32", name="location")}
+
+
+def _named_outputs(logits, **extra) -> dict:
+    return {"probabilities": keras.layers.Softmax(name="probabilities")(logits), "logits": logits, **extra}
+
+
+def build_image_model(num_classes: int, backbone: str = "mobilenet_v2", image_size: int = 224,
+                      alpha: float = 1.0, weights: str | None = None, dropout: float = 0.2) -> keras.Model:
+    """Image only. Takes the location input too (and ignores it) so every model is interchangeable."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    inputs = _inputs(image_size)
+    x = PixelScaling(name="pixel_scaling")(inputs["image"])
+    x = build_backbone(backbone, image_size, alpha, weights)(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    logits = keras.layers.Dense(num_classes, name="classifier")(x)
+    return keras.Model(inputs, _named_outputs(logits), name="image_only")
+
+
+def _geo_net(location, encoding, units, location_dropout, seed, prefix):
+    """location -> (geo features, known flag [B, 1])."""
+    location = LocationDropout(location_dropout, seed=seed, name=f"{prefix}_location_dropout")(location)
+    encoded = LocationEncoder(encoding, name=f"{prefix}_location_encoder")(location)
+    x = encoded
+    for i, n in enumerate(units):
+        x = keras.layers.Dense(n, activation="relu", name=f"{prefix}_fc{i + 1}")(x)
+    return x, KnownFlag(name=f"{prefix}_known")(encoded)
+
+
+def build_geo_head(num_classes: int, encoding: str = DEFAULT_ENCODING, units=POSTPROCESS_GEO_UNITS,
+                   location_dropout: float = 0.0, seed: int | None = None) -> keras.Model:
+    """The post-processing geo net on (vision_logits, location): logits = vision_logits + geo_logits.
+
+    Trained alone on cached image logits. The geo logits layer starts at zero, so training starts
+    from exactly the image-only ranking; an unknown location keeps geo_logits exactly 0.
+    """
+    vision = keras.Input((num_classes,), dtype="float32", name="vision_logits")
+    location = keras.Input((2,), dtype="float32", name="location")
+    geo, known = _geo_net(location, encoding, units, location_dropout, seed, prefix="geo")
+    geo = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="geo_logits_dense")(geo)
+    geo = GateByKnown(name="geo_logits")([geo, known])
+    logits = keras.layers.Add(name="combined_logits")([vision, geo])
+    return keras.Model({"vision_logits": vision, "location": location},
+                       _named_outputs(logits, geo_logits=geo), name="geo_head")
+
+
+def build_postprocess_model(image_model: keras.Model, geo_head: keras.Model) -> keras.Model:
+    """Frozen image model + geo head, sharing both models' layers (and so their weights)."""
+    image_model.trainable = False  # no gradient reaches the image model
+    size = image_model.input["image"].shape[1]
+    inputs = _inputs(size)
+    vision = image_model(inputs)["logits"]
+    out = geo_head({"vision_logits": vision, "location": inputs["location"]})
+    return keras.Model(inputs, _named_outputs(out["logits"], vision_logits=vision, geo_logits=out["geo_logits"]),
+                       name="postprocess")
+
+
+def build_featuremod_model(image_model: keras.Model, encoding: str = DEFAULT_ENCODING,
+                           modulated_layers=None, variant: str = DEFAULT_VARIANT,
+                           location_dropout: float = 0.1, units=FEATUREMOD_GEO_UNITS,
+                           seed: int | None = None) -> keras.Model:
+    """Rewire `image_model` (from build_image_model, possibly trained) with geo feature modulation.
+
+    The backbone graph is rebuilt layer by layer from the same layer objects, so every image weight
+    carries over; a FeatureModulation is inserted after each chosen layer (for `film`, before it
+    when the chosen layer is the block's activation, else followed by a ReLU).
+    """
+    backbone = image_model.get_layer(_BACKBONE_NAME)
+    names = {layer.name for layer in backbone.layers}
+    if modulated_layers is None:
+        modulated_layers = default_modulated_layers(
+            "mobilenet_v2" if "block_1_depthwise_relu" in names else "inception_v3")
+    chosen = tuple(modulated_layers)
+    unknown = sorted(set(chosen) - names)
+    if unknown:
+        raise ValueError(f"modulated layers {unknown} are not in the backbone; e.g. "
+                         f"{sorted(n for n in names if 'relu' in n or n.startswith('mixed'))[:8]}")
+    if not chosen:
+        raise ValueError("feature modulation needs at least one modulated layer")
+
+    inputs = _inputs(image_model.input["image"].shape[1])
+    geo, known = _geo_net(inputs["location"], encoding, units, location_dropout, seed, prefix="fm")
+    tensors = {id(backbone.inputs[0]): image_model.get_layer("pixel_scaling")(inputs["image"])}
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        args = keras.tree.map_structure(lambda t: tensors[id(t)], layer.input)
+        if layer.name not in chosen:
+            out = layer(args)
+        else:
+            modulation = FeatureModulation(layer.output.shape[-1], variant, name=f"modulate_{layer.name}")
+            if variant == "film" and isinstance(layer, (keras.layers.ReLU, keras.layers.Activation)):
+                out = layer(modulation([args, geo, known]))  # R(γ·F + β) with the block's own R
+            else:
+                out = modulation([layer(args), geo, known])
+                if variant == "film":
+                    out = keras.layers.ReLU(name=f"relu_{layer.name}")(out)
+        tensors[id(layer.output)] = out
+    x = tensors[id(backbone.output)]
+    for name in _HEAD_LAYERS:
+        x = image_model.get_layer(name)(x)
+    return keras.Model(inputs, _named_outputs(x), name="featuremod")
+
+
+def modulation_layers(model: keras.Model) -> dict[str, FeatureModulation]:
+    """Modulated layer name -> its FeatureModulation, for inspection and tests."""
+    return {layer.name.removeprefix("modulate_"): layer for layer in model.layers
+            if isinstance(layer, FeatureModulation)}
