@@ -1,4 +1,15 @@
-"""geoaware mobile SDK: on-device-equivalent inference for geo-aware bundles (numpy + LiteRT only)."""
+"""geoaware mobile SDK: on-device-equivalent inference for geo-aware bundles (numpy + LiteRT only).
+
+Never imports TensorFlow (tests/test_sdk.py checks it in a subprocess).
+"""
+from .bundle import Bundle, open_bundle  # noqa: F401
+from .classifier import (  # noqa: F401
+    Category,
+    ClassificationResult,
+    GeoClassifier,
+    GeoClassifierOptions,
+    NearbySpecies,
+)
 from .errors import (  # noqa: F401
     BundleError,
     BundleIntegrityError,
@@ -9,3 +20,5 @@ from .errors import (  # noqa: F401
     ModelError,
     WhitelistTableError,
 )
+from .preprocess import load_image, resize_image  # noqa: F401
+from .whitelist import WhitelistTable, build_whitelist, write_whitelist  # noqa: F401

@@ -1,0 +1,51 @@
+"""python -m mobile_sdk BUNDLE IMAGE [--lat LAT --lon LON] [--top K] [--json]
+
+Prints the ranking a phone would show: combined score, and the vision and geo parts where the
+model has them. Exit status 2 with a one-line message on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .classifier import GeoClassifier, GeoClassifierOptions
+from .errors import GeoAwareError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mobile_sdk", description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", help="bundle folder (model.tflite, labels.txt, whitelist.gwl, manifest.json)")
+    parser.add_argument("image", help="JPEG or PNG file")
+    parser.add_argument("--lat", type=float, help="latitude in degrees (give --lon too)")
+    parser.add_argument("--lon", type=float, help="longitude in degrees (give --lat too)")
+    parser.add_argument("--top", type=int, default=5, help="how many labels to show (default 5)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--no-whitelist", action="store_true", help="do not apply the whitelist table")
+    parser.add_argument("--soft", action="store_true", help="soft whitelist: down-weight instead of removing")
+    args = parser.parse_args(argv)
+    try:
+        options = GeoClassifierOptions(max_results=args.top, use_whitelist=not args.no_whitelist,
+                                       whitelist_mode="soft" if args.soft else "hard")
+        with GeoClassifier.from_bundle(args.bundle, options) as classifier:
+            result = classifier.classify(args.image, args.lat, args.lon)
+    except (GeoAwareError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    where = (f"location ({result.location[0]:.4f}, {result.location[1]:.4f})" if result.location_used
+             else "no location: vision only")
+    print(f"model {result.model_version}; {where}; whitelist "
+          f"{'filtered' if result.whitelist_filtered else 'did not filter'}")
+    print(f"{'rank':>4}  {'score':>7}  {'vision':>7}  {'geo':>7}  label")
+    for rank, c in enumerate(result.categories, 1):
+        vision = "-" if c.vision_score is None else f"{c.vision_score:.4f}"
+        geo = "-" if c.geo_score is None else f"{c.geo_score:+.3f}"
+        print(f"{rank:>4}  {c.score:>7.4f}  {vision:>7}  {geo:>7}  {c.label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""GeoClassifier: what an app does with a bundle, modelled on MediaPipe Tasks' ImageClassifier.
+
+    with GeoClassifier.from_bundle("bundle/") as clf:
+        result = clf.classify("photo.jpg", lat=37.77, lon=-122.42)
+        print(result.categories[0].label, result.location_used)
+
+The model fuses image and location itself (its `probabilities` output); the SDK adds the paper's
+whitelist (eq. 3) on top: `hard` drops labels with no training observation within the radius,
+`soft` multiplies them by a floor so a stale table can never zero a label out. Scores are then
+renormalised to sum to 1 over the labels that remain.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bundle import Bundle, open_bundle
+from .errors import GeoAwareError, InvalidLocationError
+from .geo import validate_location
+from .preprocess import prepare_image
+
+WHITELIST_MODES = ("hard", "soft")
+_UNKNOWN_LOCATION = np.full((1, 2), np.nan, dtype=np.float32)  # the contract: NaN = unknown, never (0, 0)
+
+
+@dataclass(frozen=True)
+class GeoClassifierOptions:
+    """Immutable, validated at construction (ValueError naming the field)."""
+    bundle_path: str | None = None
+    max_results: int | None = None  # None: every label
+    score_threshold: float = 0.0
+    category_allowlist: tuple[str, ...] | None = None
+    category_denylist: tuple[str, ...] | None = None
+    num_threads: int | None = None
+    use_whitelist: bool = True
+    whitelist_mode: str = "hard"
+    whitelist_floor: float = 0.01  # soft mode: the factor applied to labels outside the whitelist
+
+    def __post_init__(self):
+        if self.bundle_path is not None and not isinstance(self.bundle_path, (str, bytes)) \
+                and not hasattr(self.bundle_path, "__fspath__"):
+            raise ValueError(f"bundle_path must be a path, got {type(self.bundle_path).__name__}")
+        if self.max_results is not None and (isinstance(self.max_results, bool) or not isinstance(self.max_results, int)
+                                             or self.max_results < 1):
+            raise ValueError(f"max_results must be a positive int or None, got {self.max_results!r}")
+        if isinstance(self.score_threshold, bool) or not isinstance(self.score_threshold, (int, float)) \
+                or not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be a number in [0, 1], got {self.score_threshold!r}")
+        for name in ("category_allowlist", "category_denylist"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                    raise ValueError(f"{name} must be a sequence of label names, got {value!r}")
+                object.__setattr__(self, name, tuple(value))
+        if self.category_allowlist is not None and self.category_denylist is not None:
+            raise ValueError("category_allowlist and category_denylist are mutually exclusive")
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
+                                             or self.num_threads < 1):
+            raise ValueError(f"num_threads must be a positive int or None, got {self.num_threads!r}")
+        if not isinstance(self.use_whitelist, bool):
+            raise ValueError(f"use_whitelist must be a bool, got {self.use_whitelist!r}")
+        if self.whitelist_mode not in WHITELIST_MODES:
+            raise ValueError(f"whitelist_mode must be one of {WHITELIST_MODES}, got {self.whitelist_mode!r}")
+        if isinstance(self.whitelist_floor, bool) or not isinstance(self.whitelist_floor, (int, float)) \
+                or not 0.0 < self.whitelist_floor <= 1.0:
+            raise ValueError(f"whitelist_floor must be in (0, 1], got {self.whitelist_floor!r}")
+
+
+@dataclass(frozen=True)
+class Category:
+    index: int
+    label: str
+    score: float  # the final score: the model's fused probability after the whitelist, renormalised
+    vision_score: float | None = None  # image-only probability, where the model exposes vision_logits
+    geo_score: float | None = None  # the geo network's logit added to the vision logit (0 = no evidence)
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    categories: tuple[Category, ...]
+    location_used: bool  # a valid location was given and fed to the model and whitelist
+    whitelist_filtered: bool  # the whitelist removed or down-weighted at least one label
+    model_version: str
+    location: tuple[float, float] | None = None  # (lat, wrapped lon) as used
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class NearbySpecies:
+    """species_near's answer. `categories` are sorted by score: sigmoid(geo logit) where the model has
+    a separable geo network, else 1.0 for each whitelisted label."""
+    categories: tuple[Category, ...]
+    whitelist_covered: bool  # the table has training data near this point
+    geo_scored: bool  # scores come from the model's geo network
+    location: tuple[float, float] = field(default=(math.nan, math.nan))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+class GeoClassifier:
+    """Thread-safe: each thread runs its own interpreter over the shared model bytes."""
+
+    def __init__(self, bundle: Bundle, options: GeoClassifierOptions):
+        self._bundle = bundle
+        self.options = options
+        self.labels = list(bundle.labels)
+        outputs = bundle.model.output_shapes
+        self._has_parts = "vision_logits" in outputs and "geo_logits" in outputs
+        self._closed = threading.Event()
+        index = {label: i for i, label in enumerate(self.labels)}
+        self._category_mask = np.ones(len(self.labels), dtype=bool)
+        for name, keep in (("category_allowlist", True), ("category_denylist", False)):
+            names = getattr(options, name)
+            if names is not None:
+                unknown = [n for n in names if n not in index]
+                if unknown:
+                    raise ValueError(f"{name} names labels not in this bundle: {unknown[:5]}")
+                chosen = np.zeros(len(self.labels), dtype=bool)
+                chosen[[index[n] for n in names]] = True
+                self._category_mask = chosen if keep else ~chosen
+
+    @classmethod
+    def create_from_options(cls, options: GeoClassifierOptions) -> "GeoClassifier":
+        if not isinstance(options, GeoClassifierOptions):
+            raise TypeError(f"options must be GeoClassifierOptions, got {type(options).__name__}")
+        if options.bundle_path is None:
+            raise ValueError("options.bundle_path is required")
+        return cls(open_bundle(options.bundle_path, num_threads=options.num_threads), options)
+
+    @classmethod
+    def from_bundle(cls, path, options: GeoClassifierOptions | None = None) -> "GeoClassifier":
+        options = options or GeoClassifierOptions()
+        return cls.create_from_options(dataclasses.replace(options, bundle_path=str(path)))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    @property
+    def model_version(self) -> str:
+        return self._bundle.model_version
+
+    @property
+    def manifest(self) -> dict:
+        return self._bundle.manifest
+
+    def _check_open(self):
+        if self._closed.is_set():
+            raise GeoAwareError("this GeoClassifier is closed")
+
+    def _whitelist_mask(self, location) -> np.ndarray | None:
+        """bool [L] of labels the whitelist allows, or None when it does not apply here."""
+        table = self._bundle.whitelist
+        if location is None or table is None or not self.options.use_whitelist:
+            return None
+        allowed = table.lookup(*location)
+        if allowed is None:
+            return None
+        mask = np.zeros(len(self.labels), dtype=bool)
+        mask[allowed] = True
+        return mask
+
+    def classify(self, image, lat=None, lon=None) -> ClassificationResult:
+        """Classify one image; lat/lon in degrees, both or neither (None = location unknown)."""
+        self._check_open()
+        location = validate_location(lat, lon)
+        pixels = prepare_image(image, self._bundle.input_size)
+        loc = _UNKNOWN_LOCATION if location is None else np.array([location], dtype=np.float32)
+        out = self._bundle.model.run(pixels, loc)
+        probs = out["probabilities"].reshape(-1).astype(np.float64)
+        vision = geo = None
+        if self._has_parts:
+            vision = _softmax(out["vision_logits"].reshape(-1))
+            geo = out["geo_logits"].reshape(-1).astype(np.float64)
+
+        scores, filtered = probs, False
+        mask = self._whitelist_mask(location)
+        if mask is not None and not mask.all():
+            weight = mask.astype(np.float64) if self.options.whitelist_mode == "hard" \
+                else np.where(mask, 1.0, self.options.whitelist_floor)
+            weighted = probs * weight
+            if weighted.sum() > 0:  # all-zero means the model gave the allowed labels nothing: keep it
+                scores, filtered = weighted / weighted.sum(), True
+        keep = self._category_mask & (scores >= self.options.score_threshold)
+        if mask is not None and self.options.whitelist_mode == "hard" and filtered:
+            keep &= mask
+        order = [int(i) for i in np.argsort(-scores, kind="stable") if keep[i]]
+        if self.options.max_results is not None:
+            order = order[:self.options.max_results]
+        categories = tuple(Category(
+            index=i, label=self.labels[i], score=float(scores[i]),
+            vision_score=None if vision is None else float(vision[i]),
+            geo_score=None if geo is None else float(geo[i])) for i in order)
+        return ClassificationResult(categories, location is not None, filtered, self.model_version, location)
+
+    def classify_batch(self, images, locations=None) -> list[ClassificationResult]:
+        """Classify many images. `locations`: None, or one (lat, lon) pair or None per image."""
+        images = list(images)
+        if locations is None:
+            locations = [None] * len(images)
+        locations = list(locations)
+        if len(locations) != len(images):
+            raise InvalidLocationError(f"{len(images)} images but {len(locations)} locations")
+        results = []
+        for image, location in zip(images, locations):
+            if location is None:
+                results.append(self.classify(image))
+                continue
+            try:
+                lat, lon = location
+            except (TypeError, ValueError):
+                raise InvalidLocationError(f"each location must be a (lat, lon) pair or None, got {location!r}") from None
+            results.append(self.classify(image, lat, lon))
+        return results
+
+    def species_near(self, lat, lon, max_results: int | None = None) -> NearbySpecies:
+        """Which labels are expected at this location: the whitelist, ranked by the geo network.
+
+        The post-processing model's geo logits do not depend on the image (they are added to the
+        image logits), so they are read from one run on a blank image. Other model kinds have no
+        separable geo part: then the whitelist alone answers."""
+        self._check_open()
+        location = validate_location(lat, lon)
+        if location is None:
+            raise InvalidLocationError("species_near needs a location: lat and lon are both None")
+        if max_results is not None and (not isinstance(max_results, int) or max_results < 1):
+            raise ValueError(f"max_results must be a positive int or None, got {max_results!r}")
+        mask = self._whitelist_mask(location)
+        covered = mask is not None
+        scores = None
+        if self._has_parts:
+            blank = np.zeros((1, *self._bundle.input_size, 3), dtype=np.uint8)
+            geo = self._bundle.model.run(blank, np.array([location], dtype=np.float32))["geo_logits"].reshape(-1)
+            scores = 1.0 / (1.0 + np.exp(-geo.astype(np.float64)))
+        allowed = (mask if covered else np.full(len(self.labels), scores is not None)) & self._category_mask
+        ranking = np.argsort(-scores, kind="stable") if scores is not None else np.arange(len(self.labels))
+        order = [int(i) for i in ranking if allowed[i]][:max_results]
+        categories = tuple(Category(index=i, label=self.labels[i], score=1.0 if scores is None else float(scores[i]),
+                                    geo_score=None if scores is None else float(geo[i])) for i in order)
+        return NearbySpecies(categories, covered, scores is not None, location)
