@@ -5,10 +5,13 @@ longitude first. The key is those bits as an integer, so sorting keys sorts cell
 Z-order and the string form is just base32 of the key (`to_string`/`from_string`, for humans and
 tests). p <= 12 keeps keys within 60 bits.
 
-Cells are the half-open boxes [lat_min, lat_max) x [lon_min, lon_max); latitude 90 and longitude
-180 fall in the last row/column, as in the reference implementation.
+Cells are the half-open boxes [lat_min, lat_max) x [lon_min, lon_max); latitude 90 falls in the
+last row. Longitude wraps first (mobile_sdk.geo's rule), so 180 is -180 and lands in the first
+column, where string geohash libraries put 180 in the last one: the only difference from them.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -41,40 +44,53 @@ def cell_size_deg(precision: int) -> tuple[float, float]:
     return 180.0 / rows, 360.0 / cols
 
 
-def _spread(values: np.ndarray, bits: int, stride_offset: int, total: int) -> np.ndarray:
-    """Place bit b (MSB first) of `values` at key position total-1-(2b+stride_offset)."""
-    out = np.zeros(values.shape, dtype=np.uint64)
-    for b in range(bits):
-        bit = (values >> np.uint64(bits - 1 - b)) & np.uint64(1)
-        out |= bit << np.uint64(total - 1 - (2 * b + stride_offset))
-    return out
+# Morton bit tricks: spread the low 32 bits of x to the even bit positions, and back. They work on
+# Python ints and on uint64 arrays alike.
+_SPREAD = ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF), (4, 0x0F0F0F0F0F0F0F0F),
+           (2, 0x3333333333333333), (1, 0x5555555555555555))
 
 
-def _gather(keys: np.ndarray, bits: int, stride_offset: int, total: int) -> np.ndarray:
-    out = np.zeros(keys.shape, dtype=np.uint64)
-    for b in range(bits):
-        bit = (keys >> np.uint64(total - 1 - (2 * b + stride_offset))) & np.uint64(1)
-        out |= bit << np.uint64(bits - 1 - b)
-    return out
+def _spread(x):
+    for shift, mask in _SPREAD:
+        x = (x | (x << shift)) & mask
+    return x
+
+
+def _compact(x):
+    x = x & 0x5555555555555555
+    for shift, mask in ((1, 0x3333333333333333), (2, 0x0F0F0F0F0F0F0F0F), (4, 0x00FF00FF00FF00FF),
+                        (8, 0x0000FFFF0000FFFF), (16, 0x00000000FFFFFFFF)):
+        x = (x | (x >> shift)) & mask
+    return x
+
+
+def _interleave(rows, cols, precision: int):
+    """Geohash bit order from the most significant bit: longitude, latitude, longitude, ... so the
+    last bit is longitude when the total is odd and latitude when it is even."""
+    lat_bits, lon_bits = bit_split(precision)
+    if lon_bits > lat_bits:
+        return _spread(cols) | (_spread(rows) << 1)
+    return (_spread(cols) << 1) | _spread(rows)
 
 
 def rows_cols_to_keys(rows, cols, precision: int) -> np.ndarray:
     """Grid indices (row from the south, column from -180) -> keys. Columns wrap around the globe."""
     lat_bits, lon_bits = bit_split(precision)
-    n_cols = 1 << lon_bits
     rows = np.asarray(rows, dtype=np.int64)
-    cols = np.mod(np.asarray(cols, dtype=np.int64), n_cols)
+    cols = np.mod(np.asarray(cols, dtype=np.int64), 1 << lon_bits)
     if ((rows < 0) | (rows >= 1 << lat_bits)).any():
         raise ValueError("geohash row index outside the grid")
-    total = lat_bits + lon_bits
-    return _spread(cols.astype(np.uint64), lon_bits, 0, total) | _spread(rows.astype(np.uint64), lat_bits, 1, total)
+    return _interleave(rows.astype(np.uint64), cols.astype(np.uint64), precision)
 
 
 def keys_to_rows_cols(keys, precision: int) -> tuple[np.ndarray, np.ndarray]:
     lat_bits, lon_bits = bit_split(precision)
     keys = np.asarray(keys, dtype=np.uint64)
-    total = lat_bits + lon_bits
-    return (_gather(keys, lat_bits, 1, total).astype(np.int64), _gather(keys, lon_bits, 0, total).astype(np.int64))
+    if lon_bits > lat_bits:
+        cols, rows = _compact(keys), _compact(keys >> np.uint64(1))
+    else:
+        cols, rows = _compact(keys >> np.uint64(1)), _compact(keys)
+    return rows.astype(np.int64), cols.astype(np.int64)
 
 
 def latlon_to_rows_cols(lat, lon, precision: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +101,14 @@ def latlon_to_rows_cols(lat, lon, precision: int) -> tuple[np.ndarray, np.ndarra
     rows = np.clip(np.floor((lat + 90.0) * (rows_n / 180.0)), 0, rows_n - 1).astype(np.int64)
     cols = np.clip(np.floor(lon * (cols_n / 360.0)), 0, cols_n - 1).astype(np.int64)
     return rows, cols
+
+
+def encode_one(lat: float, lon: float, precision: int) -> int:
+    """The scalar fast path of `encode` (same float arithmetic, Python ints): one phone query."""
+    n_rows, n_cols = grid_shape(precision)
+    row = min(max(math.floor((lat + 90.0) * (n_rows / 180.0)), 0), n_rows - 1)
+    col = min(max(math.floor(((lon + 180.0) % 360.0) * (n_cols / 360.0)), 0), n_cols - 1)
+    return int(_interleave(row, col, precision))
 
 
 def encode(lat, lon, precision: int) -> np.ndarray:
