@@ -38,7 +38,9 @@ HEADER_SIZE = HEADER.size
 CRC_OFFSET = 8
 MAX_TABLE_PRECISION = 6  # keys are stored as uint32: 5 * 6 = 30 bits
 RUNS_PER_BLOCK = 512
-SETS_PER_BLOCK = 128
+SETS_PER_BLOCK = 256
+PARENT_WINDOW = 64
+MTF_SIZE = 8
 _SLACK_KM = 1e-3  # absorbs floating-point rounding in the distance test; it only ever adds labels
 _CACHE_BLOCKS = 64
 
@@ -84,15 +86,6 @@ def _decode_varints(data: bytes) -> np.ndarray:
     return np.add.reduceat(parts, starts)
 
 
-def _zigzag(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.int64)
-    return np.where(v >= 0, v << 1, ((-v) << 1) - 1)
-
-
-def _unzigzag(z: np.ndarray) -> np.ndarray:
-    return np.where(z & 1, -((z + 1) >> 1), z >> 1)
-
-
 def _deflate(data: bytes) -> bytes:
     c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)  # raw deflate: no zlib header or adler32
     return c.compress(data) + c.flush()
@@ -108,6 +101,61 @@ def _inflate(data: bytes) -> bytes:
         raise WhitelistTableError("corrupted whitelist table: truncated block")
     return out
 
+
+# ---------------------------------------------------------------------------------------------
+# block codecs (docs/whitelist-format.md); each block is one raw-deflate stream of varints
+# ---------------------------------------------------------------------------------------------
+
+def _encode_set_ids(set_ids: np.ndarray) -> np.ndarray:
+    """Run set ids -> codes: < MTF_SIZE picks a recently used set (move-to-front list), else
+    MTF_SIZE + zigzag(id - previous id). Z-order revisits a few sets back and forth."""
+    codes, recent, previous = [], [], 0
+    for set_id in set_ids.tolist():
+        if set_id in recent:
+            codes.append(recent.index(set_id))
+            recent.remove(set_id)
+        else:
+            step = set_id - previous
+            codes.append(MTF_SIZE + (step << 1 if step >= 0 else ((-step) << 1) - 1))
+        recent.insert(0, set_id)
+        del recent[MTF_SIZE:]
+        previous = set_id
+    return np.asarray(codes, dtype=np.int64)
+
+
+def _decode_set_ids(codes: np.ndarray) -> np.ndarray:
+    out, recent, previous = [], [], 0
+    for code in codes.tolist():
+        if code < MTF_SIZE:
+            if code >= len(recent):
+                raise WhitelistTableError("corrupted whitelist table: bad set reference in a run block")
+            set_id = recent.pop(code)
+        else:
+            z = code - MTF_SIZE
+            set_id = previous + (-((z + 1) >> 1) if z & 1 else z >> 1)
+        recent.insert(0, set_id)
+        del recent[MTF_SIZE:]
+        out.append(set_id)
+        previous = set_id
+    return np.asarray(out, dtype=np.int64)
+
+
+def _encode_set_block(block: np.ndarray) -> np.ndarray:
+    """bool [n, L] sets -> [parent offsets x n][flip counts x n][flip gaps...]: each set is the XOR
+    of the closest of the PARENT_WINDOW previous sets of its block (offset k: set i-k; 0: the empty
+    set) with its flips; the gaps are between sorted flipped label indices, minus one."""
+    n = block.shape[0]
+    packed = np.packbits(block, axis=1)
+    distance = np.full((n, PARENT_WINDOW + 1), np.iinfo(np.int64).max)
+    distance[:, 0] = block.sum(axis=1)
+    for k in range(1, min(PARENT_WINDOW, n - 1) + 1):
+        distance[k:, k] = np.bitwise_count(packed[k:] ^ packed[:-k]).sum(axis=1)
+    offsets = np.argmin(distance, axis=1)
+    parents = np.where((offsets > 0)[:, None], block[np.arange(n) - offsets], False)
+    rows, labels = np.nonzero(block ^ parents)
+    first_of_row = np.r_[True, rows[1:] != rows[:-1]]
+    gaps = labels - np.where(first_of_row, -1, np.r_[-1, labels[:-1]]) - 1
+    return np.concatenate([offsets, np.bincount(rows, minlength=n), gaps]).astype(np.int64)
 
 # ---------------------------------------------------------------------------------------------
 # building
@@ -154,6 +202,8 @@ def _label_cells(lat, lon, labels, radius_miles, precision):
     reach = np.minimum(row_reach_km(precision, radius_miles) / EARTH_RADIUS_KM, np.pi)  # radians
     row_lat = np.radians((np.arange(n_rows) + 0.5) * height - 90.0)
 
+    if not lat.size:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     # Duplicates (same label, same place) cannot change the answer.
     pts = np.unique(np.stack([labels.astype(np.float64), lat, lon], axis=-1), axis=0)
     p_label, p_lat, p_lon = pts[:, 0].astype(np.int64), pts[:, 1], pts[:, 2]
@@ -247,20 +297,13 @@ def build_whitelist(lat, lon, labels, num_labels, radius_miles=100.0, precision=
     for b in range(0, run_key.size, RUNS_PER_BLOCK):
         k, n, s = run_key[b:b + RUNS_PER_BLOCK], run_len[b:b + RUNS_PER_BLOCK], run_set[b:b + RUNS_PER_BLOCK]
         gaps = k - np.r_[k[0], (k + n)[:-1]]
-        set_steps = _zigzag(np.diff(np.r_[0, s]))
-        run_data.write(_deflate(_encode_varints(np.stack([gaps, n, set_steps], axis=-1).ravel())))
+        run_data.write(_deflate(_encode_varints(np.concatenate([gaps, n, _encode_set_ids(s)]))))
         run_first_keys.append(int(k[0]))
         run_offsets.append(run_data.tell())
 
     set_offsets, set_data = [0], io.BytesIO()
     for b in range(0, set_bitmaps.shape[0], SETS_PER_BLOCK):
-        block = set_bitmaps[b:b + SETS_PER_BLOCK]
-        flips = block ^ np.vstack([np.zeros((1, num_labels), bool), block[:-1]])  # XOR with the previous set
-        values = []
-        for row in flips:
-            pos = np.flatnonzero(row)
-            values.append(np.r_[pos.size, np.diff(np.r_[-1, pos]) - 1])
-        set_data.write(_deflate(_encode_varints(np.concatenate(values))))
+        set_data.write(_deflate(_encode_varints(_encode_set_block(set_bitmaps[b:b + SETS_PER_BLOCK]))))
         set_offsets.append(set_data.tell())
 
     header = HEADER.pack(MAGIC, VERSION, HEADER_SIZE, 0, num_labels, radius_miles, precision, 0, 0,
@@ -380,31 +423,35 @@ class WhitelistTable:
     def _run_block(self, b: int):
         def decode():
             values = _decode_varints(_inflate(self._view[self._run_offsets[b]:self._run_offsets[b + 1]]))
-            if values.size % 3:
+            n = min(self._runs_per_block, self.num_runs - b * self._runs_per_block)
+            if n < 1 or values.size != 3 * n:
                 raise WhitelistTableError(f"{self.source}: corrupted run block {b}")
-            gaps, lengths, steps = values[0::3], values[1::3], values[2::3]
+            gaps, lengths = values[:n], values[n:2 * n]
             starts = self._block_keys[b] + np.cumsum(gaps) + np.r_[0, np.cumsum(lengths)[:-1]]
-            return starts, starts + lengths, np.cumsum(_unzigzag(steps))
+            set_ids = _decode_set_ids(values[2 * n:])
+            if (set_ids < 0).any() or (set_ids >= self.num_sets).any():
+                raise WhitelistTableError(f"{self.source}: corrupted run block {b} (set id out of range)")
+            return starts, starts + lengths, set_ids
         return self._cached(("run", b), decode)
 
     def _set_block(self, b: int) -> np.ndarray:
         def decode():
             values = _decode_varints(_inflate(self._view[self._set_offsets[b]:self._set_offsets[b + 1]]))
-            n_sets = min(self._sets_per_block, self.num_sets - b * self._sets_per_block)
-            flips = np.zeros((n_sets, self.num_labels), dtype=bool)
-            pos = 0
-            for i in range(n_sets):
-                if pos >= values.size:
-                    raise WhitelistTableError(f"{self.source}: corrupted set block {b}")
-                count = int(values[pos])
-                labels = np.cumsum(values[pos + 1:pos + 1 + count] + 1) - 1
-                if labels.size != count or (count and labels[-1] >= self.num_labels):
-                    raise WhitelistTableError(f"{self.source}: corrupted set block {b}")
-                flips[i, labels] = True
-                pos += 1 + count
-            sets = np.logical_xor.accumulate(flips, axis=0)
-            if pos != values.size or not sets.any(axis=1).all():
+            n = min(self._sets_per_block, self.num_sets - b * self._sets_per_block)
+            offsets, counts = values[:n], values[n:2 * n]
+            ends = 2 * n + np.cumsum(counts)
+            if n < 1 or counts.size != n or ends[-1] != values.size or (offsets > np.arange(n)).any():
                 raise WhitelistTableError(f"{self.source}: corrupted set block {b}")
+            sets = np.zeros((n, self.num_labels), dtype=bool)
+            for i in range(n):
+                flips = np.cumsum(values[ends[i] - counts[i]:ends[i]] + 1) - 1
+                if flips.size and flips[-1] >= self.num_labels:
+                    raise WhitelistTableError(f"{self.source}: corrupted set block {b} (label out of range)")
+                if offsets[i]:
+                    sets[i] = sets[i - offsets[i]]
+                sets[i, flips] ^= True
+            if not sets.any(axis=1).all():
+                raise WhitelistTableError(f"{self.source}: corrupted set block {b} (empty set)")
             return sets
         return self._cached(("set", b), decode)
 
@@ -420,8 +467,6 @@ class WhitelistTable:
             run = np.searchsorted(starts, keys[sel], side="right") - 1
             inside = (run >= 0) & (keys[sel] < stops[np.maximum(run, 0)])
             out[sel[inside]] = set_ids[run[inside]]
-        if (out >= self.num_sets).any():
-            raise WhitelistTableError(f"{self.source}: corrupted whitelist table (set id out of range)")
         return out
 
     def _set_rows(self, set_ids: np.ndarray) -> np.ndarray:
@@ -440,11 +485,16 @@ class WhitelistTable:
         location = validate_location(lat, lon)
         if location is None:
             raise InvalidLocationError("lookup needs a location: lat and lon are both None")
-        key = geohash.encode(location[0], location[1], self.precision).astype(np.int64).reshape(1)
-        set_id = self._set_of_keys(key)
-        if set_id[0] < 0:
+        key = geohash.encode_one(location[0], location[1], self.precision)
+        block = int(np.searchsorted(self._block_keys, key, side="right")) - 1
+        if block < 0:
             return None
-        return np.flatnonzero(self._set_rows(set_id)[0])
+        starts, stops, set_ids = self._run_block(block)
+        run = int(np.searchsorted(starts, key, side="right")) - 1
+        if run < 0 or key >= stops[run]:
+            return None
+        set_id = int(set_ids[run])
+        return np.flatnonzero(self._set_block(set_id // self._sets_per_block)[set_id % self._sets_per_block])
 
     def lookup_batch(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised lookup of N points (NaN pairs = unknown location).
