@@ -130,3 +130,70 @@ def test_report_files_render_every_table(tmp_path):
     assert json.loads((tmp_path / "eval" / "report.json").read_text()) == json.loads(json.dumps(report))
     assert md == render_markdown(report)
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["report.json", "report.md"]  # no temp files left
+
+
+def test_cli_without_runs_is_a_clear_error(tmp_path):
+    from trainer.evaluate import main
+
+    with pytest.raises(SystemExit, match="give at least one of --image"):
+        main(["--data", str(tmp_path), "--out", str(tmp_path / "eval")])
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A tiny world and three tiny real runs trained by trainer.train (a few steps each)."""
+    from trainer import train, world
+
+    root = tmp_path_factory.mktemp("eval_e2e")
+    world.write_world(root / "world", "tiny", seed=0, progress=False)
+    common = ["--data", str(root / "world"), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16"]
+    runs = {kind: root / kind for kind in ("image", "post", "fm")}
+    assert train.main([*common, "--model", "image", "--out", str(runs["image"]), "--image-size", "32", "--alpha", "0.35"]) == 0
+    assert train.main([*common, "--model", "postprocess", "--init", str(runs["image"]), "--out", str(runs["post"])]) == 0
+    assert train.main([*common, "--model", "featuremod", "--init", str(runs["image"]), "--out", str(runs["fm"])]) == 0
+    return root, runs
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end_on_a_tiny_world(tiny_runs):
+    from trainer.data import load_split
+    from trainer.evaluate import main
+    from trainer.priors import SWEEP_RADII_MILES, select_radius
+
+    root, runs = tiny_runs
+    val = load_split(str(root / "world"), "val")
+    # Second data: 10 world images as a CSV manifest, plus a row with a label the runs never saw
+    # and a row with an invalid latitude; both must be skipped and counted.
+    lines = ["file,label,latitude,longitude"]
+    lines += [f"{p},{val.label_names[l]},{la},{lo}" for p, l, la, lo in zip(val.paths[:10], val.labels[:10], val.lat[:10], val.lon[:10])]
+    lines += [f"{val.paths[0]},Nonexistent species,10,10", f"{val.paths[1]},{val.label_names[0]},95,10"]
+    (root / "second.csv").write_text("\n".join(lines) + "\n")
+    args = ["--data", str(root / "world"), "--image", str(runs["image"]), "--postprocess", str(runs["post"]),
+            "--featuremod", str(runs["fm"]), "--second-data", f"csv:{root / 'second.csv'}", "--out", str(root / "eval")]
+    report = main(args)
+
+    primary = report["primary"]
+    methods = primary["methods"]
+    assert set(methods) == {"image only", "Bayesian prior", "whitelist", "post-process", "post-process (location unknown)",
+                            "feature mod.", "feature mod. (location unknown)", "oracle: image × true range density"}
+    assert 0.6 * len(val) <= primary["n"] < len(val)  # ~30% of val held out to choose the radius
+    for result in methods.values():
+        assert result["n"] == primary["n"] and 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    # Contract: with the location unknown, post-processing's geo logits are exactly 0, so it ranks
+    # exactly like the image-only model it was built on.
+    for key in ("top1", "top5"):
+        assert methods["post-process (location unknown)"][key] == methods["image only"][key]
+    for name, sweep in primary["prior_sweep"].items():
+        assert sweep["chosen_radius"] in SWEEP_RADII_MILES
+        assert sweep["chosen_radius"] == select_radius({float(r): a for r, a in sweep["val_top1"].items()})
+    second = report["second"]
+    assert second["n"] == 10 and second["skipped"] == {"invalid_location": 1, "unknown_label": 1}
+    assert "oracle: image × true range density" not in second["methods"]  # a CSV has no true ranges
+    md = (root / "eval" / "report.md").read_text()
+    assert "gap to oracle" in md and f"csv:{root / 'second.csv'}" in md
+
+    # Re-evaluating reuses every cached prediction and reproduces the report exactly.
+    cached = sorted(p.name for p in (root / "eval" / "cache").iterdir())
+    assert len(cached) == 11  # image: tune, eval, second; post and fm: eval and second, with and without location
+    assert main(args) == report
+    assert sorted(p.name for p in (root / "eval" / "cache").iterdir()) == cached
