@@ -197,3 +197,21 @@ def test_evaluate_end_to_end_on_a_tiny_world(tiny_runs):
     assert len(cached) == 11  # image: tune, eval, second; post and fm: eval and second, with and without location
     assert main(args) == report
     assert sorted(p.name for p in (root / "eval" / "cache").iterdir()) == cached
+
+
+def test_combine_reports_makes_one_column_per_backbone(tmp_path):
+    from trainer.evaluate import main
+
+    evalset = make_ds([WEST, EAST], [0, 1])
+    reports = []
+    for backbone, probs in (("mobilenet_v2", [CONFUSED_TOWARD_1] * 2), ("inception_v3", [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])):
+        primary = evaluate_methods(TRAIN, evalset, {"postprocess": np.array(probs)})
+        reports.append({"data": "w", "eval_split": "val", "backbone": backbone, "primary": primary})
+        (tmp_path / f"{backbone}.json").write_text(json.dumps(reports[-1]))
+    main(["--combine", str(tmp_path / "mobilenet_v2.json"), str(tmp_path / "inception_v3.json"), "--out", str(tmp_path)])
+    combined = (tmp_path / "combined.md").read_text()
+    assert "| method | mobilenet_v2 | inception_v3 |" in combined
+    assert "| post-process | 50.0% | 100.0% |" in combined
+    assert "| w (val), inception_v3 | 100.0% |" in combined
+    with pytest.raises(SystemExit, match="cannot combine"):
+        main(["--combine", str(tmp_path / "missing.json"), "--out", str(tmp_path)])

@@ -2,6 +2,7 @@
 
     python -m trainer.evaluate --data SPEC [--image RUN] [--postprocess RUN] [--featuremod RUN]
         [--second-data SPEC] [--out DIR]
+    python -m trainer.evaluate --combine OUT1/report.json OUT2/report.json [--out DIR]   (Tables 5, 6)
 
 Methods (any run may be omitted; what is given is reported):
 - image only (--image), and the geolocation priors built on it: Bayesian prior (eq. 2) and
@@ -250,6 +251,26 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def combine_reports(reports: list[dict]) -> str:
+    """Tables 5 and 6 across several report.json files (e.g. one per backbone): each report is a
+    column of Table 5 and contributes its datasets to Table 6."""
+    if not reports:
+        raise EvaluationError("nothing to combine")
+    backbones: dict[str, dict] = {}
+    datasets: dict[str, dict] = {}
+    for report in reports:
+        column = report["backbone"]
+        if column in backbones:
+            column = f"{column} ({report['data']})"
+        backbones[column] = report["primary"]["methods"]
+        datasets[f"{report['data']} ({report['eval_split']}), {report['backbone']}"] = report["primary"]["methods"]
+        if "second" in report:
+            datasets[f"{report['second']['data']}, {report['backbone']}"] = report["second"]["methods"]
+    return "\n".join(["# Combined evaluation", "", "## Table 5: top-1 by image backbone", "",
+                      metrics.table_backbones(backbones), "", "## Table 6: top-1 by evaluation data", "",
+                      metrics.table_datasets(datasets), ""])
+
+
 def write_report(report: dict, out_dir: Path) -> None:
     """report.json and report.md, each written atomically."""
     out_dir = Path(out_dir)
@@ -368,7 +389,9 @@ def run_evaluation(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="data SPEC (trainer.data.load_split)")
+    parser.add_argument("--data", help="data SPEC (trainer.data.load_split); required unless --combine")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="REPORT_JSON",
+                        help="instead of evaluating: Tables 5 and 6 across these reports -> OUT/combined.md")
     parser.add_argument("--image", help="image-only RUN_DIR (also the base of the priors and the oracle)")
     parser.add_argument("--postprocess", help="post-processing RUN_DIR")
     parser.add_argument("--featuremod", help="feature-modulation RUN_DIR")
@@ -392,6 +415,16 @@ def main(argv=None) -> dict:
         args.cache = args.out / "cache"
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be positive")
+    if args.combine:
+        try:
+            text = combine_reports([json.loads(path.read_text(encoding="utf-8")) for path in args.combine])
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"evaluate --combine: cannot combine {[str(p) for p in args.combine]}: {exc!r}") from exc
+        _atomic_write_bytes(args.out / "combined.md", text.encode())
+        print(text)
+        return {"combined": text}
+    if not args.data:
+        raise SystemExit("evaluate: --data is required (unless --combine)")
     try:
         report = run_evaluation(args)
     except (EvaluationError, ValueError, OSError) as exc:
