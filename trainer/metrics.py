@@ -136,7 +136,7 @@ def table_methods(results: Mapping[str, Mapping], oracle: str | None = None) -> 
     """Table 3: top-1, top-5, head and tail top-1 per method, plus the gap to `oracle` if given."""
     header = ["method", "top-1", "top-5", f"head ≥{HEAD_MIN_TRAIN_IMAGES} im", f"tail <{HEAD_MIN_TRAIN_IMAGES} im"]
     if oracle is not None:
-        header.append("gap to oracle (top-1)")
+        header.append("gap to oracle (top-1 points)")
     rows = []
     for name, r in results.items():
         row = [name, pct(r.get("top1")), pct(r.get("top5")), pct(r["head"]["top1"]), pct(r["tail"]["top1"])]
