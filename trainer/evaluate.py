@@ -341,6 +341,9 @@ def run_evaluation(args) -> dict:
     runs = _load_runs(run_dirs)
     labels = list(next(iter(runs.values())).labels)
     train = load_split(args.data, "train", label_names=labels)
+    if train.skipped.get("unknown_label"):
+        raise EvaluationError(f"{train.skipped['unknown_label']} training images of {args.data} have labels the runs "
+                              "do not know: evaluate runs together with the data they were trained on")
     evalset = load_split(args.data, args.eval_split, label_names=labels)
     if len(evalset) == 0:
         raise EvaluationError(f"split {args.eval_split!r} of {args.data} has no usable images")
@@ -353,8 +356,7 @@ def run_evaluation(args) -> dict:
         tuneset = load_split(args.data, args.tune_split, label_names=labels)
         tuning = f"the prior radius was chosen on the {len(tuneset)} images of split `{args.tune_split}`."
     density_fn = _world_density(args.data, labels)
-    tag = f"{args.eval_split}"
-    probs = _predict_all(runs, run_dirs, evalset, args, tag)
+    probs = _predict_all(runs, run_dirs, evalset, args, args.eval_split)
     tune = None
     if "image" in runs:
         tune_probs = predict(runs["image"], run_dirs["image"], tuneset, batch_size=args.batch_size,
