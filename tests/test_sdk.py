@@ -1,0 +1,456 @@
+"""mobile_sdk end to end on tiny bundles built here: classify, whitelist modes, species_near,
+options, typed errors, bundle integrity, thread safety, CLI, and no TensorFlow in the SDK process."""
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobile_sdk import bundle as bundle_mod
+from mobile_sdk.__main__ import main as cli_main
+from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
+from mobile_sdk.errors import (BundleError, BundleIntegrityError, GeoAwareError, InvalidImageError,
+                               InvalidLocationError, LabelSetMismatchError, ModelError, WhitelistTableError)
+from mobile_sdk.runtime import TFLiteModel
+from mobile_sdk.whitelist import write_whitelist
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["paris_a", "sydney_b", "both_c", "newyork_d"]
+SIZE = (32, 32)
+PARIS, SYDNEY, NEW_YORK, PACIFIC = (48.85, 2.35), (-33.87, 151.21), (40.71, -74.0), (-40.0, -140.0)
+OUTPUTS = ["probabilities", "logits", "vision_logits", "geo_logits"]
+
+
+def _tiny_tflite(out_path, kind, input_names=("image", "location")):
+    """A tiny Keras model with the contract signature, exported by the GUIDE's path.
+    kind "postprocess": vision + geo logits (geo gated by the known flag); "image": image only."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    from keras import layers, ops
+    keras.utils.set_random_seed(0)
+    image = keras.Input((*SIZE, 3), dtype="uint8", name=input_names[0])
+    location = keras.Input((2,), dtype="float32", name=input_names[1])
+    x = layers.Rescaling(1 / 127.5, -1)(ops.cast(image, "float32"))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, strides=4, activation="relu")(x))
+    vision = layers.Dense(len(LABELS), name="vision_logits")(x)
+    outputs = {}
+    if kind == "postprocess":
+        lat, lon = location[:, 0:1], location[:, 1:2]
+        known = ops.cast(ops.logical_and(ops.abs(lat) <= 90.0, ops.abs(lon) <= 3.4e38), "float32")
+        lat, lon = ops.where(known > 0, lat, 0.0) * (np.pi / 180), ops.where(known > 0, lon, 0.0) * (np.pi / 180)
+        features = ops.concatenate([ops.sin(lat), ops.cos(lat), ops.sin(lon), ops.cos(lon)], axis=-1) * known
+        geo = layers.Dense(len(LABELS))(layers.Dense(8, activation="relu")(features)) * known
+        logits = vision + geo
+        outputs.update(vision_logits=vision, geo_logits=geo)
+    else:
+        logits = vision
+    outputs.update(probabilities=ops.softmax(logits), logits=logits)
+    model = keras.Model({input_names[0]: image, input_names[1]: location}, outputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export(f"{tmp}/saved", format="tf_saved_model", verbose=False)
+        Path(out_path).write_bytes(tf.lite.TFLiteConverter.from_saved_model(f"{tmp}/saved").convert())
+    return out_path
+
+
+def _write_bundle(folder, model_file, kind, labels=LABELS):
+    folder.mkdir(parents=True)
+    shutil.copy(model_file, folder / bundle_mod.MODEL_FILE)
+    bundle_mod.write_labels(folder, labels)
+    rng = np.random.default_rng(0)
+    centres = {0: [PARIS], 1: [SYDNEY], 2: [PARIS, SYDNEY], 3: [NEW_YORK]}
+    lat, lon, lab = [], [], []
+    for label, places in centres.items():
+        for la, lo in places:
+            lat += list(la + rng.normal(0, 0.3, 30))
+            lon += list(lo + rng.normal(0, 0.3, 30))
+            lab += [label] * 30
+    write_whitelist(folder / bundle_mod.WHITELIST_FILE, lat, lon, lab, len(labels), 100.0, 4, labels)
+    manifest = bundle_mod.manifest_for(
+        folder, model_kind=kind, backbone="tiny", input_size=SIZE, num_labels=len(labels), quantization="float32",
+        location_encoding="sincos", outputs=OUTPUTS if kind == "postprocess" else ["probabilities", "logits"],
+        whitelist_radius_miles=100.0, whitelist_precision=4, training={"epochs": 0}, metrics={"top1": 0.25})
+    bundle_mod.write_manifest(folder, manifest)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {kind: _tiny_tflite(root / f"{kind}.tflite", kind) for kind in ("postprocess", "image")}
+
+
+@pytest.fixture(scope="session")
+def geo_bundle(models, tmp_path_factory):
+    return _write_bundle(tmp_path_factory.mktemp("b") / "geo", models["postprocess"], "postprocess")
+
+
+@pytest.fixture(scope="session")
+def image_bundle(models, tmp_path_factory):
+    return _write_bundle(tmp_path_factory.mktemp("b") / "image", models["image"], "image")
+
+
+@pytest.fixture()
+def broken(geo_bundle, tmp_path):
+    """A fresh copy of the bundle to damage; `rehash()` makes the manifest agree with the damage."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(geo_bundle, copy)
+
+    def rehash():
+        manifest = json.loads((copy / bundle_mod.MANIFEST_FILE).read_text())
+        manifest["files"] = {f: bundle_mod.sha256_file(copy / f) for f in manifest["files"]}
+        (copy / bundle_mod.MANIFEST_FILE).write_text(json.dumps(manifest))
+    return copy, rehash
+
+
+IMAGE = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+
+
+def _raw(bundle_dir, location):
+    """The bare model output for IMAGE (the reference the SDK's results are checked against)."""
+    from mobile_sdk.preprocess import prepare_image
+    model = TFLiteModel(Path(bundle_dir) / bundle_mod.MODEL_FILE)
+    loc = np.array([location if location else (np.nan, np.nan)], dtype=np.float32)
+    return model.run(prepare_image(IMAGE, SIZE), loc)
+
+
+# -- classify ------------------------------------------------------------------------------------
+
+def test_without_location_is_vision_only_and_says_so(geo_bundle):
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        result = clf.classify(IMAGE)
+    raw = _raw(geo_bundle, None)
+    assert not result.location_used and not result.whitelist_filtered and result.location is None
+    assert [c.index for c in result.categories] == np.argsort(-raw["probabilities"][0]).tolist()
+    assert all(c.geo_score == 0.0 for c in result.categories)  # the geo part is gated off
+    for c in result.categories:
+        assert c.score == pytest.approx(raw["probabilities"][0, c.index], rel=1e-5)
+        assert c.vision_score == pytest.approx(c.score, rel=1e-4)  # no location: fused == vision
+    assert result.model_version == json.loads((geo_bundle / "manifest.json").read_text())["model_version"]
+
+
+def test_hard_whitelist_removes_labels_without_nearby_observations(geo_bundle):
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        result = clf.classify(IMAGE, *PARIS)
+    probs = _raw(geo_bundle, PARIS)["probabilities"][0].astype(np.float64)
+    assert result.location_used and result.whitelist_filtered
+    assert sorted(c.index for c in result.categories) == [0, 2]  # Paris labels only
+    kept = probs[[0, 2]] / probs[[0, 2]].sum()
+    assert {c.index: c.score for c in result.categories} == pytest.approx({0: kept[0], 2: kept[1]}, rel=1e-5)
+    assert [c.score for c in result.categories] == sorted((c.score for c in result.categories), reverse=True)
+    assert all(c.vision_score is not None and c.geo_score is not None for c in result.categories)
+
+
+def test_soft_whitelist_downweights_with_a_floor(geo_bundle):
+    options = GeoClassifierOptions(whitelist_mode="soft", whitelist_floor=0.1)
+    with GeoClassifier.from_bundle(geo_bundle, options) as clf:
+        result = clf.classify(IMAGE, *SYDNEY)
+    probs = _raw(geo_bundle, SYDNEY)["probabilities"][0].astype(np.float64)
+    weighted = probs * np.array([0.1, 1.0, 1.0, 0.1])
+    expected = weighted / weighted.sum()
+    assert result.whitelist_filtered and len(result.categories) == 4
+    assert {c.index: c.score for c in result.categories} == pytest.approx(dict(enumerate(expected)), rel=1e-5)
+
+
+def test_whitelist_off_and_no_data_nearby_do_not_filter(geo_bundle):
+    probs = _raw(geo_bundle, PARIS)["probabilities"][0]
+    with GeoClassifier.from_bundle(geo_bundle, GeoClassifierOptions(use_whitelist=False)) as clf:
+        off = clf.classify(IMAGE, *PARIS)
+    assert not off.whitelist_filtered and len(off.categories) == 4
+    assert {c.index: c.score for c in off.categories} == pytest.approx(dict(enumerate(probs)), rel=1e-5)
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        pacific = clf.classify(IMAGE, *PACIFIC)
+    assert pacific.location_used and not pacific.whitelist_filtered and len(pacific.categories) == 4
+
+
+def test_longitude_wraps(geo_bundle):
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        a = clf.classify(IMAGE, PARIS[0], PARIS[1] + 360.0)
+        b = clf.classify(IMAGE, *PARIS)
+    assert a.location == pytest.approx(b.location)
+    assert [(c.index, round(c.score, 5)) for c in a.categories] == [(c.index, round(c.score, 5)) for c in b.categories]
+
+
+def test_options_filter_categories(geo_bundle):
+    cases = [
+        (GeoClassifierOptions(max_results=2, use_whitelist=False), lambda r: len(r.categories) == 2),
+        (GeoClassifierOptions(category_allowlist=["sydney_b", "newyork_d"], use_whitelist=False),
+         lambda r: sorted(c.label for c in r.categories) == ["newyork_d", "sydney_b"]),
+        (GeoClassifierOptions(category_denylist=("paris_a",), use_whitelist=False),
+         lambda r: "paris_a" not in [c.label for c in r.categories] and len(r.categories) == 3),
+        (GeoClassifierOptions(score_threshold=0.3, use_whitelist=False),
+         lambda r: all(c.score >= 0.3 for c in r.categories)),
+    ]
+    probs = _raw(geo_bundle, None)["probabilities"][0]
+    for options, check in cases:
+        with GeoClassifier.from_bundle(geo_bundle, options) as clf:
+            assert check(clf.classify(IMAGE)), options
+    with GeoClassifier.from_bundle(geo_bundle, GeoClassifierOptions(score_threshold=0.3)) as clf:
+        assert len(clf.classify(IMAGE).categories) == int((probs >= 0.3).sum())
+    with pytest.raises(ValueError, match="not in this bundle"):
+        GeoClassifier.from_bundle(geo_bundle, GeoClassifierOptions(category_allowlist=["nope"]))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(max_results=0), dict(max_results=2.0), dict(max_results=True), dict(score_threshold=1.5),
+    dict(score_threshold=-0.1), dict(score_threshold="0.2"), dict(category_allowlist="abc"),
+    dict(category_allowlist=["a"], category_denylist=["b"]), dict(category_denylist=[1]), dict(num_threads=0),
+    dict(use_whitelist="yes"), dict(whitelist_mode="medium"), dict(whitelist_floor=0.0),
+    dict(whitelist_floor=2.0), dict(bundle_path=3),
+])
+def test_options_are_validated(kwargs):
+    with pytest.raises(ValueError):
+        GeoClassifierOptions(**kwargs)
+
+
+def test_options_are_frozen_and_create_from_options(geo_bundle):
+    options = GeoClassifierOptions(bundle_path=str(geo_bundle), max_results=1, num_threads=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.max_results = 3
+    with GeoClassifier.create_from_options(options) as clf:
+        assert len(clf.classify(IMAGE).categories) == 1
+    with pytest.raises(ValueError, match="bundle_path"):
+        GeoClassifier.create_from_options(GeoClassifierOptions())
+
+
+@pytest.mark.parametrize("lat,lon,match", [
+    (48.0, None, "lon is missing"), (None, 2.0, "lat is missing"), (float("nan"), 2.0, "finite"),
+    (48.0, float("inf"), "finite"), (91.0, 2.0, "outside"), (-90.5, 2.0, "outside"), ("48", 2.0, "real number"),
+    (48.0, [2.0], "real number"), (True, 2.0, "real number"),
+])
+def test_bad_locations_are_typed_errors(geo_bundle, lat, lon, match):
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        with pytest.raises(InvalidLocationError, match=match):
+            clf.classify(IMAGE, lat, lon)
+
+
+@pytest.mark.parametrize("image", [np.zeros((4, 4, 2), np.uint8), np.zeros((0, 5, 3), np.uint8), b"garbage",
+                                   np.zeros((4, 4, 3), np.int64), np.full((4, 4, 3), 3.0)])
+def test_bad_images_are_typed_errors(geo_bundle, image):
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        with pytest.raises(InvalidImageError):
+            clf.classify(image, *PARIS)
+
+
+def test_classify_batch_equals_single_calls(geo_bundle):
+    images = [IMAGE, IMAGE[::-1].copy(), IMAGE[:, ::-1].copy()]
+    locations = [PARIS, None, SYDNEY]
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        batch = clf.classify_batch(images, locations)
+        single = [clf.classify(im, *(loc or (None, None))) for im, loc in zip(images, locations)]
+        assert batch == single
+        assert clf.classify_batch(images) == [clf.classify(im) for im in images]
+        with pytest.raises(InvalidLocationError, match="3 images but 2 locations"):
+            clf.classify_batch(images, locations[:2])
+        with pytest.raises(InvalidLocationError, match="pair"):
+            clf.classify_batch([IMAGE], [48.0])
+
+
+def test_concurrent_classify_matches_serial(geo_bundle):
+    rng = np.random.default_rng(7)
+    jobs = [(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8), [PARIS, SYDNEY, None, PACIFIC][i % 4])
+            for i in range(24)]
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        serial = [clf.classify(im, *(loc or (None, None))) for im, loc in jobs]
+        parallel = [None] * len(jobs)
+        errors = []
+
+        def worker(start):
+            try:
+                for i in range(start, len(jobs), 4):
+                    im, loc = jobs[i]
+                    parallel[i] = clf.classify(im, *(loc or (None, None)))
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+        threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors and parallel == serial
+
+
+def test_closed_classifier_refuses(geo_bundle):
+    clf = GeoClassifier.from_bundle(geo_bundle)
+    with clf:
+        clf.classify(IMAGE)
+    with pytest.raises(GeoAwareError, match="closed"):
+        clf.classify(IMAGE)
+
+
+# -- species_near --------------------------------------------------------------------------------
+
+def test_species_near_ranks_whitelist_by_geo_network(geo_bundle):
+    geo = _raw(geo_bundle, PARIS)["geo_logits"][0]
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        near = clf.species_near(*PARIS)
+        far = clf.species_near(*PACIFIC)
+        with pytest.raises(InvalidLocationError):
+            clf.species_near(None, None)
+        with pytest.raises(InvalidLocationError):
+            clf.species_near(95.0, 0.0)
+    assert near.whitelist_covered and near.geo_scored
+    assert sorted(c.index for c in near.categories) == [0, 2]
+    for c in near.categories:
+        assert c.geo_score == pytest.approx(geo[c.index], abs=1e-6)  # independent of the image
+        assert c.score == pytest.approx(1 / (1 + np.exp(-geo[c.index])), rel=1e-6)
+    assert [c.score for c in near.categories] == sorted((c.score for c in near.categories), reverse=True)
+    assert not far.whitelist_covered and len(far.categories) == 4  # no table data: the geo net alone
+
+
+def test_species_near_without_geo_network_uses_whitelist(image_bundle):
+    with GeoClassifier.from_bundle(image_bundle) as clf:
+        near = clf.species_near(*SYDNEY)
+        far = clf.species_near(*PACIFIC)
+        result = clf.classify(IMAGE, *SYDNEY)
+    assert not near.geo_scored and [c.index for c in near.categories] == [1, 2]
+    assert all(c.score == 1.0 and c.geo_score is None for c in near.categories)
+    assert not far.whitelist_covered and far.categories == ()
+    assert sorted(c.index for c in result.categories) == [1, 2]
+    assert all(c.vision_score is None and c.geo_score is None for c in result.categories)
+
+
+# -- bundles -------------------------------------------------------------------------------------
+
+def test_open_bundle_checks_everything(geo_bundle):
+    b = bundle_mod.open_bundle(geo_bundle)
+    assert b.labels == LABELS and b.input_size == SIZE and b.whitelist.num_labels == 4
+    manifest = b.manifest
+    assert manifest["files"].keys() == {"model.tflite", "labels.txt", "whitelist.gwl"}
+    assert manifest["whitelist"] == {"file": "whitelist.gwl", "radius_miles": 100.0, "precision": 4}
+    for key in ("format_version", "model_kind", "backbone", "input_size", "num_labels", "quantization",
+                "location_encoding", "training", "metrics", "model_version"):
+        assert key in manifest
+
+
+def test_modified_file_fails_hash_check(broken):
+    copy, _ = broken
+    with open(copy / "labels.txt", "a") as f:
+        f.write("extra\n")
+    with pytest.raises(BundleIntegrityError, match="labels.txt"):
+        GeoClassifier.from_bundle(copy)
+
+
+def test_truncated_model_is_a_model_error(broken):
+    copy, rehash = broken
+    data = (copy / "model.tflite").read_bytes()
+    (copy / "model.tflite").write_bytes(data[: len(data) // 3])
+    with pytest.raises(BundleIntegrityError, match="model.tflite"):
+        bundle_mod.open_bundle(copy)
+    rehash()
+    with pytest.raises(ModelError):
+        bundle_mod.open_bundle(copy)
+    (copy / "model.tflite").write_bytes(b"")
+    rehash()
+    with pytest.raises(ModelError, match="empty"):
+        bundle_mod.open_bundle(copy)
+
+
+def test_corrupted_whitelist_is_a_table_error(broken):
+    copy, rehash = broken
+    data = bytearray((copy / "whitelist.gwl").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "whitelist.gwl").write_bytes(bytes(data))
+    rehash()
+    with pytest.raises(WhitelistTableError, match="checksum"):
+        bundle_mod.open_bundle(copy)
+
+
+def test_whitelist_for_another_label_set(broken):
+    copy, rehash = broken
+    write_whitelist(copy / "whitelist.gwl", [0.0], [0.0], [0], 4, 100.0, 4, ["w", "x", "y", "z"])
+    rehash()
+    with pytest.raises(LabelSetMismatchError, match="another label set"):
+        bundle_mod.open_bundle(copy)
+
+
+@pytest.mark.parametrize("damage,error,match", [
+    (lambda c: (c / "manifest.json").unlink(), BundleError, "no manifest.json"),
+    (lambda c: (c / "manifest.json").write_text("{not json"), BundleError, "unreadable"),
+    (lambda c: (c / "whitelist.gwl").unlink(), BundleError, "missing"),
+    (lambda c: _edit_manifest(c, format_version=99), BundleError, "format_version"),
+    (lambda c: _edit_manifest(c, num_labels=5), BundleError, "5"),
+    (lambda c: _edit_manifest(c, input_size=[64, 64]), BundleError, "input size"),
+    (lambda c: _edit_manifest(c, quantization="int4"), BundleError, "int4"),
+])
+def test_bundle_damage_is_typed(broken, damage, error, match):
+    copy, _ = broken
+    damage(copy)
+    with pytest.raises(error, match=match):
+        bundle_mod.open_bundle(copy)
+
+
+def _edit_manifest(copy, **changes):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest.update(changes)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_wrong_signature_is_a_model_error(tmp_path):
+    path = _tiny_tflite(tmp_path / "bad.tflite", "image", input_names=("img", "loc"))
+    with pytest.raises(ModelError, match="inputs"):
+        TFLiteModel(path)
+    with pytest.raises(ModelError, match="cannot read"):
+        TFLiteModel(tmp_path / "missing.tflite")
+
+
+def test_manifest_writer_validates(tmp_path, models):
+    (tmp_path / "model.tflite").write_bytes(Path(models["image"]).read_bytes())
+    common = dict(model_kind="image", backbone="tiny", input_size=SIZE, num_labels=4, quantization="float32",
+                  location_encoding="sincos", outputs=["probabilities"])
+    with pytest.raises(ValueError, match="missing"):
+        bundle_mod.manifest_for(tmp_path, **common)
+    bundle_mod.write_labels(tmp_path, LABELS)
+    for bad in (dict(model_kind="cnn"), dict(quantization="int4"), dict(location_encoding="xyz"),
+                dict(input_size=(32,)), dict(outputs=["logits"]), dict(num_labels=0)):
+        with pytest.raises(ValueError):
+            bundle_mod.manifest_for(tmp_path, **{**common, **bad})
+    manifest = bundle_mod.manifest_for(tmp_path, **common)
+    assert manifest["whitelist"] is None and manifest["model_version"] == manifest["files"]["model.tflite"][:12]
+    bundle_mod.write_manifest(tmp_path, manifest)
+    assert bundle_mod.open_bundle(tmp_path).whitelist is None
+    with pytest.raises(ValueError, match="single-line"):
+        bundle_mod.write_labels(tmp_path, ["a", "b\nc"])
+
+
+# -- CLI and imports -----------------------------------------------------------------------------
+
+def test_cli_text_json_and_errors(geo_bundle, tmp_path, capsys):
+    from PIL import Image
+    image_path = tmp_path / "x.png"
+    Image.fromarray(IMAGE).save(image_path)
+    assert cli_main([str(geo_bundle), str(image_path), "--lat", "48.85", "--lon", "2.35", "--top", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "whitelist filtered" in text and "paris_a" in text and "newyork_d" not in text
+    assert cli_main([str(geo_bundle), str(image_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["location_used"] is False and len(result["categories"]) == 4
+    assert {"index", "label", "score", "vision_score", "geo_score"} <= result["categories"][0].keys()
+    assert cli_main([str(geo_bundle), str(image_path), "--lat", "48.85"]) == 2
+    assert "lon is missing" in capsys.readouterr().err
+    assert cli_main([str(tmp_path / "nope"), str(image_path)]) == 2
+
+
+def test_sdk_never_imports_tensorflow(geo_bundle):
+    code = (
+        "import sys, numpy as np\n"
+        "import mobile_sdk, mobile_sdk.__main__\n"
+        "from mobile_sdk import GeoClassifier\n"
+        f"with GeoClassifier.from_bundle({str(geo_bundle)!r}) as clf:\n"
+        "    r = clf.classify(np.zeros((20, 20, 3), np.uint8), 48.85, 2.35)\n"
+        "    clf.species_near(48.85, 2.35)\n"
+        "assert r.categories\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'scipy'))\n"
+        "print('LOADED', bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "LOADED []" in proc.stdout
