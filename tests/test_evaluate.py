@@ -215,3 +215,16 @@ def test_combine_reports_makes_one_column_per_backbone(tmp_path):
     assert "| w (val), inception_v3 | 100.0% |" in combined
     with pytest.raises(SystemExit, match="cannot combine"):
         main(["--combine", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_data_with_other_labels_than_the_runs(tiny_runs, tmp_path):
+    from trainer import world
+    from trainer.evaluate import main
+
+    _, runs = tiny_runs
+    other = world.write_world(tmp_path / "other", "tiny", seed=1, progress=False)
+    if world.load_world(other).label_names == world.load_world(runs["image"].parent / "world").label_names:
+        pytest.skip("seed 1 happened to draw the same species names")
+    with pytest.raises(SystemExit, match="labels the runs do not know"):
+        main(["--data", str(other), "--image", str(runs["image"]), "--out", str(tmp_path / "eval")])
