@@ -24,6 +24,10 @@ METRICS_FILE = "metrics.json"
 STATE_DIR = "state"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class RunError(ValueError):
     """A run folder that is missing files or holds malformed ones."""
 
@@ -40,6 +44,7 @@ class Run:
 def _temp_path(path: Path, suffix: str = "") -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should read like any other file
     return Path(name)
 
 

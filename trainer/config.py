@@ -61,12 +61,16 @@ class OptimizerConfig:
                        momentum=0.9, rho=0.9, epsilon=1.0)
         return cls()
 
+    def schedule(self, steps_per_epoch: int):
+        """The learning rate: a float, or a staircase decay every decay_epochs epochs."""
+        if self.decay_rate == 1.0:
+            return self.learning_rate
+        return keras.optimizers.schedules.ExponentialDecay(
+            self.learning_rate, decay_steps=max(1, round(self.decay_epochs * steps_per_epoch)),
+            decay_rate=self.decay_rate, staircase=True)
+
     def build(self, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-        lr = self.learning_rate
-        if self.decay_rate < 1.0:
-            lr = keras.optimizers.schedules.ExponentialDecay(
-                lr, decay_steps=max(1, round(self.decay_epochs * steps_per_epoch)),
-                decay_rate=self.decay_rate, staircase=True)
+        lr = self.schedule(steps_per_epoch)
         if self.name == "sgd":
             return keras.optimizers.SGD(lr, momentum=self.momentum)
         if self.name == "rmsprop":

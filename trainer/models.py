@@ -45,8 +45,11 @@ def check_backbone(backbone: str) -> None:
 
 
 def build_backbone(backbone: str = "mobilenet_v2", image_size: int = 224, alpha: float = 1.0,
-                   weights: str | None = None) -> keras.Model:
+                   weights: str | None = None, bn_momentum: float | None = None) -> keras.Model:
     """keras.applications feature extractor (no top) on float inputs in [-1, 1].
+
+    bn_momentum replaces the applications' 0.999 (MobileNet V2), whose moving statistics need
+    thousands of steps to settle: short runs would evaluate with near-initial statistics.
 
     weights: None (random), "imagenet" (Keras's own download and cache) or a path to a weights file
     for exactly this architecture.
@@ -64,6 +67,10 @@ def build_backbone(backbone: str = "mobilenet_v2", image_size: int = 224, alpha:
             raise ValueError(f"alpha applies to mobilenet_v2 only; inception_v3 needs alpha=1.0, got {alpha}")
         model = keras.applications.InceptionV3(input_shape=shape, include_top=False, weights=weights)
     model.name = _BACKBONE_NAME
+    if bn_momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
     return model
 
 
@@ -77,13 +84,14 @@ def _named_outputs(logits, **extra) -> dict:
 
 
 def build_image_model(num_classes: int, backbone: str = "mobilenet_v2", image_size: int = 224,
-                      alpha: float = 1.0, weights: str | None = None, dropout: float = 0.2) -> keras.Model:
+                      alpha: float = 1.0, weights: str | None = None, dropout: float = 0.2,
+                      bn_momentum: float | None = 0.9) -> keras.Model:
     """Image only. Takes the location input too (and ignores it) so every model is interchangeable."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     inputs = _inputs(image_size)
     x = PixelScaling(name="pixel_scaling")(inputs["image"])
-    x = build_backbone(backbone, image_size, alpha, weights)(x)
+    x = build_backbone(backbone, image_size, alpha, weights, bn_momentum)(x)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     logits = keras.layers.Dense(num_classes, name="classifier")(x)

@@ -1,0 +1,321 @@
+"""trainer.config, trainer.train, trainer.checkpoint, trainer.strategy: tiny runs on synthetic data
+(32 px, alpha 0.35, 3 classes, 2 steps an epoch), plus slow end-to-end runs in subprocesses."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+from trainer import models, train as train_mod  # noqa: E402
+from trainer.checkpoint import RunError, load_run  # noqa: E402
+from trainer.config import OptimizerConfig, TrainConfig  # noqa: E402
+from trainer.strategy import StrategyError, make_strategy  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE, CLASSES, BATCH = 32, 3, 8
+LABELS = [f"species_{i}" for i in range(CLASSES)]
+
+
+def _arrays(n, seed):
+    """Images whose mean colour and locations both depend on the label, so both can be learned."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % CLASSES
+    images = rng.integers(0, 120, (n, SIZE, SIZE, 3)) + (labels * 60)[:, None, None, None]
+    loc = np.stack([labels * 40.0 - 40 + rng.normal(0, 3, n), labels * 90.0 - 90 + rng.normal(0, 3, n)], 1)
+    loc[::5] = np.nan  # some unknown locations
+    return {"image": images.astype(np.uint8), "location": loc.astype(np.float32)}, labels.astype(np.int32)
+
+
+def synthetic_splits(n=24, seed=0) -> train_mod.Splits:
+    x, y = _arrays(n, seed)
+    xv, yv = _arrays(12, seed + 1)
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    return train_mod.Splits(
+        train=ds.shuffle(n, seed=seed).repeat().batch(BATCH), train_eval=ds.batch(BATCH),
+        val=tf.data.Dataset.from_tensor_slices((xv, yv)).batch(BATCH), labels=LABELS, train_size=n)
+
+
+def tiny_config(model="image", **changes) -> TrainConfig:
+    values = dict(data="synthetic", model=model, image_size=SIZE, alpha=0.35, batch_size=BATCH, epochs=1,
+                  steps_per_epoch=2, seed=0)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def _loss(model, x, y):
+    logits = model(x, training=False)["logits"]
+    return float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits))
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "image"
+    config = tiny_config(epochs=2)
+    keras.utils.set_random_seed(config.seed)  # what train() does before building: the same initial model
+    initial = models.build_image_model(CLASSES, image_size=SIZE, alpha=0.35)
+    metrics = train_mod.train(config, run_dir, synthetic_splits())
+    return run_dir, initial, metrics
+
+
+# --- config -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["image", "postprocess", "featuremod"])
+def test_config_json_round_trip(kind):
+    config = TrainConfig(data="world", model=kind, init=None if kind == "image" else "/runs/image",
+                         modulated_layers=("block_5_depthwise_relu",) if kind == "featuremod" else None)
+    restored = TrainConfig.from_json(config.to_json())
+    assert restored == config and isinstance(restored.modulated_layers, tuple)
+    assert json.loads(config.to_json())["optimizer"]["name"] == config.optimizer.name
+
+
+def test_config_defaults_follow_the_paper():
+    pp = TrainConfig(data="w", model="postprocess", init="/r")
+    assert (pp.optimizer.learning_rate, pp.optimizer.decay_rate) == (0.02, 1.0)
+    fm = TrainConfig(data="w", model="featuremod")
+    assert (fm.optimizer.name, fm.optimizer.learning_rate, fm.optimizer.decay_rate, fm.optimizer.decay_epochs) == (
+        "rmsprop", 0.0045, 0.94, 4.0)
+    assert fm.location_dropout > 0 and fm.modulated_layers == models.default_modulated_layers("mobilenet_v2")
+    schedule = fm.optimizer.schedule(steps_per_epoch=10)
+    assert isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
+    for step, expected in [(0, 0.0045), (39, 0.0045), (40, 0.0045 * 0.94), (85, 0.0045 * 0.94 ** 2)]:
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-6)
+    assert isinstance(fm.optimizer.build(10), keras.optimizers.RMSprop)
+    assert pp.optimizer.schedule(10) == 0.02 and isinstance(pp.optimizer.build(10), keras.optimizers.SGD)
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(model="cnn"), "model"), (dict(backbone="vgg"), "backbone"), (dict(image_size=8), "image_size"),
+    (dict(model="postprocess"), "init"), (dict(init="/r"), "init"), (dict(encoding="xyz"), "encoding"),
+    (dict(variant="R(F)"), "variant"), (dict(location_dropout=1.0), "location_dropout"),
+    (dict(epochs=0), "epochs"), (dict(batch_size=2.5), "batch_size"), (dict(strategy="horovod"), "strategy"),
+    (dict(backbone="inception_v3", alpha=0.5, image_size=75), "alpha"), (dict(data=""), "data"),
+    (dict(optimizer=OptimizerConfig(name="adam")), None),
+])
+def test_config_rejects_bad_fields_by_name(changes, field):
+    values = dict(data="world")
+    values.update(changes)
+    if field is None:
+        TrainConfig(**values)  # a valid override, for contrast
+        return
+    with pytest.raises(ValueError, match=f"'{field}'"):
+        TrainConfig(**values)
+
+
+def test_config_from_json_rejects_unknown_fields_and_bad_json():
+    with pytest.raises(ValueError, match="unknown config fields"):
+        TrainConfig.from_dict({"data": "w", "learning_rate": 0.1})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        TrainConfig.from_json("{")
+    with pytest.raises(ValueError, match="optimizer.learning_rate"):
+        OptimizerConfig(learning_rate=-1.0)
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def test_image_run_trains_and_writes_the_run_folder(image_run):
+    run_dir, initial, metrics = image_run
+    for name in ("model.keras", "config.json", "labels.txt", "metrics.json", "state/checkpoint"):
+        assert (run_dir / name).is_file(), name
+    run = load_run(run_dir)
+    assert run.labels == LABELS and run.config == tiny_config(epochs=2)
+    assert run.metrics == metrics and 1 <= metrics["epoch"] <= 2 and 0 <= metrics["val_accuracy"] <= 1
+    x, y = _arrays(16, seed=5)
+    assert _loss(run.model, x, y) != pytest.approx(_loss(initial, x, y), abs=1e-6)
+    assert not list(run_dir.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_postprocess_trains_geo_net_only_and_keeps_image_weights_bit_identical(image_run, tmp_path):
+    image_dir, _, _ = image_run
+    config = tiny_config("postprocess", init=str(image_dir), epochs=2)
+    train_mod.train(config, tmp_path, synthetic_splits())
+    image = load_run(image_dir).model
+    run = load_run(tmp_path)
+    nested = run.model.get_layer("image_only")
+    assert len(nested.weights) == len(image.weights)
+    for after, before in zip(nested.weights, image.weights):
+        assert after.path == before.path
+        np.testing.assert_array_equal(after.numpy(), before.numpy())
+    x, y = _arrays(16, seed=6)
+    # Training changed the loss (the geo head starts at exactly the image model's logits) ...
+    assert _loss(run.model, x, y) != pytest.approx(_loss(image, x, y), abs=1e-6)
+    # ... and without a location the prediction is exactly the image-only one.
+    x["location"][:] = np.nan
+    np.testing.assert_array_equal(run.model(x)["logits"].numpy(), image(x)["logits"].numpy())
+    np.testing.assert_array_equal(run.model(x)["geo_logits"].numpy(), 0.0)
+    assert (tmp_path / "state" / "logits-train.npz").is_file()  # the CNN ran once; logits are cached
+
+
+def test_postprocess_never_reruns_the_cnn_during_training(image_run, tmp_path, monkeypatch):
+    image_dir, _, _ = image_run
+    calls = []
+    original = train_mod._cached_logits
+
+    def counting(image_model, dataset, cache_path, desc):
+        calls.append(desc)
+        return original(image_model, dataset, cache_path, desc)
+
+    monkeypatch.setattr(train_mod, "_cached_logits", counting)
+    trained, saved, train_data, _ = train_mod.build_models(
+        tiny_config("postprocess", init=str(image_dir)), synthetic_splits(), tmp_path)
+    assert len(calls) == 2  # train and val, once each
+    assert set(train_data.element_spec[0]) == {"vision_logits", "location"}  # no images in training
+    assert not any(layer.name == "backbone" for layer in trained._flatten_layers())
+
+
+def test_featuremod_starts_from_image_run_and_trains(image_run, tmp_path):
+    image_dir, _, _ = image_run
+    config = tiny_config("featuremod", init=str(image_dir), modulated_layers=(
+        "block_6_depthwise_relu", "block_12_depthwise_relu"))
+    train_mod.train(config, tmp_path, synthetic_splits())
+    run = load_run(tmp_path)
+    assert sorted(models.modulation_layers(run.model)) == ["block_12_depthwise_relu", "block_6_depthwise_relu"]
+    image = load_run(image_dir).model
+    x, y = _arrays(16, seed=7)
+    assert _loss(run.model, x, y) != pytest.approx(_loss(image, x, y), abs=1e-6)
+    beta = models.modulation_layers(run.model)["block_6_depthwise_relu"].beta
+    assert np.abs(beta.kernel.numpy()).max() > 0  # the zero-initialised β map received gradients
+
+
+def test_resume_after_a_crash_mid_epoch(image_run, tmp_path, monkeypatch, capsys):
+    # The geo head of post-processing trains in seconds; the kill -9 test below covers the CNN.
+    config = tiny_config("postprocess", init=str(image_run[0]), epochs=2, steps_per_epoch=3)
+    splits = synthetic_splits()
+
+    class Crash(Exception):
+        pass
+
+    def crash_in_second_epoch(self, batch, logs=None):
+        if int(self.epoch_var.numpy()) == 1 and batch == 1:
+            raise Crash  # like kill -9 in the middle of epoch 2: its work is lost
+    monkeypatch.setattr(train_mod.EpochCheckpoint, "on_train_batch_end", crash_in_second_epoch, raising=False)
+    with pytest.raises(Crash):
+        train_mod.train(config, tmp_path, splits)
+    assert json.loads((tmp_path / "metrics.json").read_text())["epoch"] == 1
+    monkeypatch.undo()
+
+    train_mod.train(config, tmp_path, synthetic_splits())
+    assert "resuming after epoch 1 of 2" in capsys.readouterr().out
+    state = tf.train.latest_checkpoint(tmp_path / "state")
+    assert state.endswith("ckpt-2")
+    saved = dict(tf.train.list_variables(state))
+    iterations = [name for name in saved if "optimizer" in name and "iteration" in name]
+    assert iterations and int(tf.train.load_variable(state, iterations[0])) == 2 * 3  # no step counted twice
+    # The same command once more has nothing left to do; another config is refused.
+    train_mod.train(config, tmp_path, synthetic_splits())
+    assert "all 2 epochs are done" in capsys.readouterr().out
+    with pytest.raises(RunError, match="another config"):
+        train_mod.train(config.replace(seed=1), tmp_path, synthetic_splits())
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert train_mod.main(["--data", "w", "--model", "postprocess", "--out", str(tmp_path / "r")]) == 2
+    assert "--init" in capsys.readouterr().err
+    assert train_mod.main(["--data", str(tmp_path / "missing"), "--model", "image", "--image-size", "32",
+                           "--alpha", "0.35", "--out", str(tmp_path / "r2")]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_cli_inherits_backbone_settings_from_init(image_run):
+    image_dir, _, _ = image_run
+    args = train_mod.parse_args(["--data", "w", "--model", "featuremod", "--init", str(image_dir), "--out", "x",
+                                 "--blocks", "4,block_9_depthwise_relu", "--variant", "film"])
+    config = train_mod.config_from_args(args)
+    assert (config.image_size, config.alpha, config.backbone) == (SIZE, 0.35, "mobilenet_v2")
+    assert config.modulated_layers == ("block_4_depthwise_relu", "block_9_depthwise_relu")
+    with pytest.raises(RunError, match="image-size"):
+        train_mod.config_from_args(train_mod.parse_args(
+            ["--data", "w", "--model", "featuremod", "--init", str(image_dir), "--out", "x", "--image-size", "64"]))
+
+
+def test_load_run_errors(tmp_path):
+    with pytest.raises(RunError, match="does not exist"):
+        load_run(tmp_path / "nope")
+    (tmp_path / "config.json").write_text(tiny_config().to_json())
+    with pytest.raises(RunError, match="model.keras"):
+        load_run(tmp_path)
+
+
+def test_strategy_errors(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(StrategyError, match="TF_CONFIG"):
+        make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(StrategyError, match="not valid JSON"):
+        make_strategy("multiworker")
+    with pytest.raises(StrategyError, match="unknown strategy"):
+        make_strategy("horovod")
+
+
+# --- subprocesses: MirroredStrategy on 2 logical CPUs, kill -9, the CLI on a world ---------------
+
+def _python(code_or_args, **kw):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, *code_or_args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        sys.path.insert(0, {str(REPO / 'tests')!r})
+        from test_train import synthetic_splits, tiny_config
+        from trainer import train
+        from trainer.strategy import make_strategy
+        print("replicas", make_strategy("mirrored").num_replicas_in_sync)
+        metrics = train.train(tiny_config(strategy="mirrored"), {str(tmp_path)!r}, synthetic_splits())
+        print("done epoch", metrics["epoch"])
+    """)
+    proc = _python(["-c", code])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "replicas 2" in out and "done epoch 1" in out
+    assert load_run(tmp_path).config.strategy == "mirrored"
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    proc = _python(["-m", "trainer.world", "--preset", "tiny", "--out", str(out)])
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_cli_on_a_tiny_world_and_resume_after_kill_9(tiny_world, tmp_path):
+    image = tmp_path / "image"
+    base = ["-m", "trainer.train", "--data", str(tiny_world), "--image-size", "32", "--alpha", "0.35",
+            "--batch-size", "8", "--steps-per-epoch", "40"]
+    cmd = base + ["--model", "image", "--epochs", "2", "--out", str(image)]
+    proc = _python(cmd)
+    # Kill -9 once epoch 1 is checkpointed and epoch 2 is under way.
+    deadline = time.time() + 500
+    while not (image / "state" / "checkpoint").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(2)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert (image / "state" / "checkpoint").is_file(), "epoch 1 never finished"
+    load_run(image)  # what is on disk is complete and loadable
+    proc = _python(cmd)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resuming after epoch 1 of 2" in out or "all 2 epochs are done" in out
+    pp = _python(base + ["--model", "postprocess", "--init", str(image), "--epochs", "1", "--out", str(tmp_path / "pp")])
+    out, _ = pp.communicate(timeout=600)
+    assert pp.returncode == 0, out[-3000:]
+    run = load_run(tmp_path / "pp")
+    assert run.labels == load_run(image).labels and set(run.model.output) >= {"vision_logits", "geo_logits"}
