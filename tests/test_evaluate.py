@@ -228,3 +228,14 @@ def test_evaluate_refuses_data_with_other_labels_than_the_runs(tiny_runs, tmp_pa
         pytest.skip("seed 1 happened to draw the same species names")
     with pytest.raises(SystemExit, match="labels the runs do not know"):
         main(["--data", str(other), "--image", str(runs["image"]), "--out", str(tmp_path / "eval")])
+
+
+def test_cli_parses_radii_and_rejects_bad_ones(capsys):
+    from trainer.evaluate import build_parser
+
+    assert build_parser().parse_args(["--data", "d", "--radii", "25,5000"]).radii == (25.0, 5000.0)
+    assert build_parser().parse_args(["--data", "d"]).radii == (50, 100, 500, 1000)
+    for bad in ("", "100,-1", "far", "nan"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--data", "d", "--radii", bad])
+    assert "radii must be" in capsys.readouterr().err

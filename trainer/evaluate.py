@@ -363,7 +363,7 @@ def run_evaluation(args) -> dict:
                              cache_dir=args.cache, desc=f"image on {args.tune_split} (tuning)")
         tune = (tune_probs, tuneset.locations, tuneset.labels)
     density = _oracle_density(density_fn, evalset) if density_fn and "image" in runs else None
-    primary = evaluate_methods(train, evalset, probs, tune=tune, density=density)
+    primary = evaluate_methods(train, evalset, probs, tune=tune, density=density, radii=args.radii)
     primary["n"] = len(evalset)
     first_config = next(iter(runs.values())).config
     report = {
@@ -388,6 +388,16 @@ def run_evaluation(args) -> dict:
     return report
 
 
+def _radii(text: str) -> tuple[float, ...]:
+    try:
+        radii = tuple(float(r) for r in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"radii must be comma-separated miles, got {text!r}") from None
+    if not radii or not all(math.isfinite(r) and r > 0 for r in radii):
+        raise argparse.ArgumentTypeError(f"radii must be positive and finite, got {text!r}")
+    return radii
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -403,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tune-split", default="val", help="split that chooses the prior radius (default val)")
     parser.add_argument("--tune-fraction", type=float, default=0.3,
                         help="when eval and tune split coincide: fraction held out to choose the radius")
+    parser.add_argument("--radii", type=_radii, default=SWEEP_RADII_MILES,
+                        help="prior radii to sweep, miles, comma-separated (default 50,100,500,1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("out/eval"), help="report folder (default out/eval)")
