@@ -89,3 +89,41 @@ def test_cli_without_sources_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         rangemap.main(["--label", "x", "--out", str(tmp_path / "m.png")])
     assert "nothing to draw" in capsys.readouterr().err
+
+
+# ---- the examples sheet (trainer.examples draws with rangemap's panels) -----------------------
+
+def test_find_corrections_picks_fixed_located_rows_once_per_label():
+    from trainer.examples import find_corrections
+
+    labels = np.array([0, 0, 1, 1, 2])
+    located = np.array([True, True, True, False, True])
+    image = np.array([[.2, .8, 0], [.3, .7, 0], [.9, .1, 0], [.9, .1, 0], [0, 0, 1.]])
+    geo = np.array([[.6, .4, 0], [.9, .1, 0], [.1, .9, 0], [.1, .9, 0], [0, 0, 1.]])
+    picked = find_corrections(labels, located, image, geo, limit=5)
+    # row 1 is the most confident fix of label 0 (row 0 is the same label); row 2 is a fix of
+    # label 1; row 3 has no location; row 4 was right without geolocation.
+    assert [(c.row, c.true, c.image_guess, c.geo_answer) for c in picked] == [(1, 0, 1, 0), (2, 1, 0, 1)]
+    assert picked[0].geo_prob == pytest.approx(0.9) and picked[0].image_prob == pytest.approx(0.7)
+
+
+def test_examples_sheet_png(tmp_path):
+    from trainer.examples import Correction, draw_sheet
+
+    class Val:
+        paths = []
+        lat = np.array([45.0, -20.0])
+        lon = np.array([10.0, 130.0])
+        label_names = ["a", "b"]
+
+    for i, colour in enumerate(((255, 0, 0), (0, 0, 255))):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{i}.png")
+        Val.paths.append(str(tmp_path / f"{i}.png"))
+    ranges = lambda latlon: np.stack([latlon[:, 0] > 0, latlon[:, 0] <= 0], axis=1).astype(float)  # noqa: E731
+    fixes = [Correction(0, 0, 1, 0.6, 0, 0.8), Correction(1, 1, 0, 0.5, 1, 0.9)]
+    out = draw_sheet(tmp_path / "sheet.png", Val, fixes, ranges, "toy ranges")
+    sheet = np.asarray(Image.open(out).convert("RGB"))
+    assert sheet.shape[0] > 300 and sheet.shape[1] > 600
+    with pytest.raises(ValueError, match="no corrected"):
+        draw_sheet(tmp_path / "empty.png", Val, [], ranges, "toy ranges")
+    assert not (tmp_path / "empty.png").exists()

@@ -14,6 +14,7 @@ Coastlines are the 0.5 contour of global-land-mask's real land mask.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -69,8 +70,11 @@ def label_index(labels: list[str], name: str) -> int:
 def geo_logits_fn(model):
     """location [N,2] -> geo logits [N,L] for a post-processing model, without running its CNN.
 
-    The geo logits depend on the location input alone, so a sub-model from that input to the
-    `geo_logits` output is exactly the geo network.
+    The geo logits depend on the location alone (they are added to the image logits afterwards).
+    So either a sub-model from the location input to the `geo_logits` output is exactly the geo
+    network, or, where the geo network is a nested model that also takes the vision logits (as
+    trainer.models builds it), that nested model is run with zero vision logits. Both are checked
+    against the full model on a blank image at a few points.
     """
     import keras
 
@@ -80,8 +84,36 @@ def geo_logits_fn(model):
             "this model has no 'geo_logits' output: only a post-processing model has a per-label "
             "geo score. Feature modulation adds location to internal features, so no range map can "
             "be read off it; draw the radius prior with --prior DATA_SPEC instead")
-    geo = keras.Model(model.input["location"], outputs["geo_logits"])
-    return lambda latlon: np.asarray(geo.predict(np.asarray(latlon, np.float32), batch_size=8192, verbose=0))
+    try:
+        geo = keras.Model(model.input["location"], outputs["geo_logits"])
+
+        def run(latlon):
+            return np.asarray(geo.predict(np.asarray(latlon, np.float32), batch_size=8192, verbose=0))
+    except ValueError:  # not connected: the geo net is a nested model with more inputs
+        nested = [layer for layer in model.layers if isinstance(layer, keras.Model)
+                  and isinstance(layer.output, dict) and "geo_logits" in layer.output
+                  and isinstance(layer.input, dict) and "location" in layer.input]
+        if len(nested) != 1:
+            raise RangeMapError("cannot isolate the geo network of this model: no single nested model "
+                                "maps 'location' to 'geo_logits'") from None
+        head = nested[0]
+
+        def run(latlon):
+            latlon = np.asarray(latlon, np.float32)
+            feeds = {name: np.zeros((len(latlon), *tensor.shape[1:]), tensor.dtype)
+                     for name, tensor in head.input.items() if name != "location"}
+            return np.asarray(head.predict({**feeds, "location": latlon}, batch_size=8192, verbose=0)["geo_logits"])
+    _check_against_full_model(model, run)
+    return run
+
+
+def _check_against_full_model(model, geo_fn) -> None:
+    probe = np.array([[48.0, 11.0], [-33.9, 151.2], [40.7, -74.0]], np.float32)
+    image = model.input["image"]
+    blank = np.zeros((len(probe), *image.shape[1:]), image.dtype)
+    full = np.asarray(model.predict({"image": blank, "location": probe}, verbose=0)["geo_logits"])
+    if not np.allclose(full, geo_fn(probe), atol=1e-4):
+        raise RangeMapError("the isolated geo network disagrees with the model's geo_logits output")
 
 
 def prior_scores(train_ds, label: int, latlon: np.ndarray, radius_miles: float) -> np.ndarray:
@@ -95,6 +127,7 @@ def prior_scores(train_ds, label: int, latlon: np.ndarray, radius_miles: float) 
     return np.where(totals > 0, counts[:, label] / np.maximum(totals, 1), np.nan)
 
 
+@functools.lru_cache(maxsize=4)
 def land_outline(step_deg: float = 0.25) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A fine land mask (from global-land-mask's real data) for drawing coastlines as a contour."""
     from global_land_mask import globe
