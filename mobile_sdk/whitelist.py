@@ -42,7 +42,7 @@ SETS_PER_BLOCK = 256
 PARENT_WINDOW = 64
 MTF_SIZE = 8
 _SLACK_KM = 1e-3  # absorbs floating-point rounding in the distance test; it only ever adds labels
-_CACHE_BLOCKS = 64
+_CACHE_BLOCKS = 512  # decoded blocks kept: at most ~12 KB (runs) or L/8 * 256 bytes (sets) each
 
 
 def label_set_hash(label_names) -> bytes:
@@ -205,8 +205,10 @@ def _label_cells(lat, lon, labels, radius_miles, precision):
     if not lat.size:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     # Duplicates (same label, same place) cannot change the answer.
-    pts = np.unique(np.stack([labels.astype(np.float64), lat, lon], axis=-1), axis=0)
-    p_label, p_lat, p_lon = pts[:, 0].astype(np.int64), pts[:, 1], pts[:, 2]
+    order = np.lexsort((lon, lat, labels))
+    label_s, lat_s, lon_s = labels[order], lat[order], lon[order]
+    distinct = np.r_[True, (label_s[1:] != label_s[:-1]) | (lat_s[1:] != lat_s[:-1]) | (lon_s[1:] != lon_s[:-1])]
+    p_label, p_lat, p_lon = label_s[distinct], lat_s[distinct], lon_s[distinct]
 
     # Candidate rows: latitude difference never exceeds the great-circle distance.
     margin = np.degrees(reach.max())
@@ -216,19 +218,22 @@ def _label_cells(lat, lon, labels, radius_miles, precision):
     pt = np.repeat(np.arange(p_lat.size), count)
     rows = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + lo[pt]
 
-    # On row r, the centres within `reach` of a point are those with cos Δλ >= x (spherical law of cosines).
-    phi_o, phi_r = np.radians(p_lat[pt]), row_lat[rows]
-    num = np.cos(reach[rows]) - np.sin(phi_r) * np.sin(phi_o)
-    den = np.cos(phi_r) * np.cos(phi_o)
+    # On row r, the centres within `reach` of a point are those with cos Δλ >= x (spherical law of
+    # cosines); the trigonometry is per row and per point, then combined per pair.
+    phi_o = np.radians(p_lat)
+    num = np.cos(reach)[rows] - np.sin(row_lat)[rows] * np.sin(phi_o)[pt]
+    den = np.cos(row_lat)[rows] * np.cos(phi_o)[pt]
     with np.errstate(divide="ignore", invalid="ignore"):
         x = np.where(den > 1e-15, num / np.maximum(den, 1e-300), np.where(num <= 0, -np.inf, np.inf))
-    half = np.degrees(np.arccos(np.clip(x, -1.0, 1.0)))
+    keep = x <= 1.0
+    x, rows, pt = x[keep], rows[keep], pt[keep]
+    half = np.degrees(np.arccos(np.maximum(x, -1.0)))
     start = np.ceil((p_lon[pt] - half + 180.0) / width - 0.5).astype(np.int64)
     stop = np.floor((p_lon[pt] + half + 180.0) / width - 0.5).astype(np.int64)
     whole_row = (x <= -1.0) | (stop - start + 1 >= n_cols)
     start, stop = np.where(whole_row, 0, start), np.where(whole_row, n_cols - 1, stop)
-    keep = (x <= 1.0) & (stop >= start)
-    start, stop, rows, lab = start[keep], stop[keep], rows[keep], p_label[pt][keep]
+    keep = stop >= start
+    start, stop, rows, lab = start[keep], stop[keep], rows[keep], p_label[pt[keep]]
 
     # Wrap intervals across the antimeridian into [0, n_cols): at most two pieces each.
     shift = np.floor_divide(start, n_cols) * n_cols
@@ -240,7 +245,7 @@ def _label_cells(lat, lon, labels, radius_miles, precision):
 
     # Merge overlapping intervals per (label, row) so each (label, cell) pair is produced once.
     group = lab * n_rows + rows
-    order = np.lexsort((start, group))
+    order = np.argsort(group * n_cols + start)  # one int64 key sorts faster than a lexsort
     group, start, stop = group[order], start[order], stop[order]
     offset = group * (n_cols + 2)  # keeps the running max from leaking across groups
     reach_end = np.maximum.accumulate(stop + offset) - offset
@@ -255,7 +260,7 @@ def _label_cells(lat, lon, labels, radius_miles, precision):
     cols = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length) + s[owner]
     keys = geohash.rows_cols_to_keys(g[owner] % n_rows, cols, precision)
     pair_labels = g[owner] // n_rows
-    order = np.lexsort((pair_labels, keys))
+    order = np.argsort(keys.astype(np.int64) * (int(lab.max()) + 1) + pair_labels)  # key, then label
     return keys[order], pair_labels[order]
 
 
@@ -435,24 +440,32 @@ class WhitelistTable:
         return self._cached(("run", b), decode)
 
     def _set_block(self, b: int) -> np.ndarray:
+        """uint8 [n, ceil(L/8)]: the sets of block b as little-endian bitmaps. Each set is its flips XOR its parent's set, so the
+        XOR of the flips along its parent chain; pointer jumping resolves all chains at once."""
         def decode():
             values = _decode_varints(_inflate(self._view[self._set_offsets[b]:self._set_offsets[b + 1]]))
             n = min(self._sets_per_block, self.num_sets - b * self._sets_per_block)
             offsets, counts = values[:n], values[n:2 * n]
-            ends = 2 * n + np.cumsum(counts)
-            if n < 1 or counts.size != n or ends[-1] != values.size or (offsets > np.arange(n)).any():
+            if n < 1 or counts.size != n or 2 * n + counts.sum() != values.size or (offsets > np.arange(n)).any():
                 raise WhitelistTableError(f"{self.source}: corrupted set block {b}")
+            rows = np.repeat(np.arange(n), counts)
+            first = np.r_[0, np.cumsum(counts)[:-1]]
+            steps = values[2 * n:] + 1
+            if not steps.size:
+                raise WhitelistTableError(f"{self.source}: corrupted set block {b} (no labels)")
+            labels = np.cumsum(steps) - np.repeat(np.cumsum(steps)[first - 1] * (first > 0), counts) - 1
+            if not labels.size or labels.max() >= self.num_labels:
+                raise WhitelistTableError(f"{self.source}: corrupted set block {b} (label out of range)")
             sets = np.zeros((n, self.num_labels), dtype=bool)
-            for i in range(n):
-                flips = np.cumsum(values[ends[i] - counts[i]:ends[i]] + 1) - 1
-                if flips.size and flips[-1] >= self.num_labels:
-                    raise WhitelistTableError(f"{self.source}: corrupted set block {b} (label out of range)")
-                if offsets[i]:
-                    sets[i] = sets[i - offsets[i]]
-                sets[i, flips] ^= True
+            sets[rows, labels] = True
+            parent = np.arange(n) - offsets  # a root (offset 0) points at itself
+            root = offsets == 0
+            while not root.all():
+                sets[~root] ^= sets[parent[~root]]
+                root, parent = root | root[parent], parent[parent]
             if not sets.any(axis=1).all():
                 raise WhitelistTableError(f"{self.source}: corrupted set block {b} (empty set)")
-            return sets
+            return np.packbits(sets, axis=1, bitorder="little")  # 8x less cache memory
         return self._cached(("set", b), decode)
 
     def _set_of_keys(self, keys: np.ndarray) -> np.ndarray:
@@ -474,8 +487,26 @@ class WhitelistTable:
         block = set_ids // self._sets_per_block
         for b in np.unique(block[set_ids >= 0]):
             sel = np.flatnonzero((block == b) & (set_ids >= 0))
-            rows[sel] = self._set_block(int(b))[set_ids[sel] - b * self._sets_per_block]
+            packed = self._set_block(int(b))[set_ids[sel] - b * self._sets_per_block]
+            rows[sel] = np.unpackbits(packed, axis=1, count=self.num_labels, bitorder="little").astype(bool)
         return rows
+
+    def cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored cell: (keys, set ids), in key order; decodes the whole table (tools, tests)."""
+        keys, ids = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for b in range(self._block_keys.size):
+            starts, stops, set_ids = self._run_block(b)
+            lengths = stops - starts
+            keys.append(np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(lengths.sum()))
+            ids.append(np.repeat(set_ids, lengths))
+        return np.concatenate(keys), np.concatenate(ids)
+
+    def set_labels(self, set_id: int) -> np.ndarray:
+        """Sorted label indices of one de-duplicated set."""
+        if not 0 <= set_id < self.num_sets:
+            raise IndexError(f"set id {set_id} outside [0, {self.num_sets})")
+        row = self._set_block(set_id // self._sets_per_block)[set_id % self._sets_per_block]
+        return np.flatnonzero(np.unpackbits(row, count=self.num_labels, bitorder="little"))
 
     # -- public queries
 
@@ -493,8 +524,7 @@ class WhitelistTable:
         run = int(np.searchsorted(starts, key, side="right")) - 1
         if run < 0 or key >= stops[run]:
             return None
-        set_id = int(set_ids[run])
-        return np.flatnonzero(self._set_block(set_id // self._sets_per_block)[set_id % self._sets_per_block])
+        return self.set_labels(int(set_ids[run]))
 
     def lookup_batch(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised lookup of N points (NaN pairs = unknown location).

@@ -219,19 +219,10 @@ def test_real_observations_zero_false_negatives_and_compact():
     exact_sizes = np.array([np.unique(train_labels[n]).size for n in neighbours])
     assert allowed[covered].sum(axis=1).mean() < 2 * exact_sizes[covered].mean()  # extras bounded
 
-    naive = {}
-    rows_allowed, _ = table.lookup_batch(*geohash.decode_centres(_table_cells(table), table.precision))
-    for key, row in zip(_table_cells(table), rows_allowed):
-        naive[geohash.to_string(int(key), table.precision)] = np.flatnonzero(row).tolist()
+    keys, set_ids = table.cells()
+    assert keys.size == table.num_cells and (np.diff(keys) > 0).all()
+    sets = [table.set_labels(s).tolist() for s in range(table.num_sets)]
+    naive = {geohash.to_string(int(k), table.precision): sets[s] for k, s in zip(keys.tolist(), set_ids.tolist())}
     gz = len(gzip.compress(json.dumps(naive, separators=(",", ":")).encode(), 9))
     assert len(blob) <= 0.4 * gz, (len(blob), gz)
 
-
-def _table_cells(table):
-    """Every cell key stored in the table, by walking its run blocks (test helper)."""
-    keys = []
-    for b in range(table._block_keys.size):
-        starts, stops, _ = table._run_block(b)
-        keys.extend(np.concatenate([np.arange(s, e) for s, e in zip(starts, stops)]).tolist())
-    assert len(keys) == table.num_cells
-    return np.asarray(keys, dtype=np.uint64)
