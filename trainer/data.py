@@ -91,6 +91,8 @@ class GeoDataset:
     def subset(self, indices) -> "GeoDataset":
         """Rows `indices` (integer array or boolean mask), same label and supercategory lists."""
         idx = np.asarray(indices)
+        if idx.dtype != bool:
+            idx = idx.astype(np.int64)  # an empty list is float64 to numpy
         columns = {f: getattr(self, f)[idx] for f in
                    ("paths", "labels", "lat", "lon", "has_location", "dates", "supercategories")}
         return GeoDataset(**columns, label_names=self.label_names, supercategory_names=self.supercategory_names)

@@ -3,7 +3,8 @@ mobile_sdk.preprocess; a parity test pins the two together, so keep these names 
 
 Image spec (docs/CONTRACTS.md "Images"):
 1. `decode_image`: JPEG or PNG bytes -> RGB uint8 [h, w, 3]; grayscale is replicated to three
-   channels, RGBA drops its alpha channel (no blending against a background).
+   channels, RGBA drops its alpha channel (no blending against a background). JPEG: accurate
+   integer IDCT (libjpeg ISLOW) and fancy chroma upsampling, i.e. exactly PIL's decode.
 2. `resize_image`: to (H, W) with bilinear interpolation, half-pixel centres, no antialiasing, no
    crop, no aspect-ratio preservation (`tf.image.resize(..., "bilinear", antialias=False)`),
    computed in float32, then round half to even, clip to [0, 255], cast to uint8. An image that
@@ -32,6 +33,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 CROP_AREA = (0.6, 1.0)
 CROP_ASPECT = (3 / 4, 4 / 3)
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TFRECORD_INDEX = "index.json"
 TFRECORD_FORMAT = "geoaware-tfrecords"
 TFRECORD_FEATURES = {
@@ -47,9 +49,17 @@ TFRECORD_FEATURES = {
 def decode_image(data) -> tf.Tensor:
     """JPEG/PNG bytes (Python bytes or a scalar string tensor) -> RGB uint8 tensor [h, w, 3].
 
-    Grayscale is replicated to 3 channels; RGBA/grey+alpha drop the alpha channel. Works eagerly
-    (call `.numpy()` on the result) and inside tf.data."""
-    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    Grayscale is replicated to 3 channels; RGBA/grey+alpha drop the alpha channel. JPEG uses
+    libjpeg's accurate integer IDCT with fancy upsampling, which is what PIL does, so the SDK's
+    PIL decode gives identical pixels. Works eagerly (`.numpy()` the result) and inside tf.data."""
+    data = tf.convert_to_tensor(data, tf.string)
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), PNG_MAGIC)
+    check = tf.debugging.Assert(tf.logical_or(tf.io.is_jpeg(data), is_png), ["image bytes are neither JPEG nor PNG"])
+    with tf.control_dependencies([check]):
+        data = tf.identity(data)
+    image = tf.cond(tf.io.is_jpeg(data),
+                    lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                    lambda: tf.io.decode_png(data, channels=3, dtype=tf.uint8))
     image.set_shape([None, None, 3])
     return image
 

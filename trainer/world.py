@@ -69,7 +69,7 @@ class Preset:
     val_per_species: int
     # Species offsets from their genus mean, in units of the individual variation: the knob that
     # sets image-only difficulty (smaller = more alike).
-    subtlety: float = 0.9
+    subtlety: float = 1.5
     range_sigma_deg: tuple = (5.0, 9.0)  # vMF blob spread
     member_separation_deg: tuple = (12.0, 22.0)  # genus members' range centres from the genus centre
     missing_location_rate: float = 0.01  # train images without a location (iNat has some)
@@ -282,11 +282,11 @@ _TRAIT_UNITS = {"hue": 0.025, "pattern_hue": 0.03, "log_freq": 0.08, "coverage":
                 "accent": 0.08}
 
 
-def _genus_appearance(rng, plan: str) -> dict:
+def _genus_appearance(rng, plan: str, pattern: str, hue: float) -> dict:
     return {
         "plan": plan,
-        "pattern": PATTERNS[int(rng.integers(len(PATTERNS)))],
-        "hue": float(rng.uniform()), "sat": float(rng.uniform(0.45, 0.9)), "val": float(rng.uniform(0.5, 0.95)),
+        "pattern": pattern,
+        "hue": hue, "sat": float(rng.uniform(0.45, 0.9)), "val": float(rng.uniform(0.5, 0.95)),
         "pattern_hue": float(rng.uniform()), "pattern_val": float(rng.uniform(0.2, 0.9)),
         "log_freq": float(np.log(rng.uniform(2.5, 6.0))), "coverage": float(rng.uniform(0.3, 0.6)),
         "shape": float(rng.uniform(0.3, 0.7)), "accent": float(rng.uniform(0.15, 0.35)),
@@ -397,9 +397,9 @@ def render(species: dict, rng, size: int, supersample: int = 2) -> np.ndarray:
             mask = (xr / a) ** 2 + (yr / b) ** 2 < 1
             img = np.where(mask[..., None], _rgb(rng.uniform(), rng.uniform(0, 1), rng.uniform(0.1, 1)), img)
 
-    clutter(int(rng.integers(2, 9)))
-    # The animal: random pose (rotation), scale and position.
-    theta, scale = rng.uniform(0, 2 * np.pi), rng.uniform(0.45, 0.8)
+    clutter(int(rng.integers(1, 7)))
+    # The animal: random pose (rotation within +-60 degrees of upright), scale and position.
+    theta, scale = rng.uniform(-np.pi / 3, np.pi / 3), rng.uniform(0.5, 0.85)
     tx, ty = rng.uniform(-0.25, 0.25, size=2)
     u = ((x - tx) * np.cos(theta) + (y - ty) * np.sin(theta)) / scale
     v = (-(x - tx) * np.sin(theta) + (y - ty) * np.cos(theta)) / scale
@@ -452,7 +452,13 @@ def build_world(preset_name: str = "demo", seed: int = 0, observations=None):
     species, genera = [], []
     for g in range(n_genera):
         plan = BODY_PLANS[g // preset.genera_per_supercategory]
-        look = _genus_appearance(rng, plan)
+        if g % preset.genera_per_supercategory == 0:
+            # Genera of one body plan differ in pattern type and body hue, so look-alikes are
+            # mostly confused within their genus (as in real fine-grained data).
+            patterns = rng.permutation(PATTERNS)
+            hues = (rng.uniform() + np.arange(preset.genera_per_supercategory) / preset.genera_per_supercategory) % 1.0
+        k = g % preset.genera_per_supercategory
+        look = _genus_appearance(rng, plan, str(patterns[k % len(PATTERNS)]), float(hues[k]))
         members = []
         for e in epithets[g]:
             members.append(len(species))

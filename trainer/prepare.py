@@ -1,0 +1,118 @@
+"""Convert any supported dataset split into sharded TFRecords, for iNaturalist-scale input.
+
+    python -m trainer.prepare --data SPEC --split train --out DIR [--shards N] [--image-size H]
+                              [--label-names FILE] [--seed N] [--force]
+
+writes DIR/SPLIT/ atomically (a temp folder renamed into place):
+    shard-00000-of-0000N.tfrecord ...   tf.train.Example records: image (encoded bytes), label,
+                                        lat, lon (NaN when unknown), has_location, supercategory
+    index.json                          format, split, label and supercategory names, counts per
+                                        label, number of examples, shard file names, image size
+
+Rows are spread over the shards in a seeded random order, so every shard mixes all labels.
+Without --image-size the original JPEG/PNG bytes are stored untouched; with it, each image is
+decoded and resized by the spec in trainer.pipeline, then stored as PNG (lossless).
+Read it back with `trainer.pipeline.make_dataset_from_tfrecords(DIR/SPLIT, ...)`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from .data import DatasetError, GeoDataset, load_split
+from .pipeline import TFRECORD_FORMAT, TFRECORD_INDEX, decode_image, resize_image
+
+
+def _example(image_bytes: bytes, label: int, lat: float, lon: float, has_location: bool, supercategory: int):
+    def floats(v):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
+
+    def ints(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
+        "label": ints(int(label)), "lat": floats(float(lat)), "lon": floats(float(lon)),
+        "has_location": ints(int(has_location)), "supercategory": ints(int(supercategory)),
+    })).SerializeToString()
+
+
+def write_tfrecords(ds: GeoDataset, out_dir, split: str, shards: int = 8, image_size: int | None = None,
+                    seed: int = 0, force: bool = False, progress: bool = True) -> Path:
+    """Write `ds` as `out_dir/split/` (see module docstring). Returns that folder."""
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if len(ds) == 0:
+        raise ValueError("the dataset is empty: nothing to write")
+    shards = min(shards, len(ds))
+    final = Path(out_dir) / split
+    if final.exists() and not force:
+        raise FileExistsError(f"{final} exists; pass --force to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{split}.tmp-"))
+    try:
+        names = [f"shard-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
+        order = np.random.default_rng(seed).permutation(len(ds))
+        writers = [tf.io.TFRecordWriter(str(tmp / n)) for n in names]
+        try:
+            for k, row in enumerate(tqdm(order, desc=f"tfrecords {split}", unit="img", disable=not progress)):
+                data = Path(ds.paths[row]).read_bytes()
+                if image_size is not None:
+                    pixels = resize_image(decode_image(data), (image_size, image_size))
+                    data = tf.io.encode_png(pixels).numpy()
+                writers[k % shards].write(_example(data, ds.labels[row], ds.lat[row], ds.lon[row],
+                                                   ds.has_location[row], ds.supercategories[row]))
+        finally:
+            for w in writers:
+                w.close()
+        index = {"format": TFRECORD_FORMAT, "version": 1, "split": split, "num_examples": len(ds),
+                 "image_size": image_size, "shards": names, "label_names": ds.label_names,
+                 "supercategory_names": ds.supercategory_names, "counts": ds.train_counts().tolist()}
+        (tmp / TFRECORD_INDEX).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{split}.old-"))
+            os.replace(final, trash / "old")
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m trainer.prepare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="data SPEC (docs/datasets.md)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--out", required=True, help="output folder; the split goes to OUT/SPLIT/")
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=None, help="resize to HxH (PNG) before writing")
+    parser.add_argument("--label-names", help="text file, one label per line: align labels with a training set")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the row order across shards")
+    parser.add_argument("--force", action="store_true", help="replace an existing OUT/SPLIT")
+    args = parser.parse_args(argv)
+    try:
+        label_names = None
+        if args.label_names:
+            label_names = [line for line in Path(args.label_names).read_text(encoding="utf-8").splitlines() if line]
+        ds = load_split(args.data, args.split, label_names=label_names)
+        out = write_tfrecords(ds, args.out, args.split, args.shards, args.image_size, args.seed, args.force)
+    except (DatasetError, FileExistsError, ValueError, OSError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(f"wrote {len(ds)} examples of split {args.split!r} to {out}")
+
+
+if __name__ == "__main__":
+    main()
