@@ -33,7 +33,7 @@ from .geo import EARTH_RADIUS_KM, great_circle_km, miles_to_km, validate_locatio
 
 MAGIC = b"GWLT"
 VERSION = 1
-HEADER = struct.Struct("<4sHHIIdBBHIIIHHII32s8x")  # 96 bytes, see docs/whitelist-format.md
+HEADER = struct.Struct("<4sHHIIdBBHIIIHHII32s8x")  # 92 bytes, little-endian: docs/whitelist-format.md
 HEADER_SIZE = HEADER.size
 CRC_OFFSET = 8
 MAX_TABLE_PRECISION = 6  # keys are stored as uint32: 5 * 6 = 30 bits
