@@ -226,3 +226,88 @@ def test_real_observations_zero_false_negatives_and_compact():
     gz = len(gzip.compress(json.dumps(naive, separators=(",", ":")).encode(), 9))
     assert len(blob) <= 0.4 * gz, (len(blob), gz)
 
+
+
+def _doc_reader_lookup(blob: bytes, lat: float, lon: float):
+    """A second reader written from docs/whitelist-format.md alone (plain Python, no numpy, no
+    mobile_sdk): proves the document is enough for an app to read the table."""
+    import math
+    import struct
+    import zlib
+
+    def varints(data):
+        out, value, shift = [], 0, 0
+        for byte in data:
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                out.append(value)
+                value, shift = 0, 0
+        return out
+
+    assert blob[:4] == b"GWLT" and struct.unpack_from("<H", blob, 4)[0] == 1
+    assert zlib.crc32(blob[:8] + b"\0\0\0\0" + blob[12:]) == struct.unpack_from("<I", blob, 8)[0]
+    n_labels, = struct.unpack_from("<I", blob, 12)
+    p = blob[24]
+    n_runs, n_sets, rb, sb, nr, ns = struct.unpack_from("<IIHHII", blob, 32)
+    first_keys = struct.unpack_from(f"<{nr}I", blob, 92)
+    run_off = struct.unpack_from(f"<{nr + 1}I", blob, 92 + 4 * nr)
+    set_off = struct.unpack_from(f"<{ns + 1}I", blob, 92 + 4 * (2 * nr + 1))
+    index_end = 92 + 4 * (nr + nr + 1 + ns + 1)
+    lon = (lon + 180.0) % 360.0 - 180.0
+    lon_bits, lat_bits = (5 * p + 1) // 2, 5 * p // 2
+    row = min(max(math.floor((lat + 90) * 2 ** lat_bits / 180), 0), 2 ** lat_bits - 1)
+    col = min(max(math.floor((lon + 180) * 2 ** lon_bits / 360), 0), 2 ** lon_bits - 1)
+    key = 0
+    for i in range(5 * p):  # col bit, row bit, ... from the most significant
+        source, bits = (col, lon_bits) if i % 2 == 0 else (row, lat_bits)
+        key = (key << 1) | ((source >> (bits - 1 - i // 2)) & 1)
+    blocks = [b for b in range(nr) if first_keys[b] <= key]
+    if not blocks:
+        return None
+    b = blocks[-1]
+    n = min(rb, n_runs - b * rb)
+    v = varints(zlib.decompress(blob[index_end + run_off[b]:index_end + run_off[b + 1]], -15))
+    gaps, lengths, codes = v[:n], v[n:2 * n], v[2 * n:]
+    start, recent, previous, found = first_keys[b], [], 0, None
+    for gap, length, code in zip(gaps, lengths, codes):
+        start += gap
+        if code < 8:
+            set_id = recent.pop(code)
+        else:
+            z = code - 8
+            set_id = previous + (z >> 1 if z % 2 == 0 else -((z + 1) >> 1))
+        recent = ([set_id] + recent)[:8]
+        previous = set_id
+        if start <= key < start + length:
+            found = set_id
+        start += length
+    if found is None:
+        return None
+    sblock = found // sb
+    n = min(sb, n_sets - sblock * sb)
+    base = index_end + run_off[nr]
+    v = varints(zlib.decompress(blob[base + set_off[sblock]:base + set_off[sblock + 1]], -15))
+    offsets, counts, pos, sets = v[:n], v[n:2 * n], 2 * n, []
+    for i in range(n):
+        flips, label = set(), -1
+        for g in v[pos:pos + counts[i]]:
+            label += g + 1
+            flips.add(label)
+        pos += counts[i]
+        sets.append((sets[i - offsets[i]] if offsets[i] else set()) ^ flips)
+    assert all(label < n_labels for label in sets[found % sb])
+    return sorted(sets[found % sb])
+
+
+def test_format_document_is_enough_to_read_the_table():
+    lat, lon, _ = _synthetic(3000, seed=9)
+    labels = np.random.default_rng(9).integers(0, 40, lat.size)
+    names = [f"s{i}" for i in range(40)]
+    blob = build_whitelist(lat, lon, labels, len(names), 150.0, 4, names)
+    table = WhitelistTable.from_bytes(blob)
+    assert table.num_runs > 512 and table.num_sets > 256  # several blocks of each kind
+    q_lat, q_lon = _queries(lat, lon, 300, 9, spread_deg=3.0)
+    for a, b in zip(q_lat, q_lon):
+        ours = table.lookup(a, b)
+        assert _doc_reader_lookup(blob, float(a), float(b)) == (None if ours is None else ours.tolist())
