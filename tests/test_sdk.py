@@ -454,3 +454,34 @@ def test_sdk_never_imports_tensorflow(geo_bundle):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "LOADED []" in proc.stdout
+
+
+def test_runtime_falls_back_to_tflite_runtime_and_explains_when_none(geo_bundle):
+    """With ai_edge_litert absent, a `tflite_runtime` install is used (simulated here by exposing
+    LiteRT's Interpreter under that name); with neither, the error says what to install."""
+    code = (
+        "import sys, types, numpy as np\n"
+        "from ai_edge_litert.interpreter import Interpreter\n"
+        "for name in [m for m in sys.modules if m.startswith('ai_edge_litert')]:\n"
+        "    del sys.modules[name]\n"
+        "sys.modules['ai_edge_litert'] = None\n"
+        "if sys.argv[1] == 'tflite_runtime':\n"
+        "    pkg, mod = types.ModuleType('tflite_runtime'), types.ModuleType('tflite_runtime.interpreter')\n"
+        "    mod.Interpreter = Interpreter\n"
+        "    sys.modules.update({'tflite_runtime': pkg, 'tflite_runtime.interpreter': mod})\n"
+        "else:\n"
+        "    sys.modules['tflite_runtime'] = None\n"
+        "from mobile_sdk import runtime, GeoClassifier, ModelError\n"
+        "print('RUNTIME', runtime.RUNTIME_NAME)\n"
+        "try:\n"
+        f"    with GeoClassifier.from_bundle({str(geo_bundle)!r}) as clf:\n"
+        "        print('TOP', clf.classify(np.zeros((8, 8, 3), np.uint8), 48.85, 2.35).categories[0].label)\n"
+        "except ModelError as exc:\n"
+        "    print('ERROR', exc)\n"
+    )
+    fallback = subprocess.run([sys.executable, "-c", code, "tflite_runtime"], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+    assert "RUNTIME tflite_runtime" in fallback.stdout and "TOP " in fallback.stdout, fallback.stderr
+    missing = subprocess.run([sys.executable, "-c", code, "none"], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert "RUNTIME None" in missing.stdout and "pip install ai-edge-litert" in missing.stdout, missing.stderr
