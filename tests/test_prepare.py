@@ -1,0 +1,107 @@
+"""python -m trainer.prepare: sharded TFRecords, written atomically, read back with the same elements."""
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import trainer.prepare as prepare
+from trainer.data import load_split
+from trainer.pipeline import make_dataset, make_dataset_from_tfrecords, read_tfrecord_index
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    rows = [["file", "label", "latitude", "longitude", "supercategory"]]
+    for i in range(11):
+        pixels = np.random.default_rng(i).integers(0, 256, (18 + i, 22, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG" if i % 2 else "JPEG")
+        (tmp_path / f"{i}.img").write_bytes(buf.getvalue())
+        lat, lon = ("", "") if i == 5 else (i * 7.0 - 30, 170.0 + i)  # wraps past the antimeridian
+        rows.append([f"{i}.img", ["owl", "fox", "bat"][i % 3], lat, lon, "Aves" if i % 3 == 0 else "Mammalia"])
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return f"csv:{tmp_path / 'm.csv'}"
+
+
+def _collect(dataset):
+    out = [(x["image"].numpy(), x["location"].numpy(), y.numpy()) for x, y in dataset]
+    return [np.concatenate(parts) for parts in zip(*out)]
+
+
+def _by_location_then_label(images, locations, labels):
+    order = np.lexsort((labels, np.nan_to_num(locations[:, 1], nan=999), np.nan_to_num(locations[:, 0], nan=999)))
+    return images[order], locations[order], labels[order]
+
+
+@pytest.mark.parametrize("image_size", [None, 16])
+def test_prepare_round_trip_matches_make_dataset(manifest, tmp_path, image_size, capsys):
+    args = ["--data", manifest, "--split", "train", "--out", str(tmp_path / "rec"), "--shards", "3"]
+    if image_size:
+        args += ["--image-size", str(image_size)]
+    prepare.main(args)
+    split_dir = tmp_path / "rec" / "train"
+    index = read_tfrecord_index(split_dir)
+    ds = load_split(manifest, "train")
+    assert index["num_examples"] == len(ds) == 11
+    assert index["label_names"] == ds.label_names == ["bat", "fox", "owl"]
+    assert index["supercategory_names"] == ["Aves", "Mammalia"]
+    assert index["counts"] == ds.train_counts().tolist()
+    assert len(index["shards"]) == 3 and all((split_dir / s).stat().st_size > 0 for s in index["shards"])
+    from_records = _collect(make_dataset_from_tfrecords(split_dir, 16, batch_size=4, training=False))
+    direct = _collect(make_dataset(ds, 16, batch_size=4, training=False))
+    for a, b in zip(_by_location_then_label(*from_records), _by_location_then_label(*direct)):
+        np.testing.assert_array_equal(a, b)
+    assert np.isnan(from_records[1]).all(axis=1).sum() == 1  # the unknown location stays NaN
+    assert "wrote 11 examples" in capsys.readouterr().out
+
+
+def test_tfrecord_training_path_shuffles_and_repeats(manifest, tmp_path):
+    prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "2"])
+    ds = make_dataset_from_tfrecords(tmp_path / "rec" / "train", 8, batch_size=5, training=True, repeat=True,
+                                     shuffle_seed=1, drop_remainder=True)
+    labels = np.concatenate([y.numpy() for _, y in ds.take(6)])
+    assert len(labels) == 30
+    x, _ = next(iter(ds))
+    assert x["image"].shape == (5, 8, 8, 3) and x["image"].dtype.name == "uint8"
+
+
+def test_existing_output_needs_force(manifest, tmp_path):
+    prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "1"])
+    before = (tmp_path / "rec" / "train" / "index.json").read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "2"])
+    assert exc.value.code == 2
+    assert (tmp_path / "rec" / "train" / "index.json").read_bytes() == before
+    prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "2", "--force"])
+    assert len(json.loads((tmp_path / "rec" / "train" / "index.json").read_text())["shards"]) == 2
+
+
+def test_interrupted_write_leaves_no_split_folder(manifest, tmp_path, monkeypatch):
+    real = prepare._example
+    calls = {"n": 0}
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise OSError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(prepare, "_example", failing)
+    with pytest.raises(OSError, match="disk full"):
+        prepare.write_tfrecords(load_split(manifest, "train"), tmp_path / "rec", "train", shards=2, progress=False)
+    assert list((tmp_path / "rec").iterdir()) == []
+
+
+def test_reader_rejects_folders_without_an_index(tmp_path):
+    with pytest.raises(ValueError, match="index.json not found"):
+        make_dataset_from_tfrecords(tmp_path, 8, 2, training=False)
+
+
+def test_bad_spec_is_a_clean_cli_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        prepare.main(["--data", "csv:/no/such.csv", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "not found" in capsys.readouterr().err
