@@ -155,10 +155,11 @@ def test_jpeg_decode_equals_accurate_integer_dct(tf_pipeline, quality, subsampli
         np.testing.assert_array_equal(load_image(jpeg), expected)
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.pipeline.decode_image uses tf.io.decode_image, whose JPEG "
-                   "path is INTEGER_FAST (up to ~9 levels off PIL); requested: decode JPEG with "
-                   "dct_method='INTEGER_ACCURATE' (docs/CONTRACTS.md, Images step 1)")
-def test_jpeg_decode_equals_trainer(tf_pipeline):
-    _, decode_image, _ = tf_pipeline
-    jpeg = _encode(_photo_like(48, 64, 5), "JPEG", quality=90)
-    np.testing.assert_array_equal(load_image(jpeg), decode_image(jpeg).numpy())
+@pytest.mark.parametrize("quality,subsampling,mode", [(90, 0, "RGB"), (75, 2, "RGB"), (95, 1, "L")])
+def test_jpeg_decode_equals_trainer(tf_pipeline, quality, subsampling, mode):
+    _, decode_image, tf_resize = tf_pipeline
+    pixels = np.asarray(Image.fromarray(_photo_like(48, 64, 5)).convert(mode))
+    jpeg = _encode(pixels, "JPEG", quality=quality, subsampling=subsampling)
+    ours, theirs = load_image(jpeg), decode_image(jpeg).numpy()
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(resize_image(ours, (32, 32)), tf_resize(theirs, (32, 32)).numpy())
