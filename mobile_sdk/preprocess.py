@@ -113,11 +113,12 @@ def resize_image(image: np.ndarray, size) -> np.ndarray:
         return image
     top, bottom, y_lerp = _axis_weights(image.shape[0], height)
     left, right, x_lerp = _axis_weights(image.shape[1], width)
-    pixels = image.astype(np.float32)
     x_lerp = x_lerp[None, :, None]
-    top_rows, bottom_rows = pixels[top], pixels[bottom]
-    top_values = top_rows[:, left] + (top_rows[:, right] - top_rows[:, left]) * x_lerp
-    bottom_values = bottom_rows[:, left] + (bottom_rows[:, right] - bottom_rows[:, left]) * x_lerp
+    # Gather the needed pixels first (uint8, cheap), then convert: the same float32 arithmetic.
+    top_left, top_right = image[top][:, left].astype(np.float32), image[top][:, right].astype(np.float32)
+    bottom_left, bottom_right = image[bottom][:, left].astype(np.float32), image[bottom][:, right].astype(np.float32)
+    top_values = top_left + (top_right - top_left) * x_lerp
+    bottom_values = bottom_left + (bottom_right - bottom_left) * x_lerp
     out = top_values + (bottom_values - top_values) * y_lerp[:, None, None]
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
