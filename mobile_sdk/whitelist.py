@@ -51,7 +51,7 @@ def label_set_hash(label_names) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
-# varints (LEB128, unsigned) and zigzag
+# varints (unsigned LEB128) and raw DEFLATE
 # ---------------------------------------------------------------------------------------------
 
 def _encode_varints(values: np.ndarray) -> bytes:
