@@ -82,7 +82,7 @@ class Category:
 @dataclass(frozen=True)
 class ClassificationResult:
     categories: tuple[Category, ...]
-    location_used: bool  # a valid location was given and fed to the model and whitelist
+    location_used: bool  # a valid location was given and the model or the whitelist took it into account
     whitelist_filtered: bool  # the whitelist removed or down-weighted at least one label
     model_version: str
     location: tuple[float, float] | None = None  # (lat, wrapped lon) as used
@@ -116,6 +116,8 @@ class GeoClassifier:
         self.labels = list(bundle.labels)
         outputs = bundle.model.output_shapes
         self._has_parts = "vision_logits" in outputs and "geo_logits" in outputs
+        self._location_matters = bundle.manifest["model_kind"] != "image" or (
+            options.use_whitelist and bundle.whitelist is not None)
         self._closed = threading.Event()
         index = {label: i for i, label in enumerate(self.labels)}
         self._category_mask = np.ones(len(self.labels), dtype=bool)
@@ -206,7 +208,8 @@ class GeoClassifier:
             index=i, label=self.labels[i], score=float(scores[i]),
             vision_score=None if vision is None else float(vision[i]),
             geo_score=None if geo is None else float(geo[i])) for i in order)
-        return ClassificationResult(categories, location is not None, filtered, self.model_version, location)
+        used = location is not None and self._location_matters
+        return ClassificationResult(categories, used, filtered, self.model_version, location)
 
     def classify_batch(self, images, locations=None) -> list[ClassificationResult]:
         """Classify many images. `locations`: None, or one (lat, lon) pair or None per image."""

@@ -313,8 +313,11 @@ def test_species_near_without_geo_network_uses_whitelist(image_bundle):
     assert not near.geo_scored and [c.index for c in near.categories] == [1, 2]
     assert all(c.score == 1.0 and c.geo_score is None for c in near.categories)
     assert not far.whitelist_covered and far.categories == ()
-    assert sorted(c.index for c in result.categories) == [1, 2]
+    assert sorted(c.index for c in result.categories) == [1, 2] and result.location_used
     assert all(c.vision_score is None and c.geo_score is None for c in result.categories)
+    with GeoClassifier.from_bundle(image_bundle, GeoClassifierOptions(use_whitelist=False)) as clf:
+        ignored = clf.classify(IMAGE, *SYDNEY)
+    assert not ignored.location_used and len(ignored.categories) == 4  # nothing looked at the location
 
 
 # -- bundles -------------------------------------------------------------------------------------
