@@ -46,8 +46,31 @@ class Splits:
     train_size: int
 
 
+TFRECORDS_PREFIX = "tfrecords:"
+
+
+def _load_tfrecord_splits(config: TrainConfig) -> Splits:
+    """`tfrecords:DIR`: DIR/train and DIR/val written by `python -m trainer.prepare`."""
+    from trainer.pipeline import make_dataset_from_tfrecords, read_tfrecord_index
+
+    root = Path(config.data[len(TFRECORDS_PREFIX):])
+    train_index, val_index = read_tfrecord_index(root / "train"), read_tfrecord_index(root / "val")
+    if val_index["label_names"] != train_index["label_names"]:
+        raise ValueError(f"{root}/val was prepared with other labels than {root}/train; "
+                         "prepare val with --label-names of the training labels")
+    size, batch = config.image_size, config.batch_size
+    return Splits(
+        train=make_dataset_from_tfrecords(root / "train", size, batch, training=True, shuffle_seed=config.seed,
+                                          repeat=True),
+        train_eval=make_dataset_from_tfrecords(root / "train", size, batch, training=False),
+        val=make_dataset_from_tfrecords(root / "val", size, batch, training=False),
+        labels=list(train_index["label_names"]), train_size=int(train_index["num_examples"]))
+
+
 def load_splits(config: TrainConfig) -> Splits:
-    """The config's data SPEC through trainer.data and trainer.pipeline."""
+    """The config's data SPEC through trainer.data and trainer.pipeline (or `tfrecords:DIR`)."""
+    if config.data.startswith(TFRECORDS_PREFIX):
+        return _load_tfrecord_splits(config)
     from trainer.data import load_split
     from trainer.pipeline import make_dataset
 
@@ -234,7 +257,8 @@ def _parse_blocks(text: str | None, backbone: str):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="data SPEC: a world folder or FORMAT:PATH[,IMAGE_ROOT]")
+    p.add_argument("--data", required=True,
+                   help="data SPEC: a world folder, FORMAT:PATH[,IMAGE_ROOT], or tfrecords:DIR from trainer.prepare")
     p.add_argument("--model", required=True, choices=models.MODEL_KINDS)
     p.add_argument("--out", required=True, help="RUN_DIR; rerunning the same command resumes it")
     p.add_argument("--backbone", choices=models.BACKBONES, help="default: the --init run's, else mobilenet_v2")
