@@ -102,6 +102,7 @@ class NearbySpecies:
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax in float64; -inf logits (labels removed by a hard whitelist) get exactly 0."""
     z = logits.astype(np.float64) - logits.max()
     e = np.exp(z)
     return e / e.sum()
@@ -195,9 +196,11 @@ class GeoClassifier:
         if mask is not None and not mask.all():
             weight = mask.astype(np.float64) if self.options.whitelist_mode == "hard" \
                 else np.where(mask, 1.0, self.options.whitelist_floor)
-            weighted = probs * weight
-            if weighted.sum() > 0:  # all-zero means the model gave the allowed labels nothing: keep it
-                scores, filtered = weighted / weighted.sum(), True
+            if "logits" in out:  # softmax(logits + log w): exact even where a probability underflowed
+                with np.errstate(divide="ignore"):
+                    scores, filtered = _softmax(out["logits"].reshape(-1) + np.log(weight)), True
+            elif (probs * weight).sum() > 0:  # else the model gave the allowed labels nothing: keep it
+                scores, filtered = probs * weight / (probs * weight).sum(), True
         keep = self._category_mask & (scores >= self.options.score_threshold)
         if mask is not None and self.options.whitelist_mode == "hard" and filtered:
             keep &= mask

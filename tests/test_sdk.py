@@ -488,3 +488,20 @@ def test_runtime_falls_back_to_tflite_runtime_and_explains_when_none(geo_bundle)
     missing = subprocess.run([sys.executable, "-c", code, "none"], cwd=REPO, capture_output=True, text=True,
                              timeout=120)
     assert "RUNTIME None" in missing.stdout and "pip install ai-edge-litert" in missing.stdout, missing.stderr
+
+
+def test_whitelist_without_logits_output_renormalises_probabilities(geo_bundle, monkeypatch):
+    """Models are meant to output logits too; for one that does not, the whitelist reweights the
+    probabilities (same maths) instead."""
+    with GeoClassifier.from_bundle(geo_bundle, GeoClassifierOptions(whitelist_mode="soft", whitelist_floor=0.5)) as clf:
+        with_logits = clf.classify(IMAGE, *PARIS)
+        run = clf._bundle.model.run
+        monkeypatch.setattr(clf._bundle.model, "run",
+                            lambda *a: {k: v for k, v in run(*a).items() if k != "logits"})
+        without = clf.classify(IMAGE, *PARIS)
+    probs = _raw(geo_bundle, PARIS)["probabilities"][0].astype(np.float64) * np.array([1, 0.5, 1, 0.5])
+    assert without.whitelist_filtered and with_logits.whitelist_filtered
+    assert {c.index: c.score for c in without.categories} == pytest.approx(dict(enumerate(probs / probs.sum())),
+                                                                           rel=1e-5)
+    assert {c.index: c.score for c in with_logits.categories} == pytest.approx(
+        {c.index: c.score for c in without.categories}, rel=1e-4)
