@@ -163,3 +163,27 @@ def test_jpeg_decode_equals_trainer(tf_pipeline, quality, subsampling, mode):
     ours, theirs = load_image(jpeg), decode_image(jpeg).numpy()
     np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(resize_image(ours, (32, 32)), tf_resize(theirs, (32, 32)).numpy())
+
+
+def test_trainer_eval_pipeline_equals_sdk_on_files(tf_pipeline, tmp_path):
+    """The whole path: files -> trainer.pipeline.make_dataset (eval) vs mobile_sdk prepare_image,
+    and the location the model gets: NaN for unknown in both."""
+    try:
+        from trainer.data import GeoDataset
+        from trainer.pipeline import make_dataset
+    except ImportError as exc:
+        pytest.skip(f"trainer.data/pipeline not available: {exc}")
+    paths = []
+    for i, (fmt, mode, shape) in enumerate([("PNG", "RGB", (40, 57)), ("JPEG", "RGB", (71, 33)),
+                                            ("PNG", "RGBA", (32, 32)), ("JPEG", "L", (20, 90))]):
+        path = tmp_path / f"{i}.{fmt.lower()}"
+        Image.fromarray(_photo_like(*shape, seed=i)).convert(mode).save(path, fmt)
+        paths.append(str(path))
+    n = len(paths)
+    ds = GeoDataset(paths=paths, labels=[0, 1, 0, 1], lat=[10.0, np.nan, -45.5, 89.0], lon=[20.0, np.nan, 179.5, -3.0],
+                    has_location=[True, False, True, True], dates=[""] * n, supercategories=[0] * n,
+                    label_names=["a", "b"], supercategory_names=["all"])
+    (batch, _), = make_dataset(ds, (32, 48), batch_size=n, training=False).take(1)
+    ours = np.concatenate([prepare_image(p, (32, 48)) for p in paths])
+    np.testing.assert_array_equal(batch["image"].numpy(), ours)
+    np.testing.assert_array_equal(np.isnan(batch["location"].numpy()).all(axis=1), [False, True, False, False])
