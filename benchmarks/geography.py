@@ -66,19 +66,28 @@ def bayesian_location_probs(counts: np.ndarray, smoothing: float = 1.0) -> np.nd
 
 
 def train_geo_net(train_latlon, train_labels, num_labels: int, epochs: int, seed: int):
-    """The post-processing geo network fitted on locations alone; returns latlon -> P(L|G)."""
-    from trainer.models import location_only_geo_model
-
+    """The post-processing geo head (trainer.models.build_geo_head) fitted with zero vision logits,
+    i.e. on locations alone, with the paper's SGD at 0.02; returns latlon -> P(L|G)."""
     import keras
 
+    from trainer.config import OptimizerConfig
+    from trainer.models import build_geo_head
+
     keras.utils.set_random_seed(seed)
-    model = location_only_geo_model(num_labels)
-    model.compile(optimizer=keras.optimizers.SGD(0.02, momentum=0.9),
+    head = build_geo_head(num_labels, seed=seed)
+    model = keras.Model(head.input, head.output["logits"])
+    batch = 512
+    model.compile(optimizer=OptimizerConfig.for_model("postprocess").build(len(train_labels) // batch),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(train_latlon.astype(np.float32), train_labels, batch_size=512, epochs=epochs, verbose=2)
+
+    def inputs(latlon):
+        latlon = np.asarray(latlon, np.float32)
+        return {"vision_logits": np.zeros((len(latlon), num_labels), np.float32), "location": latlon}
+
+    model.fit(inputs(train_latlon), train_labels, batch_size=batch, epochs=epochs, shuffle=True, verbose=2)
 
     def predict(latlon):
-        logits = model.predict(np.asarray(latlon, np.float32), batch_size=4096, verbose=0)
+        logits = model.predict(inputs(latlon), batch_size=4096, verbose=0)
         logits = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)

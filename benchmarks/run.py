@@ -38,7 +38,7 @@ def run_section(name: str, args) -> Section:
     if name == "geography":
         from benchmarks import geography
 
-        return geography.run(max_test=500 if args.quick else 5000, geo_epochs=1 if args.quick else 5, seed=args.seed)
+        return geography.run(max_test=500 if args.quick else 5000, geo_epochs=1 if args.quick else 10, seed=args.seed)
     from benchmarks import perf
 
     return perf.run(args.out / "perf", repeats=5 if args.quick else args.repeats, quick=args.quick,

@@ -78,3 +78,31 @@ def test_real_observations_load_with_consistent_labels():
     assert latlon.shape == (272037, 2) and len(names) == 500
     assert labels.min() == 0 and labels.max() == 499
     assert np.abs(latlon[:, 0]).max() <= 90
+
+
+def test_budget_epochs_split_the_budget():
+    from benchmarks.accuracy import budget_epochs
+
+    assert budget_epochs(45, 60) == (24, 10)  # 0.55*2700/60, 0.30*2700/(1.3*60)
+    assert budget_epochs(1, 600) == (1, 1)  # never zero epochs
+    with pytest.raises(ValueError):
+        budget_epochs(10, 0)
+
+
+def test_accuracy_targets_from_a_report():
+    from benchmarks.accuracy import BENCH, targets_from
+
+    def method(top1, head, tail):
+        return {"top1": top1, "head": {"top1": head}, "tail": {"top1": tail}}
+
+    methods = {"image only": method(0.50, 0.60, 0.40), "whitelist": method(0.55, 0.62, 0.48),
+               "post-process": method(0.70, 0.72, 0.68), "feature mod.": method(0.65, 0.70, 0.60),
+               "oracle": method(0.705, 0.73, 0.68)}
+    verdicts = {t.name: t.met for t in targets_from(methods, "oracle", BENCH)}
+    assert verdicts == {
+        "post-processing top-1 within 1 point of the oracle": True,
+        "image only < whitelist < post-processing (top-1)": True,
+        "feature modulation ≥ post-processing (small MobileNet V2)": False,
+        "post-process: geolocation gain larger on the tail than on the head": True,
+        "feature mod.: geolocation gain larger on the tail than on the head": True,
+    }

@@ -1,0 +1,211 @@
+"""Performance: what an app pays for geolocation, and what training pays for its input pipeline.
+
+- classify() against the bare LiteRT signature call on the same int8 bundle (ratio);
+- geo model (post-processing, feature modulation) against image-only LiteRT latency, at 224 px
+  alpha 1.0 and at the demo size, int8 (ratio; weights do not change latency, so untrained
+  models of each architecture are converted);
+- int8 against float32: file size and top-1 of the same trained run on the same validation rows;
+- the whitelist table: bytes vs gzip -9 JSON, build time, single and batched lookup throughput
+  (benchmarks.bench_whitelist, owned by the SDK);
+- training images/s: the trainer's tf.data input pipeline feeding a model against plain
+  model.fit on the same images already decoded in memory (the ceiling for the pipeline).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import Section, Target, interleaved, ratio_target
+from trainer.metrics import markdown_table
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_SIZE = (64, 0.35)  # image size, alpha of `make demo`
+SERVER_SIZE = (224, 1.0)
+
+
+def tflite_bytes(kind: str, image_size: int, alpha: float, num_classes: int, seed: int = 0) -> bytes:
+    """An untrained model of `kind` converted to int8 TFLite (calibrated on random inputs: fine for
+    latency, which does not depend on the weights' values)."""
+    import keras
+
+    from converters.export import convert_model, representative_data
+    from converters.quantization import QuantizationConfig
+    from trainer import models
+
+    keras.utils.set_random_seed(seed)
+    image_model = models.build_image_model(num_classes, image_size=image_size, alpha=alpha)
+    if kind == "image":
+        model = image_model
+    elif kind == "postprocess":
+        model = models.build_postprocess_model(image_model, models.build_geo_head(num_classes, seed=seed))
+    else:
+        model = models.build_featuremod_model(image_model, seed=seed)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (8, image_size, image_size, 3), dtype=np.uint8)
+    locations = np.stack([rng.uniform(-60, 70, 8), rng.uniform(-180, 180, 8)], axis=1).astype(np.float32)
+    return convert_model(model, QuantizationConfig.for_int8(representative_data(images, locations)))
+
+
+def signature_call(content: bytes):
+    """The bare LiteRT call an app would make: the serving signature on ready uint8 pixels."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content, num_threads=1)
+    runner = interpreter.get_signature_runner("serving_default")
+    details = runner.get_input_details()["image"]
+    image = np.random.default_rng(0).integers(0, 256, details["shape"], dtype=np.uint8)
+    location = np.array([[47.4, 8.5]], np.float32)
+    return lambda: runner(image=image, location=location)
+
+
+def enough_repeats(fn, minimum: int, seconds: float = 3.0, cap: int = 3000) -> int:
+    """At least `minimum` repeats, more for fast calls, so each median rests on ~`seconds` of samples."""
+    begin = time.perf_counter()
+    fn()
+    return int(min(cap, max(minimum, seconds / max(time.perf_counter() - begin, 1e-6))))
+
+
+def latency_ratios(repeats: int, sizes, num_classes: int = 200):
+    rows, targets = [], []
+    for image_size, alpha in sizes:
+        calls = {kind: signature_call(tflite_bytes(kind, image_size, alpha, num_classes))
+                 for kind in ("image", "postprocess", "featuremod")}
+        timings = interleaved(calls, repeats=enough_repeats(calls["image"], repeats), warmup=3)
+        base = timings["image"].median
+        for kind, t in timings.items():
+            rows.append([f"{image_size} px, alpha {alpha}", kind, t.ms(), f"{t.median / base:.3f}x"])
+        for kind in ("postprocess", "featuremod"):
+            why = ("feature modulation adds a Dense layer and an Add to each of 14 blocks, which is "
+                   "a larger share of a tiny network's time") if kind == "featuremod" else (
+                "the geo MLP (256-128-128 + logits) is a fixed cost that a tiny image network does not hide")
+            targets.append(ratio_target(f"{kind} ≤ 1.05x image-only latency at {image_size} px alpha {alpha}",
+                                        timings[kind].median, base, 1.05, f"{kind}/image-only int8 invoke", why))
+    table = markdown_table(["model size", "model (int8, untrained weights)", "median latency per image", "vs image-only"], rows)
+    return table, targets
+
+
+def find_trained_run(*candidates: Path) -> Path | None:
+    """The first post-processing run that exists (bench accuracy section, else `make demo`'s)."""
+    for root in candidates:
+        run = root / "runs" / "postprocess"
+        if (run / "model.keras").exists() and (root / "world" / "val.json").exists():
+            return root
+    return None
+
+
+def export_pair(root: Path, work: Path, verify_samples: int) -> dict:
+    """Export the trained post-processing run as float32 and int8 bundles; verification runs both
+    on the same seeded validation rows, so their accuracies compare like with like."""
+    from converters.export import export_bundle
+
+    manifests = {}
+    for mode in ("float32", "int8"):
+        manifests[mode] = export_bundle(str(root / "runs" / "postprocess"), work / f"bundle-{mode}", mode,
+                                        data=str(root / "world"), force=True, verify_samples=verify_samples)
+    return manifests
+
+
+def classify_vs_invoke(bundle: Path, repeats: int):
+    from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
+
+    content = (bundle / "model.tflite").read_bytes()
+    bare = signature_call(content)
+    classifier = GeoClassifier.from_bundle(bundle, GeoClassifierOptions(num_threads=1))
+    size = classifier.manifest["input_size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    calls = {"bare": bare, "classify": lambda: classifier.classify(image, 47.4, 8.5)}
+    timings = interleaved(calls, repeats=enough_repeats(bare, repeats), warmup=5)
+    classifier.close()
+    return timings
+
+
+def training_throughput(root: Path, steps: int, batch_size: int = 32, image_size: int = 64, alpha: float = 0.35):
+    """images/s of the trainer's input pipeline feeding model.fit vs in-memory arrays, same model
+    and steps, each after one untimed warm-up epoch (tracing)."""
+    import keras
+
+    from trainer import models
+    from trainer.config import TrainConfig
+    from trainer.train import load_splits
+
+    config = TrainConfig(data=str(root / "world"), image_size=image_size, alpha=alpha, batch_size=batch_size)
+    splits = load_splits(config)
+    x_images, x_locations, y = [], [], []
+    for features, labels in splits.train.take(steps):
+        x_images.append(features["image"].numpy())
+        x_locations.append(features["location"].numpy())
+        y.append(labels.numpy())
+    arrays = ({"image": np.concatenate(x_images), "location": np.concatenate(x_locations)}, np.concatenate(y))
+
+    def fit_seconds(fit):
+        keras.utils.set_random_seed(0)
+        model = models.build_image_model(len(splits.labels), image_size=image_size, alpha=alpha)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        fit(model, 1)  # warm-up: tracing and first-epoch costs
+        begin = time.perf_counter()
+        fit(model, 1)
+        return time.perf_counter() - begin
+
+    pipeline = fit_seconds(lambda m, e: m.fit(splits.train, steps_per_epoch=steps, epochs=e, verbose=0))
+    memory = fit_seconds(lambda m, e: m.fit(*arrays, batch_size=batch_size, epochs=e, shuffle=True, verbose=0))
+    images = steps * batch_size
+    return images / pipeline, images / memory
+
+
+def run(work: Path, repeats: int = 50, quick: bool = False, accuracy_dir: Path | None = None) -> Section:
+    begin = time.monotonic()
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    parts, targets = [], []
+
+    sizes = [DEMO_SIZE] if quick else [SERVER_SIZE, DEMO_SIZE]
+    table, latency_targets = latency_ratios(max(5, repeats // 2) if not quick else repeats, sizes)
+    parts += ["### Geo model vs image-only latency (LiteRT, 1 thread, batch 1, interleaved)", "", table]
+    targets += latency_targets
+
+    root = find_trained_run(*[p for p in (accuracy_dir, REPO / "out" / "demo") if p is not None])
+    if root is None:
+        parts += ["", "### Trained-model benchmarks", "",
+                  "Skipped: no trained post-processing run found (run `make demo` or the accuracy section)."]
+        targets += [Target("int8 top-1 within 1 point of float", None, "no trained run"),
+                    Target("int8 file ≤ 0.3x float", None, "no trained run"),
+                    Target("classify() ≤ 1.10x bare invoke", None, "no trained run")]
+    else:
+        manifests = export_pair(root, work, verify_samples=64 if quick else 1000)
+        v = {m: manifests[m]["metrics"]["verification"] for m in manifests}
+        acc = {m: v[m]["located"]["tflite_top1_accuracy"] for m in v}
+        size = {m: v[m]["file_bytes"] for m in v}
+        parts += ["", f"### int8 vs float32 (post-processing run in `{root}`, {v['int8']['samples']} validation images)", "",
+                  markdown_table(["quantization", "file bytes", "LiteRT top-1", "Keras top-1", "top-1 agreement with Keras"],
+                                 [[m, f"{size[m]:,}", f"{100 * acc[m]:.1f}%",
+                                   f"{100 * v[m]['located']['keras_top1_accuracy']:.1f}%",
+                                   f"{100 * v[m]['located']['top1_agreement']:.1f}%"] for m in ("float32", "int8")])]
+        drop = 100 * (acc["float32"] - acc["int8"])
+        targets.append(Target("int8 top-1 within 1 point of float", drop <= 1.0,
+                              f"float32 {100 * acc['float32']:.1f}% vs int8 {100 * acc['int8']:.1f}% ({-drop:+.1f} points)"))
+        targets.append(ratio_target("int8 file ≤ 0.3x float", size["int8"], size["float32"], 0.3, "int8/float32 bytes",
+                                    "at alpha 0.35 the geo MLP and per-channel quantization parameters are a "
+                                    "larger share of a small file"))
+        timings = classify_vs_invoke(work / "bundle-int8", repeats)
+        parts += ["", "### classify() vs the bare LiteRT call (same int8 bundle, image already at input size)", "",
+                  markdown_table(["call", "median latency"], [[k, t.ms()] for k, t in timings.items()])]
+        targets.append(ratio_target("classify() ≤ 1.10x bare invoke", timings["classify"].median,
+                                    timings["bare"].median, 1.10, "classify/bare",
+                                    "classify validates, builds the result dataclasses and applies the whitelist "
+                                    "lookup; on a tiny model that fixed cost is a large share"))
+        pipeline, memory = training_throughput(root, steps=8 if quick else 40)
+        parts += ["", "### Training throughput (image-only MobileNet V2, 64 px, alpha 0.35, batch 32)", "",
+                  markdown_table(["input", "images/s"], [["trainer tf.data pipeline (decode, augment)", f"{pipeline:.0f}"],
+                                                         ["in-memory arrays (plain model.fit)", f"{memory:.0f}"]]),
+                  "", f"Pipeline reaches {pipeline / memory:.2f}x of the in-memory ceiling."]
+
+    from benchmarks import bench_whitelist
+
+    whitelist = bench_whitelist.section(**({"repeats": 1, "queries": 1000} if quick else {}))
+    parts += ["", f"### {whitelist.title}", "", whitelist.body]
+    targets += whitelist.targets
+    return Section("Performance", "\n".join(parts), targets, time.monotonic() - begin)

@@ -1,0 +1,77 @@
+"""The demo: stage reuse logic (fast) and the --quick variant end to end (slow)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer import demo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def counting_stage(out: Path, calls: list, key="v1", name="make"):
+    target = out / f"{name}.txt"
+
+    def run():
+        calls.append(name)
+        target.write_text("done")
+
+    return demo.Stage(name, key, [target], run, "writes a file")
+
+
+def test_second_run_reuses_a_finished_stage(tmp_path, capsys):
+    calls = []
+    demo.Runner(tmp_path).stage(counting_stage(tmp_path, calls))
+    demo.Runner(tmp_path).stage(counting_stage(tmp_path, calls))
+    assert calls == ["make"]
+    assert "reusing" in capsys.readouterr().out
+    assert json.loads((tmp_path / ".stamps" / "make.json").read_text())["key"] == "v1"
+
+
+def test_changed_key_or_missing_output_reruns(tmp_path):
+    calls = []
+    demo.Runner(tmp_path).stage(counting_stage(tmp_path, calls))
+    demo.Runner(tmp_path).stage(counting_stage(tmp_path, calls, key="v2"))  # e.g. other epochs
+    (tmp_path / "make.txt").unlink()
+    demo.Runner(tmp_path).stage(counting_stage(tmp_path, calls, key="v2"))
+    assert calls == ["make", "make", "make"]
+
+
+def test_failed_stage_leaves_no_stamp(tmp_path):
+    def broken():
+        raise demo.StageError("boom")
+
+    runner = demo.Runner(tmp_path)
+    with pytest.raises(demo.StageError, match="boom"):
+        runner.stage(demo.Stage("broken", "k", [tmp_path / "never"], broken))
+    assert not (tmp_path / ".stamps" / "broken.json").exists()
+    # A stage that "succeeds" without writing its outputs is an error, not a stamp.
+    with pytest.raises(demo.StageError, match="did not write"):
+        runner.stage(demo.Stage("lazy", "k", [tmp_path / "never"], lambda: None))
+    assert not (tmp_path / ".stamps" / "lazy.json").exists()
+
+
+def test_failing_cli_names_the_command():
+    with pytest.raises(demo.StageError, match="trainer.no_such_module"):
+        demo.run_cli(["trainer.no_such_module"])
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end_then_reuses(tmp_path):
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "trainer.demo", "--quick", "--out", str(out)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for path in ("world/train.json", "runs/image/model.keras", "runs/postprocess/model.keras",
+                 "runs/featuremod/model.keras", "eval/report.json", "bundle/model.tflite",
+                 "bundle/manifest.json", "rangemap.png"):
+        assert (out / path).exists(), path
+    assert "top-1" in first.stdout and "post-processing" in first.stdout
+    assert str(out) in first.stdout  # it ends by saying where the outputs are
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("reusing") >= 6
