@@ -1,0 +1,231 @@
+"""Export a training run as an app-ready bundle (docs/export.md):
+
+    python -m converters.export --model RUN_DIR --out BUNDLE_DIR --quantize float32|float16|dynamic|int8
+        [--data SPEC] [--force] [--calibration-samples N] [--verify-samples N]
+        [--whitelist-radius MILES] [--whitelist-precision P]
+
+Keras model -> SavedModel with one batch-1 signature -> TFLiteConverter (quantized per
+converters.quantization) -> signature and location-path checks -> LiteRT vs Keras on validation
+samples -> bundle folder (model.tflite, labels.txt, whitelist.gwl, manifest.json last), written in
+a hidden temporary folder next to BUNDLE_DIR and renamed into place.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mobile_sdk.bundle import (MANIFEST_FILE, MODEL_FILE, WHITELIST_FILE, manifest_for, write_labels,
+                               write_manifest)
+from mobile_sdk.whitelist import atomic_write_bytes, write_whitelist
+
+from .quantization import MODES, QuantizationConfig
+from .verify import check_location_float, check_signature, compare, expected_signature, load_samples
+
+DEFAULT_CALIBRATION_SAMPLES = 200
+DEFAULT_VERIFY_SAMPLES = 200
+DEFAULT_WHITELIST_RADIUS_MILES = 100.0  # the paper's best radius
+DEFAULT_WHITELIST_PRECISION = 4
+
+
+class ExportError(ValueError):
+    """An export that cannot proceed: bad arguments, or a target folder it must not overwrite."""
+
+
+def save_serving_model(model, directory) -> None:
+    """Keras model -> SavedModel with one endpoint taking batch-1 `image` and `location`.
+
+    model.export(format="tf_saved_model") would do, but leaves the batch dimension dynamic; a
+    static batch of 1 is what the contract says and what mobile delegates handle best.
+    """
+    import keras
+    import tensorflow as tf
+
+    height, width = expected_signature(model).image_size
+    signature = {"image": tf.TensorSpec([1, height, width, 3], tf.uint8, name="image"),
+                 "location": tf.TensorSpec([1, 2], tf.float32, name="location")}
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda inputs: model(inputs, training=False), input_signature=[signature])
+    archive.write_out(str(directory), verbose=False)
+
+
+def convert_model(model, config: QuantizationConfig) -> bytes:
+    """Keras model -> checked .tflite bytes (signature as the contract says, location path float)."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="geoaware-savedmodel-") as saved:
+        save_serving_model(model, saved)
+        content = config.convert(tf.lite.TFLiteConverter.from_saved_model(saved))
+    check_signature(content, expected_signature(model))
+    check_location_float(content)
+    return content
+
+
+def representative_data(images, locations) -> list[dict]:
+    """Calibration inputs in the signature's form: one batch-1 dict per sample."""
+    return [{"image": images[i:i + 1], "location": locations[i:i + 1]} for i in range(len(images))]
+
+
+def _check_target(out: Path, force: bool) -> None:
+    """Refuse to overwrite without --force, and never replace something that is not a bundle."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise ExportError(f"{out} exists and is not a bundle folder; choose another --out")
+    if not force:
+        raise ExportError(f"{out} already exists; pass --force to replace it")
+    if any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise ExportError(f"refusing to replace {out}: it is not empty and has no {MANIFEST_FILE}, "
+                          "so it does not look like a bundle")
+
+
+@contextmanager
+def staged_folder(out, force: bool = False):
+    """Yield a hidden temporary folder next to `out`; on success rename it to `out`.
+
+    An error (or kill) before the rename leaves `out` as it was; the temporary folder is removed,
+    or after a kill stays behind as `.NAME.partial-*` without a manifest, never looking complete.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        _check_target(out, force)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+
+
+def _training_summary(run) -> dict:
+    config = run.config.to_dict()
+    config.pop("tpu", None)  # a machine address, not a property of the model
+    return {"run": str(run.path), **config}
+
+
+def export_bundle(model, out, quantize: str, data: str | None = None, force: bool = False,
+                  calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+                  verify_samples: int = DEFAULT_VERIFY_SAMPLES,
+                  whitelist_radius: float = DEFAULT_WHITELIST_RADIUS_MILES,
+                  whitelist_precision: int = DEFAULT_WHITELIST_PRECISION, seed: int = 0) -> dict:
+    """Export a training run (RUN_DIR, or a loaded trainer.checkpoint.Run) to a bundle at `out`.
+
+    Returns the manifest, whose metrics["verification"] holds LiteRT-vs-Keras agreement, the
+    largest probability difference, the accuracy change and the file size.
+    """
+    from trainer.checkpoint import load_run
+    from trainer.data import load_split
+
+    out = Path(out)
+    if quantize not in MODES:
+        raise ExportError(f"unknown --quantize {quantize!r}; choose one of {MODES}")
+    for name, value in (("calibration_samples", calibration_samples), ("verify_samples", verify_samples)):
+        if int(value) < 1:
+            raise ExportError(f"{name} must be >= 1, got {value}")
+    _check_target(out, force)  # fail before minutes of work, and again at the rename
+
+    stages = tqdm(total=5, desc="export", unit="step")
+    try:
+        stages.set_postfix_str("loading run and data")
+        run = load_run(model) if isinstance(model, (str, os.PathLike)) else model
+        spec = data or run.config.data
+        train = load_split(spec, "train", label_names=run.labels)
+        val = load_split(spec, "val", label_names=run.labels)
+        expected = expected_signature(run.model)
+        stages.update()
+
+        stages.set_postfix_str(f"converting ({quantize})")
+        if quantize == "int8":
+            images, locations, _ = load_samples(train, expected.image_size, calibration_samples, seed)
+            config = QuantizationConfig.for_int8(representative_data(images, locations))
+        else:
+            config = QuantizationConfig.from_mode(quantize)
+        content = convert_model(run.model, config)
+        stages.update()
+
+        stages.set_postfix_str("verifying against Keras")
+        images, locations, labels = load_samples(val, expected.image_size, verify_samples, seed)
+        verification = {**compare(content, run.model, images, locations, labels, quantize),
+                        "file_bytes": len(content)}
+        stages.update()
+
+        stages.set_postfix_str("writing bundle")
+        with staged_folder(out, force) as tmp:
+            atomic_write_bytes(tmp / MODEL_FILE, content)
+            write_labels(tmp, run.labels)
+            stages.update()
+            write_whitelist(tmp / WHITELIST_FILE, train.lat, train.lon, train.labels, len(run.labels),
+                            whitelist_radius, whitelist_precision, label_names=run.labels)
+            manifest = manifest_for(
+                tmp, model_kind=run.config.model, backbone=run.config.backbone, input_size=expected.image_size,
+                num_labels=len(run.labels), quantization=quantize, location_encoding=run.config.encoding,
+                outputs=expected.outputs, whitelist_radius_miles=whitelist_radius,
+                whitelist_precision=whitelist_precision, training=_training_summary(run),
+                metrics={"validation": run.metrics, "verification": verification})
+            write_manifest(tmp, manifest)  # last: a folder without it is not a bundle
+        stages.update()
+    finally:
+        stages.close()
+    return manifest
+
+
+def _summary(out, manifest: dict) -> str:
+    v = manifest["metrics"]["verification"]
+    located, unknown = v["located"], v["unknown_location"]
+    return (f"wrote {out} ({manifest['quantization']}, {v['file_bytes'] / 1024:.0f} KiB model)\n"
+            f"  LiteRT vs Keras on {v['samples']} validation samples: top-1 agreement "
+            f"{located['top1_agreement']:.1%} (unknown location {unknown['top1_agreement']:.1%}), "
+            f"max probability difference {located['max_probability_diff']:.2g}, "
+            f"top-1 accuracy {located['tflite_top1_accuracy']:.1%} vs Keras {located['keras_top1_accuracy']:.1%} "
+            f"({100 * located['accuracy_change']:+.1f} points)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m converters.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, metavar="RUN_DIR", help="training run folder (trainer.train --out)")
+    parser.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="bundle folder to write")
+    parser.add_argument("--quantize", required=True, choices=MODES)
+    parser.add_argument("--data", metavar="SPEC", help="data SPEC for calibration, whitelist and verification "
+                        "(default: the run's training data)")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle")
+    parser.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
+                        help="training images with their locations for int8 calibration")
+    parser.add_argument("--verify-samples", type=int, default=DEFAULT_VERIFY_SAMPLES,
+                        help="validation images compared between LiteRT and Keras")
+    parser.add_argument("--whitelist-radius", type=float, default=DEFAULT_WHITELIST_RADIUS_MILES, metavar="MILES")
+    parser.add_argument("--whitelist-precision", type=int, default=DEFAULT_WHITELIST_PRECISION, metavar="P",
+                        help="geohash precision of the whitelist table cells")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    args = parser.parse_args(argv)
+    try:
+        manifest = export_bundle(args.model, args.out, args.quantize, args.data, args.force,
+                                 args.calibration_samples, args.verify_samples,
+                                 args.whitelist_radius, args.whitelist_precision)
+    except (ValueError, OSError) as exc:
+        print(f"export FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(manifest, indent=2) if args.json else _summary(args.out, manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
