@@ -59,10 +59,6 @@ def test_postprocess_unknown_location_equals_image_only_exactly(image_model):
     assert not any(w.trainable for w in image_model.weights) and model.trainable_weights
 
 
-def _block_output(model, name):
-    return model.get_layer(name).output
-
-
 def test_featuremod_adds_beta_of_the_block_shape_only_to_chosen_blocks(image_model):
     chosen = ("block_3_depthwise_relu", "block_13_depthwise_relu")
     model = models.build_featuremod_model(image_model, modulated_layers=chosen)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import json
 import math
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -235,13 +237,10 @@ def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
                     steps_per_epoch=steps, shuffle=False,  # the datasets shuffle themselves
                     verbose=1 if sys.stdout.isatty() else 2,
                     callbacks=[EpochCheckpoint(run_dir, saved, manager, epoch_var, best_var, chief)])
+    if not chief:
+        shutil.rmtree(state_dir, ignore_errors=True)
     metrics = run_dir / METRICS_FILE
-    return load_json(metrics) if metrics.is_file() else {}
-
-
-def load_json(path) -> dict:
-    import json
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else {}
 
 
 def _parse_blocks(text: str | None, backbone: str):
