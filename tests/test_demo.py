@@ -40,6 +40,42 @@ def test_changed_key_or_missing_output_reruns(tmp_path):
     assert calls == ["make", "make", "make"]
 
 
+def test_changed_upstream_reruns_downstream_and_deletes_its_stale_run(tmp_path):
+    calls = []
+    run_dir = tmp_path / "run"
+
+    def pipeline(upstream_key):
+        runner = demo.Runner(tmp_path)
+        runner.stage(counting_stage(tmp_path, calls, key=upstream_key, name="up"))
+
+        def train():
+            calls.append("down")
+            assert not (run_dir / "old-epochs").exists()  # a finished stale run is never resumed
+            run_dir.mkdir(exist_ok=True)
+            (run_dir / "old-epochs").write_text("state")
+
+        runner.stage(demo.Stage("down", "same", [run_dir / "old-epochs"], train, stale=[run_dir]))
+
+    pipeline("v1")
+    pipeline("v1")
+    assert calls == ["up", "down"]
+    pipeline("v2")  # only the upstream key changed
+    assert calls == ["up", "down", "up", "down"]
+
+
+def test_interrupted_stage_keeps_its_state_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "state").write_text("epoch 3")  # no stamp: the stage never finished
+
+    def resume():
+        assert (run_dir / "state").read_text() == "epoch 3"
+        (run_dir / "model").write_text("done")
+
+    demo.Runner(tmp_path).stage(demo.Stage("train", "k", [run_dir / "model"], resume, stale=[run_dir]))
+    assert (tmp_path / ".stamps" / "train.json").exists()
+
+
 def test_failed_stage_leaves_no_stamp(tmp_path):
     def broken():
         raise demo.StageError("boom")

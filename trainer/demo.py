@@ -17,6 +17,7 @@ succeeded) records the same command and whose outputs still exist; `--fresh` sta
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -47,8 +48,10 @@ class Settings:
     steps_per_epoch: int | None = None  # cap (smoke runs only)
 
 
-FULL = Settings(preset="demo", image_size=64, alpha=0.35, batch_size=32, image_epochs=12, geo_epochs=20,
-                featuremod_epochs=4, calibration_samples=100, sdk_examples=6)
+# Measured on the shared 2-core machine (load 6-9): 12 image epochs took 622 s, 4 feature-modulation
+# epochs 315 s, the whole demo 23 min wall / 11 min CPU; 10 + 3 epochs keep an unloaded run near 15.
+FULL = Settings(preset="demo", image_size=64, alpha=0.35, batch_size=32, image_epochs=10, geo_epochs=20,
+                featuremod_epochs=3, calibration_samples=100, sdk_examples=6)
 QUICK = Settings(preset="tiny", image_size=32, alpha=0.35, batch_size=16, image_epochs=1, geo_epochs=2,
                  featuremod_epochs=1, calibration_samples=8, sdk_examples=3, steps_per_epoch=4)
 
@@ -59,21 +62,27 @@ class StageError(RuntimeError):
 
 @dataclass
 class Stage:
-    """One resumable step. `key` identifies what it computes (e.g. its command line): a stamp with
-    the same key and existing `outputs` means the stage is already done."""
+    """One resumable step. `key` identifies what it computes (e.g. its command line); `outputs`
+    must exist when it is done; `stale` are paths to delete when a finished earlier version of the
+    stage (other key, or other upstream stages) would otherwise be resumed as if it were this one."""
 
     name: str
-    key: list[str] | str
+    key: list | str
     outputs: list[Path]
     run: callable
     description: str = ""
+    stale: list[Path] = field(default_factory=list)
 
 
 @dataclass
 class Runner:
+    """Runs stages in order. A stage is reused when its stamp holds the same key *and* the same
+    upstream digest (the keys of every stage before it), so changing a stage reruns what follows."""
+
     out: Path
     started: float = field(default_factory=time.monotonic)
     log: list[tuple[str, str, float]] = field(default_factory=list)  # (stage, "ran"/"reused", seconds)
+    upstream: str = ""  # digest of the keys of the stages run or reused so far
 
     @property
     def stamps(self) -> Path:
@@ -86,25 +95,28 @@ class Runner:
     def header(self, text: str) -> None:
         print(f"\n=== [{self.elapsed()}] {text}", flush=True)
 
-    def is_done(self, stage: Stage) -> bool:
-        stamp = self.stamps / f"{stage.name}.json"
-        if not stamp.exists() or not all(Path(p).exists() for p in stage.outputs):
-            return False
+    def _stamp(self, stage: Stage) -> dict | None:
         try:
-            return json.loads(stamp.read_text()).get("key") == stage.key
+            return json.loads((self.stamps / f"{stage.name}.json").read_text())
         except (OSError, json.JSONDecodeError):
-            return False
+            return None
 
     def stage(self, stage: Stage):
-        """Run `stage` unless a matching stamp says it is done. Returns what stage.run returned
-        (None when reused)."""
+        """Run `stage` unless its stamp says it is done. Returns what stage.run returned (None
+        when reused)."""
         self.header(f"{stage.name}: {stage.description}")
-        if self.is_done(stage):
+        identity = {"key": stage.key, "upstream": self.upstream}
+        self.upstream = hashlib.sha256(json.dumps([self.upstream, stage.name, stage.key]).encode()).hexdigest()[:16]
+        stamp = self._stamp(stage)
+        if stamp is not None and {k: stamp.get(k) for k in identity} == identity \
+                and all(Path(p).exists() for p in stage.outputs):
             print(f"    reusing {', '.join(str(p) for p in stage.outputs)} (delete {self.stamps / stage.name}.json to redo)")
             self.log.append((stage.name, "reused", 0.0))
             return None
-        stamp = self.stamps / f"{stage.name}.json"
-        stamp.unlink(missing_ok=True)  # a half-finished rerun must not look done
+        if stamp is not None:  # finished before with other inputs: never resume from that
+            for path in stage.stale:
+                shutil.rmtree(path, ignore_errors=True) if Path(path).is_dir() else Path(path).unlink(missing_ok=True)
+        (self.stamps / f"{stage.name}.json").unlink(missing_ok=True)  # a half-finished rerun must not look done
         begin = time.monotonic()
         result = stage.run()
         seconds = time.monotonic() - begin
@@ -112,9 +124,9 @@ class Runner:
         if missing:
             raise StageError(f"stage {stage.name} finished but did not write {missing}")
         self.stamps.mkdir(parents=True, exist_ok=True)
-        tmp = stamp.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": stage.key, "seconds": round(seconds, 1)}))
-        os.replace(tmp, stamp)
+        tmp = self.stamps / f".{stage.name}.json.tmp"
+        tmp.write_text(json.dumps({**identity, "seconds": round(seconds, 1)}))
+        os.replace(tmp, self.stamps / f"{stage.name}.json")
         self.log.append((stage.name, "ran", seconds))
         print(f"    done in {seconds:.0f} s", flush=True)
         return result
@@ -165,9 +177,10 @@ def train_stage(paths: Paths, kind: str, settings: Settings, seed: int) -> Stage
         args += ["--steps-per-epoch", str(settings.steps_per_epoch)]
     titles = {"image": "image-only MobileNet V2", "postprocess": "post-processing geo net on the frozen image model",
               "featuremod": "feature-modulation MobileNet V2 from the image-only weights"}
-    # Rerunning the same command resumes an interrupted run, so the run dir is never deleted here.
+    # An interrupted run (no stamp) resumes from its state/; a finished run of other settings or
+    # of another image model is deleted first (`stale`), so it is never resumed as this one.
     return Stage(f"train-{kind}", args, [paths.run(kind) / "model.keras"], lambda: run_cli(args),
-                 f"train {titles[kind]} ({epochs} epochs)")
+                 f"train {titles[kind]} ({epochs} epochs)", stale=[paths.run(kind)])
 
 
 def train_and_evaluate(runner: Runner, paths: Paths, settings: Settings, seed: int) -> dict:
@@ -200,7 +213,9 @@ def sdk_examples(paths: Paths, limit: int, scan: int = 300) -> list[dict]:
     from trainer.data import load_split
 
     val = load_split(str(paths.world), "val")
-    rows = np.flatnonzero(val.has_location)[:scan]
+    located = np.flatnonzero(val.has_location)
+    # A seeded sample across the whole split (rows are grouped by label).
+    rows = np.sort(np.random.default_rng(0).choice(located, size=min(scan, len(located)), replace=False))
     changed = []
     with GeoClassifier.from_bundle(paths.bundle) as classifier:
         for row in rows:
@@ -216,7 +231,12 @@ def sdk_examples(paths: Paths, limit: int, scan: int = 300) -> list[dict]:
     print(f"    {len(rows)} located validation images through the int8 bundle: the location changed the "
           f"top-1 of {len(changed)} ({counts['fixed']} fixed, {counts['broke']} broken, {counts['changed']} "
           "wrong either way)")
-    shown = sorted(changed, key=lambda c: ("fixed", "changed", "broke").index(c["verdict"]))[:limit]
+    ordered = sorted(changed, key=lambda c: ("fixed", "changed", "broke").index(c["verdict"]))
+    shown, seen = [], set()
+    for c in ordered:  # one per true label, for variety
+        if c["truth"] not in seen and len(shown) < limit:
+            seen.add(c["truth"])
+            shown.append(c)
     if shown:
         from trainer.metrics import markdown_table
 
