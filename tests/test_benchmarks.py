@@ -68,7 +68,7 @@ def test_run_rejects_unknown_sections(capsys):
 def test_assemble_marks_missing_sections(tmp_path):
     (tmp_path / "geography.md").write_text("## Real geography\n\nnumbers\n")
     doc = run.assemble(tmp_path)
-    assert "numbers" in doc
+    assert "numbers" in doc and "No section with targets has run yet" in doc
     assert "python -m benchmarks.run --only perf" in doc and "python -m benchmarks.run --only accuracy" in doc
 
 
@@ -106,3 +106,12 @@ def test_accuracy_targets_from_a_report():
         "post-process: geolocation gain larger on the tail than on the head": True,
         "feature mod.: geolocation gain larger on the tail than on the head": True,
     }
+
+
+def test_assemble_collects_target_verdicts(tmp_path):
+    met = common.Target("a", True, "fine")
+    missed = common.Target("b", False, "too slow")
+    (tmp_path / "perf.md").write_text(common.Section("Performance", "body", [met, missed]).markdown())
+    doc = run.assemble(tmp_path)
+    summary = doc.split("## Targets of issue 6")[1].split("## ")[0]
+    assert met.line() in summary and missed.line() in summary
