@@ -208,3 +208,28 @@ def test_ranges_from_real_observations():
         if row["latitude"] is not None:
             cell = grid.cell_of(row["latitude"], row["longitude"])
             assert cell in set(ranges[row["label"]]["cells"].tolist())
+
+
+def test_ranges_from_an_observations_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["label,latitude,longitude"]
+    for t in range(8):  # 8 taxa (the tiny world has 8 species), clustered at different places
+        centre = (-40 + 10 * t, -150 + 40 * t)
+        for _ in range(40):
+            rows.append(f"taxon{t},{centre[0] + rng.normal(0, 2):.4f},{centre[1] + rng.normal(0, 2):.4f}")
+    (tmp_path / "obs.csv").write_text("\n".join(rows) + "\n")
+    _, species, ranges, grid, _ = build_world("tiny", seed=1, observations=tmp_path / "obs.csv")
+    assert sorted(s["range"]["taxon"] for s in species) == [f"taxon{t}" for t in range(8)]
+    for s, r in zip(species, ranges):
+        t = int(s["range"]["taxon"][5:])
+        mean = (grid.centres(r["cells"]) * r["probs"][:, None]).sum(axis=0)
+        assert abs(mean[0] - (-40 + 10 * t)) < 2.0  # the range sits where that taxon was observed
+
+
+def test_bad_observation_files_are_clear_errors(tmp_path):
+    (tmp_path / "obs.csv").write_text("name,lat\nx,1\n")
+    with pytest.raises(ValueError, match="cannot read observations"):
+        build_world("tiny", seed=0, observations=tmp_path / "obs.csv")
+    (tmp_path / "bad.csv").write_text("label,latitude,longitude\nx,91,0\n")
+    with pytest.raises(InvalidLocationError, match="outside"):
+        build_world("tiny", seed=0, observations=tmp_path / "bad.csv")

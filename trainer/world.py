@@ -35,8 +35,6 @@ import colorsys
 import dataclasses
 import io
 import json
-import logging
-import math
 import os
 import shutil
 import tempfile
@@ -49,8 +47,6 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from mobile_sdk.geo import chord_for_km, EARTH_RADIUS_KM, to_unit_vectors, validate_locations
-
-logger = logging.getLogger(__name__)
 
 WORLD_FORMAT = "geoaware-world"
 WORLD_VERSION = 1
@@ -167,7 +163,7 @@ def _procedural_ranges(grid, genera, preset, rng):
     land = _land_cells(grid)
     land_centres = grid.centres(land)
     allowed = land[(land_centres[:, 0] > LAT_LIMITS[0]) & (land_centres[:, 0] < LAT_LIMITS[1])]
-    tree = cKDTree(to_unit_vectors(*grid.centres(land).T))
+    tree = cKDTree(to_unit_vectors(*land_centres.T))
     ranges = []
     for members in genera:
         genus_centre = grid.centres([rng.choice(allowed, p=_area_weights(grid, allowed))])[0]
@@ -210,26 +206,30 @@ def _destination(latlon, bearing, dist_deg):
 
 
 def load_observations(path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(latlon [N, 2], taxon index [N], taxon names) from the npz of ../shared/data/README.md or a
-    CSV with columns label,latitude,longitude. Invalid coordinates raise (it is input data)."""
+    """(latlon [N, 2], taxon index [N], taxon names) from the npz of ../shared/data/README.md
+    (train_locs, train_ids, taxon_ids, taxon_names) or a CSV with columns label,latitude,longitude.
+    Malformed files and invalid coordinates raise ValueError (this is input data, not a dataset
+    row to skip)."""
     path = Path(path)
-    if path.suffix == ".npz":
-        d = np.load(path)
-        ids = d["train_ids"]
-        taxa = d["taxon_ids"]
-        names = [str(n) for n in d["taxon_names"]]
-        order = {int(t): i for i, t in enumerate(taxa)}
-        index = np.array([order[int(t)] for t in ids])
-        latlon = d["train_locs"].astype(np.float64)
-    else:
-        import csv
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        names = sorted({r["label"] for r in rows})
-        order = {n: i for i, n in enumerate(names)}
-        index = np.array([order[r["label"]] for r in rows])
-        latlon = np.array([[float(r["latitude"]), float(r["longitude"])] for r in rows])
-    latlon, known = validate_locations(latlon, allow_unknown=False)
+    try:
+        if path.suffix == ".npz":
+            d = np.load(path)
+            names = [str(n) for n in d["taxon_names"]]
+            order = {int(t): i for i, t in enumerate(d["taxon_ids"])}
+            index = np.array([order[int(t)] for t in d["train_ids"]])
+            latlon = d["train_locs"].astype(np.float64)
+        else:
+            import csv
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            names = sorted({r["label"] for r in rows})
+            order = {n: i for i, n in enumerate(names)}
+            index = np.array([order[r["label"]] for r in rows])
+            latlon = np.array([[float(r["latitude"]), float(r["longitude"])] for r in rows])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"cannot read observations {path} (npz with train_locs/train_ids/taxon_ids/"
+                         f"taxon_names, or CSV label,latitude,longitude): {exc!r}") from None
+    latlon, _ = validate_locations(latlon, allow_unknown=False)
     return latlon, index, names
 
 
