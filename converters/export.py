@@ -100,6 +100,7 @@ def staged_folder(out, force: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp
+        _make_shareable(tmp)
         _check_target(out, force)
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
@@ -114,6 +115,15 @@ def staged_folder(out, force: bool = False):
             os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+
+
+def _make_shareable(folder: Path) -> None:
+    """mkdtemp/mkstemp create owner-only 0700/0600 entries; a bundle gets ordinary permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _training_summary(run) -> dict:

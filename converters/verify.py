@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from mobile_sdk.bundle import MODEL_FILE, open_bundle
 from mobile_sdk.errors import ModelError
+from mobile_sdk.runtime import SIGNATURE_KEY as SIGNATURE
 from mobile_sdk.runtime import TFLiteModel
 
-SIGNATURE = "serving_default"
 # float32 must agree with Keras on (almost) every sample; quantized modes are reported, not gated.
 MIN_FLOAT32_AGREEMENT = 0.995
 # Ops whose weights make them the end of the location front end (see location_front_end).
@@ -63,7 +63,8 @@ def check_signature(model_content: bytes, expected: ExpectedSignature) -> None:
     the export requires exactly one signature, a static batch of 1, the run's image size, and the
     Keras model's output names and label count.
     """
-    signatures = interpreter(model_content).get_signature_list()
+    interp = interpreter(model_content)
+    signatures = interp.get_signature_list()
     if list(signatures) != [SIGNATURE]:
         raise SignatureError(f"expected exactly one signature {SIGNATURE!r}, found {sorted(signatures)}")
     try:
@@ -73,7 +74,7 @@ def check_signature(model_content: bytes, expected: ExpectedSignature) -> None:
     if tuple(model.input_size) != tuple(expected.image_size):
         raise SignatureError(f"input 'image' is {list(model.input_size)} pixels, the Keras model takes "
                              f"{list(expected.image_size)}")
-    runner = interpreter(model_content).get_signature_runner(SIGNATURE)
+    runner = interp.get_signature_runner(SIGNATURE)
     for name, detail in runner.get_input_details().items():
         if detail["shape_signature"][0] != 1:
             raise SignatureError(f"input {name!r} must have a static batch of 1, found shape "

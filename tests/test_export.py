@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -342,6 +343,10 @@ def test_staged_folder_renames_only_on_success(tmp_path):
         (tmp / "manifest.json").write_text("{}")
         assert not (tmp_path / "b").exists()
     assert (tmp_path / "b" / "manifest.json").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "b").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's owner-only 0700
+    assert (tmp_path / "b" / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~umask
     with pytest.raises(KeyboardInterrupt):
         with staged_folder(tmp_path / "c"):
             raise KeyboardInterrupt
