@@ -146,6 +146,7 @@ def build_featuremod_model(image_model: keras.Model, encoding: str = DEFAULT_ENC
     carries over; a FeatureModulation is inserted after each chosen layer (for `film`, before it
     when the chosen layer is the block's activation, else followed by a ReLU).
     """
+    image_model.trainable = True  # end to end (paper §5.3), even if a post-processing build froze it
     backbone = image_model.get_layer(_BACKBONE_NAME)
     names = {layer.name for layer in backbone.layers}
     if modulated_layers is None:
