@@ -53,17 +53,14 @@ def find_corrections(labels, has_location, image_probs, geo_probs, limit: int) -
 def range_source(spec: str, train_ds, radius_miles: float = rangemap.DEFAULT_RADIUS_MILES):
     """(description, latlon [N,2] -> scores [N, L]): the world's true densities when `spec` is a
     generated world, else the training split's radius prior."""
-    try:
-        from trainer.world import load_world
+    from trainer.evaluate import _world_density  # the oracle's density, already in label order
 
-        world = load_world(spec)
-        return "true range density", lambda latlon: np.asarray(world.density(latlon))
-    except Exception as exc:  # not a generated world (or no world module): fall back to the prior
-        reason = f"{type(exc).__name__}: {exc}"
+    density = _world_density(spec, list(train_ds.label_names))
+    if density is not None:
+        return "true range density", density
     from trainer.priors import LabelHistogram
 
     histogram = LabelHistogram(train_ds.locations, train_ds.labels, train_ds.num_labels)
-    print(f"examples: ranges from the {radius_miles:g}-mile radius prior ({reason})")
 
     def prior(latlon):
         counts = histogram.counts(latlon, radius_miles).astype(np.float64)
