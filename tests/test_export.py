@@ -222,6 +222,7 @@ def test_int8_keeps_location_precision(bundles, runs, kind, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")  # TF's own calibrator
 def test_plain_int8_quantizes_location_and_the_check_catches_it(runs):
     """The trap the selective quantization avoids, and proof the check can fail."""
     run = runs["postprocess"]
@@ -231,6 +232,22 @@ def test_plain_int8_quantizes_location_and_the_check_catches_it(runs):
         mp.setattr(QuantizationConfig, "convert", lambda self, converter: bytes(self.apply(converter).convert()))
         with pytest.raises(VerificationError, match="location path is quantized"):
             convert_model(run.model, config)
+
+
+@pytest.mark.slow
+def test_int8_paper_encoding_keeps_location_float(runs, world):
+    """The other location encoding ([lat/90, lon/180], no SIN/COS) through the same int8 path."""
+    labels = runs["image"].labels
+    geo_head = models.build_geo_head(len(labels), encoding="paper")
+    _randomize_geo_weights(geo_head, 3, scale=0.3)
+    model = models.build_postprocess_model(runs["image"].model, geo_head)
+    images, locations, _ = load_samples(load_split(world, "train"), SIZE, 8)
+    content = convert_model(model, QuantizationConfig.for_int8(export_mod.representative_data(images, locations)))
+    sweep = np.stack([40.0 + 0.05 * np.arange(30), np.full(30, -100.0)], axis=1).astype(np.float32)
+    geo = run_tflite(content, np.repeat(images[:1], 30, axis=0), sweep)["geo_logits"]
+    assert len(np.unique(geo.round(6), axis=0)) >= 20
+    unknown = run_tflite(content, images[:2], np.full((2, 2), np.nan, np.float32))["geo_logits"]
+    assert np.all(unknown == 0.0)
 
 
 def test_int8_is_smaller_than_float32(bundles):
