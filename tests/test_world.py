@@ -82,6 +82,9 @@ def test_bench_and_demo_presets_meet_their_sizes():
     assert len(records["train"]) + len(records["val"]) >= 20_000
     counts = np.array([s["train_count"] for s in species])
     assert (counts >= 100).sum() > 0.2 * len(counts) and (counts < 100).sum() > 0.2 * len(counts)
+    # demo: sized for the ~15-minute `make demo` on 2 cores.
+    _, species, _, _, records = build_world("demo", seed=0)
+    assert 40 <= len(species) <= 60 and 6_000 <= len(records["train"]) <= 10_000
 
 
 def test_genera_are_look_alikes_that_live_apart(tiny):
