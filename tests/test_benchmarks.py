@@ -115,3 +115,26 @@ def test_assemble_collects_target_verdicts(tmp_path):
     doc = run.assemble(tmp_path)
     summary = doc.split("## Targets of issue 6")[1].split("## ")[0]
     assert met.line() in summary and missed.line() in summary
+
+
+def test_sized_settings_times_one_epoch_once(tmp_path, monkeypatch):
+    from benchmarks import accuracy
+    from trainer import demo
+
+    calls = []
+
+    def fake_cli(args, stdout_log=None):  # stands in for trainer.world / trainer.train
+        calls.append(args[0])
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("train.json", "val.json") if args[0] == "trainer.world" else ("model.keras",):
+            (out / name).write_text("{}")
+        time.sleep(0.05)
+
+    monkeypatch.setattr(demo, "run_cli", fake_cli)
+    paths = demo.Paths(tmp_path)
+    first = accuracy.sized_settings(demo.Runner(tmp_path), paths, budget_min=1.0, seed=0)
+    again = accuracy.sized_settings(demo.Runner(tmp_path), paths, budget_min=1.0, seed=0)
+    assert calls == ["trainer.world", "trainer.train"]  # the second call reuses both stages
+    assert first == again and first.preset == "bench"
+    assert first.image_epochs > 1 and first.featuremod_epochs >= 1
