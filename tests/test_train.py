@@ -253,6 +253,9 @@ def test_strategy_errors(monkeypatch):
         make_strategy("multiworker")
     with pytest.raises(StrategyError, match="unknown strategy"):
         make_strategy("horovod")
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    with pytest.raises(StrategyError, match="no TPU could be reached"):
+        make_strategy("tpu")
 
 
 # --- subprocesses: MirroredStrategy on 2 logical CPUs, kill -9, the CLI on a world ---------------
