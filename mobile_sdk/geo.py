@@ -24,7 +24,10 @@ def miles_to_km(miles):
 
 def wrap_longitude(lon):
     """Wrap degrees into [-180, 180). Works on scalars and arrays; NaN stays NaN."""
-    wrapped = np.mod(np.asarray(lon, dtype=np.float64) + 180.0, 360.0) - 180.0
+    lon = np.asarray(lon, dtype=np.float64)
+    # Values already in range pass through bit-exact: mod(x + 180) - 180 would perturb -0.1.
+    in_range = (lon >= -180.0) & (lon < 180.0)
+    wrapped = np.where(in_range, lon, np.mod(lon + 180.0, 360.0) - 180.0)
     return float(wrapped) if np.ndim(wrapped) == 0 else wrapped
 
 

@@ -103,3 +103,9 @@ def test_paper_encoding_and_errors():
     with pytest.raises(InvalidLocationError):
         encode_locations([[91.0, 0.0]])
     np.testing.assert_allclose(encode_locations([[10.0, 370.0]]), encode_locations([[10.0, 10.0]]), atol=1e-6)
+
+
+def test_wrap_longitude_passes_in_range_values_through_bit_exact():
+    lons = np.array([-180.0, -0.1, 0.0, 1e-12, 179.99999])
+    np.testing.assert_array_equal(geo.wrap_longitude(lons), lons)
+    assert geo.wrap_longitude(-0.1) == -0.1
