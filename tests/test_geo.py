@@ -107,5 +107,5 @@ def test_paper_encoding_and_errors():
 
 def test_wrap_longitude_passes_in_range_values_through_bit_exact():
     lons = np.array([-180.0, -0.1, 0.0, 1e-12, 179.99999])
-    np.testing.assert_array_equal(geo.wrap_longitude(lons), lons)
-    assert geo.wrap_longitude(-0.1) == -0.1
+    np.testing.assert_array_equal(wrap_longitude(lons), lons)
+    assert wrap_longitude(-0.1) == -0.1
