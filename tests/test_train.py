@@ -212,6 +212,9 @@ def test_resume_after_a_crash_mid_epoch(image_run, tmp_path, monkeypatch, capsys
     # The same command once more has nothing left to do; another config is refused.
     train_mod.train(config, tmp_path, synthetic_splits())
     assert "all 2 epochs are done" in capsys.readouterr().out
+    train_mod.train(config.replace(epochs=1), tmp_path, synthetic_splits())  # asks for less than was done
+    assert "all 1 epochs are done" in capsys.readouterr().out
+    assert load_run(tmp_path).config.epochs == 2  # config.json still says what the run did
     with pytest.raises(RunError, match="another config"):
         train_mod.train(config.replace(seed=1), tmp_path, synthetic_splits())
 

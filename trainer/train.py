@@ -194,6 +194,11 @@ def _check_existing_run(run_dir: Path, config: TrainConfig) -> None:
                        "rerun the same command to resume it, or choose another --out")
 
 
+def _epochs_done(state_dir: Path) -> int:
+    latest = tf.train.latest_checkpoint(state_dir) if state_dir.is_dir() else None
+    return int(tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE")) if latest else 0
+
+
 def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
     """Train (or resume) the run in `run_dir`; returns the best validation metrics."""
     run_dir = Path(run_dir)
@@ -205,7 +210,9 @@ def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / "labels.txt").is_file() and read_labels(run_dir / "labels.txt") != splits.labels:
             raise RunError(f"{run_dir}/labels.txt differs from the labels of {config.data}")
-        atomic_write_text(run_dir / CONFIG_FILE, config.to_json() + "\n")
+        # config.json records what the run did: a smaller --epochs than already done changes nothing.
+        done = _epochs_done(run_dir / STATE_DIR)
+        atomic_write_text(run_dir / CONFIG_FILE, config.replace(epochs=max(config.epochs, done)).to_json() + "\n")
         write_labels(run_dir, splits.labels)
     # Non-chief workers must take part in saving (collectives) but write to a scratch folder.
     state_dir = run_dir / STATE_DIR if chief else Path(tempfile.mkdtemp(prefix="geoaware-worker-state-"))
