@@ -234,6 +234,11 @@ def test_cli_inherits_backbone_settings_from_init(image_run):
     config = train_mod.config_from_args(args)
     assert (config.image_size, config.alpha, config.backbone) == (SIZE, 0.35, "mobilenet_v2")
     assert config.modulated_layers == ("block_4_depthwise_relu", "block_9_depthwise_relu")
+    switched = train_mod.config_from_args(train_mod.parse_args(
+        ["--data", "w", "--model", "featuremod", "--init", str(image_dir), "--out", "x", "--optimizer", "adam"]))
+    assert switched.optimizer == OptimizerConfig(name="adam", learning_rate=1e-3)  # not RMSprop's epsilon 1.0
+    assert train_mod.config_from_args(train_mod.parse_args(
+        ["--data", "w", "--model", "featuremod", "--out", "x", "--lr", "0.01"])).optimizer.decay_rate == 0.94
     with pytest.raises(RunError, match="image-size"):
         train_mod.config_from_args(train_mod.parse_args(
             ["--data", "w", "--model", "featuremod", "--init", str(image_dir), "--out", "x", "--image-size", "64"]))

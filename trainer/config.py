@@ -49,6 +49,13 @@ class OptimizerConfig:
         _require(self.epsilon > 0, "optimizer.epsilon", f"must be > 0, got {self.epsilon}")
 
     @classmethod
+    def named(cls, name: str) -> "OptimizerConfig":
+        """Plain defaults of one optimizer (no decay), for `--optimizer NAME`."""
+        if name == "sgd":
+            return cls(name="sgd", learning_rate=0.01, momentum=0.9)
+        return cls(name=name, learning_rate=1e-3)
+
+    @classmethod
     def for_model(cls, model: str) -> "OptimizerConfig":
         """Paper defaults for the geo models; Adam for training the image model from scratch."""
         if model == "postprocess":

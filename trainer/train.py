@@ -283,7 +283,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--blocks", help="feature modulation: comma list of layer names (MobileNet V2: or block numbers)")
     p.add_argument("--location-dropout", type=float, help="default 0.1 for featuremod, 0 for postprocess")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout before the image logits")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the model kind's (docs/training.md)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="default: the model kind's (docs/training.md); another one starts from its own "
+                        "defaults (adam/rmsprop 1e-3, sgd 0.01 momentum 0.9, no decay)")
     p.add_argument("--lr", type=float, help="initial learning rate; default: the model kind's")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -300,9 +302,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                 raise RunError(f"--{name.replace('_', '-')} {given} differs from the --init run's {value}")
     backbone = args.backbone or inherited.get("backbone", "mobilenet_v2")
     optimizer = OptimizerConfig.for_model(args.model)
-    if args.optimizer or args.lr:
-        optimizer = dataclasses.replace(optimizer, name=args.optimizer or optimizer.name,
-                                        learning_rate=args.lr or optimizer.learning_rate)
+    if args.optimizer and args.optimizer != optimizer.name:  # another optimizer: its own defaults
+        optimizer = OptimizerConfig.named(args.optimizer)
+    if args.lr is not None:
+        optimizer = dataclasses.replace(optimizer, learning_rate=args.lr)
     return TrainConfig(
         data=args.data, model=args.model, backbone=backbone,
         alpha=args.alpha if args.alpha is not None else inherited.get("alpha", 1.0),
