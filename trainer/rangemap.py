@@ -223,7 +223,12 @@ def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=No
         from trainer.checkpoint import load_run
 
         run = load_run(run_dir)
-        panels.append(geo_panel(run.model, run.labels, label, grid, f"({Path(run_dir).name})"))
+        try:
+            panels.append(geo_panel(run.model, run.labels, label, grid, f"({Path(run_dir).name})"))
+        except RangeMapError as exc:
+            if prior_spec is None and truth_world is None:
+                raise
+            print(f"rangemap: no panel for {run_dir}: {exc}", file=sys.stderr)
     if prior_spec is not None:
         from trainer.data import load_split
 
