@@ -76,6 +76,17 @@ def test_interrupted_stage_keeps_its_state_to_resume(tmp_path):
     assert (tmp_path / ".stamps" / "train.json").exists()
 
 
+def test_a_stage_asked_twice_in_one_run_runs_once(tmp_path):
+    calls = []
+    for _ in range(2):  # two runs of a pipeline that asks for the same stage twice
+        runner = demo.Runner(tmp_path)
+        runner.stage(counting_stage(tmp_path, calls, name="world"))
+        runner.stage(counting_stage(tmp_path, calls, name="calibrate"))
+        runner.stage(counting_stage(tmp_path, calls, name="world"))
+        runner.stage(counting_stage(tmp_path, calls, name="train"))
+    assert calls == ["world", "calibrate", "train"]
+
+
 def test_failed_stage_leaves_no_stamp(tmp_path):
     def broken():
         raise demo.StageError("boom")

@@ -83,6 +83,7 @@ class Runner:
     started: float = field(default_factory=time.monotonic)
     log: list[tuple[str, str, float]] = field(default_factory=list)  # (stage, "ran"/"reused", seconds)
     upstream: str = ""  # digest of the keys of the stages run or reused so far
+    seen: set = field(default_factory=set)  # stage names handled in this run
 
     @property
     def stamps(self) -> Path:
@@ -104,6 +105,9 @@ class Runner:
     def stage(self, stage: Stage):
         """Run `stage` unless its stamp says it is done. Returns what stage.run returned (None
         when reused)."""
+        if stage.name in self.seen:  # asked again in the same run (e.g. the bench's world): done
+            return None
+        self.seen.add(stage.name)
         self.header(f"{stage.name}: {stage.description}")
         identity = {"key": stage.key, "upstream": self.upstream}
         self.upstream = hashlib.sha256(json.dumps([self.upstream, stage.name, stage.key]).encode()).hexdigest()[:16]
