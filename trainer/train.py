@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -27,7 +28,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from trainer import models
-from trainer.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_DIR, RunError,
+from trainer.checkpoint import (CONFIG_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, STATE_DIR, RunError,
                                 atomic_save_model, atomic_write_bytes, atomic_write_json,
                                 atomic_write_text, load_run, read_config, read_labels, write_labels)
 from trainer.config import OPTIMIZERS, STRATEGIES, OptimizerConfig, TrainConfig
@@ -134,11 +135,12 @@ def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
     num_classes = len(splits.labels)
     if config.model == "postprocess":
         image_model = _load_image_run(config, splits.labels)
-        # The CNN runs once per image, here; the geo net trains on the cached logits.
-        train_cache = _cached_logits(image_model, splits.train_eval,
-                                     state_dir / "logits-train.npz" if state_dir else None, "image logits (train)")
-        val_cache = _cached_logits(image_model, splits.val,
-                                   state_dir / "logits-val.npz" if state_dir else None, "image logits (val)")
+        # The CNN runs once per image, here; the geo net trains on the cached logits. The cache is
+        # keyed by the image model's file, so a retrained --init run is never served stale logits.
+        key = hashlib.sha256((Path(config.init) / MODEL_FILE).read_bytes()).hexdigest()[:16]
+        caches = {split: state_dir / f"logits-{split}-{key}.npz" if state_dir else None for split in ("train", "val")}
+        train_cache = _cached_logits(image_model, splits.train_eval, caches["train"], "image logits (train)")
+        val_cache = _cached_logits(image_model, splits.val, caches["val"], "image logits (val)")
         head = models.build_geo_head(num_classes, config.encoding, location_dropout=config.location_dropout,
                                      seed=config.seed)
         saved = models.build_postprocess_model(image_model, head)
@@ -173,11 +175,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if VALIDATION_METRIC not in logs:
             raise RuntimeError(f"training logged no {VALIDATION_METRIC}; got {sorted(logs)}")
         score = float(logs[VALIDATION_METRIC])
-        if score > float(self.best_var.numpy()) and self.chief:
-            atomic_save_model(self.saved_model, self.run_dir / MODEL_FILE)
-            atomic_write_json(self.run_dir / METRICS_FILE,
-                              {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
         if score > float(self.best_var.numpy()):
+            if self.chief:
+                atomic_save_model(self.saved_model, self.run_dir / MODEL_FILE)
+                atomic_write_json(self.run_dir / METRICS_FILE,
+                                  {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
             self.best_var.assign(score)
         self.epoch_var.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
@@ -208,8 +210,9 @@ def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
     splits = splits or load_splits(config)
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / "labels.txt").is_file() and read_labels(run_dir / "labels.txt") != splits.labels:
-            raise RunError(f"{run_dir}/labels.txt differs from the labels of {config.data}")
+        labels_file = run_dir / LABELS_FILE
+        if labels_file.is_file() and read_labels(labels_file) != splits.labels:
+            raise RunError(f"{labels_file} differs from the labels of {config.data}")
         # config.json records what the run did: a smaller --epochs than already done changes nothing.
         done = _epochs_done(run_dir / STATE_DIR)
         atomic_write_text(run_dir / CONFIG_FILE, config.replace(epochs=max(config.epochs, done)).to_json() + "\n")
