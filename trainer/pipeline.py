@@ -98,7 +98,7 @@ def _location(lat, lon, has_location) -> tf.Tensor:
 
 
 def _finish(ds: tf.data.Dataset, image_size, batch_size: int, training: bool, shuffle_seed: int,
-            location_dropout: float, drop_remainder: bool) -> tf.data.Dataset:
+            drop_remainder: bool) -> tf.data.Dataset:
     """(encoded bytes, location, label) elements -> decoded, augmented, resized, batched."""
     size = (int(image_size[0]), int(image_size[1])) if np.ndim(image_size) else (int(image_size),) * 2
     if training:
@@ -112,10 +112,6 @@ def _finish(ds: tf.data.Dataset, image_size, batch_size: int, training: bool, sh
         image = decode_image(data)
         if training:
             image = augment_image(image, seed)
-            if location_dropout > 0:
-                # Drop the location to unknown (NaN) sometimes, so geo models learn to work without it.
-                u = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 7))
-                location = tf.where(u < location_dropout, tf.fill([2], float("nan")), location)
         return {"image": resize_image(image, size), "location": location}, label
 
     return (ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -123,22 +119,20 @@ def _finish(ds: tf.data.Dataset, image_size, batch_size: int, training: bool, sh
             .prefetch(AUTOTUNE))
 
 
-def _check_args(batch_size, location_dropout):
+def _check_args(batch_size):
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0.0 <= float(location_dropout) < 1.0:
-        raise ValueError(f"location_dropout must be in [0, 1), got {location_dropout}")
 
 
 def make_dataset(ds: GeoDataset, image_size, batch_size: int, training: bool, shuffle_seed: int = 0,
-                 repeat: bool = False, location_dropout: float = 0.0, drop_remainder: bool = False,
+                 repeat: bool = False, drop_remainder: bool = False,
                  shuffle_buffer: int | None = None) -> tf.data.Dataset:
     """GeoDataset -> tf.data yielding ({"image", "location"}, label) batches (module docstring).
 
-    training=True shuffles (seeded, reshuffled every epoch), augments, and optionally replaces a
-    `location_dropout` fraction of locations by NaN. training=False keeps the dataset's row order
+    training=True shuffles (seeded, reshuffled every epoch) and augments; location dropout lives in
+    the geo models (trainer.layers.LocationDropout). training=False keeps the dataset's row order
     and is deterministic. `image_size` is H or (H, W). `repeat=True` repeats forever."""
-    _check_args(batch_size, location_dropout)
+    _check_args(batch_size)
     if len(ds) == 0:
         raise ValueError("cannot make a tf.data pipeline from an empty dataset")
     locations = np.where(ds.has_location[:, None], ds.locations, np.nan).astype(np.float32)
@@ -149,7 +143,7 @@ def make_dataset(ds: GeoDataset, image_size, batch_size: int, training: bool, sh
         elements = elements.repeat()
     elements = elements.map(lambda path, loc, label: (tf.io.read_file(path), loc, label),
                             num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _finish(elements, image_size, batch_size, training, shuffle_seed, location_dropout, drop_remainder)
+    return _finish(elements, image_size, batch_size, training, shuffle_seed, drop_remainder)
 
 
 def read_tfrecord_index(path) -> dict:
@@ -170,13 +164,12 @@ def read_tfrecord_index(path) -> dict:
 
 
 def make_dataset_from_tfrecords(path, image_size, batch_size: int, training: bool, shuffle_seed: int = 0,
-                                repeat: bool = False, location_dropout: float = 0.0,
-                                drop_remainder: bool = False, shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+                                repeat: bool = False, drop_remainder: bool = False, shuffle_buffer: int = 10_000) -> tf.data.Dataset:
     """Like make_dataset, from a split folder written by trainer.prepare (same element structure).
 
     Training shuffles the shard order and a `shuffle_buffer` of records; evaluation reads the
     shards in order, deterministically."""
-    _check_args(batch_size, location_dropout)
+    _check_args(batch_size)
     index = read_tfrecord_index(path)
     files = [os.path.join(str(path), s) for s in index["shards"]]
     shards = tf.data.Dataset.from_tensor_slices(files)
@@ -194,4 +187,4 @@ def make_dataset_from_tfrecords(path, image_size, batch_size: int, training: boo
         return f["image"], _location(f["lat"], f["lon"], f["has_location"]), tf.cast(f["label"], tf.int32)
 
     records = records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _finish(records, image_size, batch_size, training, shuffle_seed, location_dropout, drop_remainder)
+    return _finish(records, image_size, batch_size, training, shuffle_seed, drop_remainder)
