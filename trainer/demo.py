@@ -48,8 +48,9 @@ class Settings:
     steps_per_epoch: int | None = None  # cap (smoke runs only)
 
 
-# Measured on the shared 2-core machine (load 6-9): 12 image epochs took 622 s, 4 feature-modulation
-# epochs 315 s, the whole demo 23 min wall / 11 min CPU; 10 + 3 epochs keep an unloaded run near 15.
+# Measured on the 2-core dev machine: `make demo ARGS=--fresh` with these settings took 7 min 17 s
+# (load ~1; venv already installed): world 36 s, image 228 s, post-processing 22 s, feature
+# modulation 88 s, the rest 60 s. Under load 6-9 with 12 + 4 epochs it took 23 min.
 FULL = Settings(preset="demo", image_size=64, alpha=0.35, batch_size=32, image_epochs=10, geo_epochs=20,
                 featuremod_epochs=3, calibration_samples=100, sdk_examples=6)
 QUICK = Settings(preset="tiny", image_size=32, alpha=0.35, batch_size=16, image_epochs=1, geo_epochs=2,
