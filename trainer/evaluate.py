@@ -293,7 +293,7 @@ def _load_runs(paths: Mapping[str, str | None]) -> dict:
     return runs
 
 
-def _world_density(spec: str, labels: list[str]):
+def world_density(spec: str, labels: list[str]):
     """latlon -> true range density [N, L] in `labels` order when SPEC is a trainer.world folder
     holding every label, else None (no oracle row)."""
     if not Path(spec).is_dir():
@@ -355,7 +355,7 @@ def run_evaluation(args) -> dict:
     else:
         tuneset = load_split(args.data, args.tune_split, label_names=labels)
         tuning = f"the prior radius was chosen on the {len(tuneset)} images of split `{args.tune_split}`."
-    density_fn = _world_density(args.data, labels)
+    density_fn = world_density(args.data, labels)
     probs = _predict_all(runs, run_dirs, evalset, args, args.eval_split)
     tune = None
     if "image" in runs:

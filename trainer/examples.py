@@ -53,9 +53,9 @@ def find_corrections(labels, has_location, image_probs, geo_probs, limit: int) -
 def range_source(spec: str, train_ds, radius_miles: float = rangemap.DEFAULT_RADIUS_MILES):
     """(description, latlon [N,2] -> scores [N, L]): the world's true densities when `spec` is a
     generated world, else the training split's radius prior."""
-    from trainer.evaluate import _world_density  # the oracle's density, already in label order
+    from trainer.evaluate import world_density  # the oracle's density, already in label order
 
-    density = _world_density(spec, list(train_ds.label_names))
+    density = world_density(spec, list(train_ds.label_names))
     if density is not None:
         return "true range density", density
     from trainer.priors import LabelHistogram
