@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
 from mobile_sdk.bundle import (MANIFEST_FILE, MODEL_FILE, WHITELIST_FILE, manifest_for, write_labels,
                                write_manifest)
-from mobile_sdk.whitelist import atomic_write_bytes, write_whitelist
+from mobile_sdk.fileio import atomic_write_bytes, staged_folder
+from mobile_sdk.whitelist import write_whitelist
 
 from .quantization import MODES, QuantizationConfig
 from .verify import check_location_float, check_signature, compare, expected_signature, load_samples
@@ -88,44 +86,6 @@ def _check_target(out: Path, force: bool) -> None:
                           "so it does not look like a bundle")
 
 
-@contextmanager
-def staged_folder(out, force: bool = False):
-    """Yield a hidden temporary folder next to `out`; on success rename it to `out`.
-
-    An error (or kill) before the rename leaves `out` as it was; the temporary folder is removed,
-    or after a kill stays behind as `.NAME.partial-*` without a manifest, never looking complete.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield tmp
-        _make_shareable(tmp)
-        _check_target(out, force)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
-
-
-def _make_shareable(folder: Path) -> None:
-    """mkdtemp/mkstemp create owner-only 0700/0600 entries; a bundle gets ordinary permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
 def _training_summary(run) -> dict:
     config = run.config.to_dict()
     config.pop("tpu", None)  # a machine address, not a property of the model
@@ -179,7 +139,7 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
         stages.update()
 
         stages.set_postfix_str("writing bundle")
-        with staged_folder(out, force) as tmp:
+        with staged_folder(out, before_swap=lambda target: _check_target(target, force)) as tmp:
             atomic_write_bytes(tmp / MODEL_FILE, content)
             write_labels(tmp, run.labels)
             stages.update()

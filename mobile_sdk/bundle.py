@@ -19,7 +19,8 @@ from pathlib import Path
 from .encoding import ENCODINGS
 from .errors import BundleError, BundleIntegrityError, WhitelistTableError
 from .runtime import TFLiteModel
-from .whitelist import WhitelistTable, atomic_write_bytes
+from .fileio import atomic_write_bytes
+from .whitelist import WhitelistTable
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.tflite"

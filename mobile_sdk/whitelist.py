@@ -19,7 +19,6 @@ import io
 import mmap
 import os
 import struct
-import tempfile
 import threading
 import zlib
 from collections import OrderedDict
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import geohash
+from .fileio import atomic_write_bytes
 from .errors import InvalidLocationError, LabelSetMismatchError, WhitelistTableError
 from .geo import EARTH_RADIUS_KM, great_circle_km, miles_to_km, validate_location, validate_locations
 
@@ -324,21 +324,6 @@ def write_whitelist(path, lat, lon, labels, num_labels, radius_miles=100.0, prec
     """Build the table and write it atomically (temporary file in the same folder, then rename)."""
     data = build_whitelist(lat, lon, labels, num_labels, radius_miles, precision, label_names)
     return atomic_write_bytes(path, data)
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,14 +7,13 @@ crashed writer, never sees a half-written file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
 import trainer.layers  # noqa: F401  (registers the custom layers for load_model)
+from mobile_sdk.fileio import atomic_file, atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 from trainer.config import TrainConfig
 
 MODEL_FILE = "model.keras"
@@ -22,10 +21,6 @@ CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.txt"
 METRICS_FILE = "metrics.json"
 STATE_DIR = "state"
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class RunError(ValueError):
@@ -41,54 +36,14 @@ class Run:
     path: Path
 
 
-def _temp_path(path: Path, suffix: str = "") -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should read like any other file
-    return Path(name)
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def atomic_save_model(model: keras.Model, path) -> None:
     """model.save to a temporary .keras file next to `path`, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path, suffix=".keras")
-    try:
+    with atomic_file(path, suffix=".keras") as tmp:
         model.save(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
 
 
 def write_labels(run_dir, labels) -> None:

@@ -32,6 +32,7 @@ from typing import Mapping
 
 import numpy as np
 
+from mobile_sdk.fileio import atomic_write_bytes
 from trainer import metrics
 from trainer.data import GeoDataset, load_split
 from trainer.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, product_scores, sweep_prior
@@ -79,12 +80,6 @@ def _dataset_fingerprint(ds: GeoDataset) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    from trainer.checkpoint import atomic_write_bytes  # the one home of atomic writes (imports keras)
-
-    atomic_write_bytes(path, data)
-
-
 def _image_size(config) -> int | tuple[int, int]:
     size = getattr(config, "image_size", None)
     if size is None:
@@ -122,7 +117,7 @@ def predict(run, run_dir, ds: GeoDataset, *, batch_size: int = 64, cache_dir: Pa
     if cache_file is not None:
         buffer = io.BytesIO()
         np.save(buffer, probs)
-        _atomic_write_bytes(cache_file, buffer.getvalue())
+        atomic_write_bytes(cache_file, buffer.getvalue())
     return probs
 
 
@@ -274,8 +269,8 @@ def combine_reports(reports: list[dict]) -> str:
 def write_report(report: dict, out_dir: Path) -> None:
     """report.json and report.md, each written atomically."""
     out_dir = Path(out_dir)
-    _atomic_write_bytes(out_dir / "report.json", (json.dumps(report, indent=2) + "\n").encode())
-    _atomic_write_bytes(out_dir / "report.md", render_markdown(report).encode())
+    atomic_write_bytes(out_dir / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_bytes(out_dir / "report.md", render_markdown(report).encode())
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
@@ -434,7 +429,7 @@ def main(argv=None) -> dict:
             text = combine_reports([json.loads(path.read_text(encoding="utf-8")) for path in args.combine])
         except (OSError, ValueError, KeyError) as exc:
             raise SystemExit(f"evaluate --combine: cannot combine {[str(p) for p in args.combine]}: {exc!r}") from exc
-        _atomic_write_bytes(args.out / "combined.md", text.encode())
+        atomic_write_bytes(args.out / "combined.md", text.encode())
         print(text)
         return {"combined": text}
     if not args.data:

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
+
+from mobile_sdk.fileio import staged_folder
 
 from .data import DatasetError, GeoDataset, load_split
 from .pipeline import TFRECORD_FORMAT, TFRECORD_INDEX, decode_image, resize_image
@@ -58,9 +57,7 @@ def write_tfrecords(ds: GeoDataset, out_dir, split: str, shards: int = 8, image_
     final = Path(out_dir) / split
     if final.exists() and not force:
         raise FileExistsError(f"{final} exists; pass --force to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{split}.tmp-"))
-    try:
+    with staged_folder(final) as tmp:
         names = [f"shard-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
         order = np.random.default_rng(seed).permutation(len(ds))
         writers = [tf.io.TFRecordWriter(str(tmp / n)) for n in names]
@@ -79,16 +76,6 @@ def write_tfrecords(ds: GeoDataset, out_dir, split: str, shards: int = 8, image_
                  "image_size": image_size, "shards": names, "label_names": ds.label_names,
                  "supercategory_names": ds.supercategory_names, "counts": ds.train_counts().tolist()}
         (tmp / TFRECORD_INDEX).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
-        if final.exists():
-            trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{split}.old-"))
-            os.replace(final, trash / "old")
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -35,9 +35,6 @@ import colorsys
 import dataclasses
 import io
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +43,7 @@ from scipy import sparse
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
+from mobile_sdk.fileio import staged_folder
 from mobile_sdk.geo import chord_for_km, EARTH_RADIUS_KM, to_unit_vectors, validate_locations
 
 WORLD_FORMAT = "geoaware-world"
@@ -522,9 +520,7 @@ def write_world(out, preset_name: str = "demo", seed: int = 0, observations=None
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass force=True (--force) to replace it")
     preset, species, ranges, grid, records = build_world(preset_name, seed, observations)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with staged_folder(out) as tmp:
         total = sum(len(r) for r in records.values())
         with tqdm(total=total, desc=f"world {preset_name} seed {seed}", unit="img", disable=not progress) as bar:
             for split, rows in records.items():
@@ -547,16 +543,6 @@ def write_world(out, preset_name: str = "demo", seed: int = 0, observations=None
                     "grid_deg": grid.grid_deg,
                     "supercategories": sorted({sp["supercategory"] for sp in species}),
                     "species": species}, tmp / "world.json")
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
