@@ -82,11 +82,12 @@ def test_config_defaults_follow_the_paper():
     assert (pp.optimizer.learning_rate, pp.optimizer.decay_rate) == (0.02, 1.0)
     fm = TrainConfig(data="w", model="featuremod")
     assert (fm.optimizer.name, fm.optimizer.learning_rate, fm.optimizer.decay_rate, fm.optimizer.decay_epochs) == (
-        "rmsprop", 0.0045, 0.94, 4.0)
+        "rmsprop", 0.00225, 0.94, 4.0)  # the paper's 0.0045 halved for the backbone (docs/training.md)
+    assert fm.optimizer.geo_lr_multiplier == 20.0 and pp.optimizer.geo_lr_multiplier == 1.0
     assert fm.location_dropout > 0 and fm.modulated_layers == models.default_modulated_layers("mobilenet_v2")
     schedule = fm.optimizer.schedule(steps_per_epoch=10)
     assert isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
-    for step, expected in [(0, 0.0045), (39, 0.0045), (40, 0.0045 * 0.94), (85, 0.0045 * 0.94 ** 2)]:
+    for step, expected in [(0, 0.00225), (39, 0.00225), (40, 0.00225 * 0.94), (85, 0.00225 * 0.94 ** 2)]:
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-6)
     assert isinstance(fm.optimizer.build(10), keras.optimizers.RMSprop)
     assert pp.optimizer.schedule(10) == 0.02 and isinstance(pp.optimizer.build(10), keras.optimizers.SGD)
@@ -331,3 +332,34 @@ def test_cli_on_a_tiny_world_and_resume_after_kill_9(tiny_world, tmp_path):
     assert pp.returncode == 0, out[-3000:]
     run = load_run(tmp_path / "pp")
     assert run.labels == load_run(image).labels and set(run.model.output) >= {"vision_logits", "geo_logits"}
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
+def test_geo_lr_multiplier_scales_only_the_geo_updates(name):
+    """One step from identical weights: the geo net's and modulation FCs' updates are exactly
+    `geo_lr_multiplier` times those with one rate for all; the backbone's are unchanged."""
+    x, y = _arrays(BATCH, 0)
+    geo_net_paths = {"fm_fc1/kernel", "fm_fc2/kernel"}
+    steps = {}
+    for multiplier in (1.0, 10.0):
+        keras.utils.set_random_seed(0)
+        model = models.build_featuremod_model(models.build_image_model(CLASSES, image_size=SIZE, alpha=0.35),
+                                              location_dropout=0.0, seed=0)
+        geo = models.geo_variables(model)
+        assert geo_net_paths <= {v.path for v in geo}
+        assert len(geo) == 4 + 2 * len(models.modulation_layers(model))  # fc1, fc2; β kernel + bias each
+        config = OptimizerConfig(name=name, learning_rate=1e-3, geo_lr_multiplier=multiplier)
+        optimizer = config.build(1, geo)
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        with tf.GradientTape() as tape:
+            logits = model({k: tf.constant(v) for k, v in x.items()}, training=False)["logits"]
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits)
+        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        steps[multiplier] = {v.path: v.numpy() - b for v, b in zip(model.trainable_variables, before)}
+        geo_paths = {v.path for v in geo}
+    for path, step in steps[1.0].items():
+        expected = step * 10.0 if path in geo_paths else step
+        np.testing.assert_allclose(steps[10.0][path], expected, rtol=1e-4, atol=1e-9, err_msg=path)
+    # The zero-initialised β kernels get a gradient at once; the geo net's only through them, so
+    # it first moves on the second step (its gradient is W_β = 0 at initialisation).
+    assert any(np.abs(s).max() > 0 for p, s in steps[1.0].items() if "modulate_" in p and p.endswith("kernel"))

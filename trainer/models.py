@@ -184,6 +184,14 @@ def build_featuremod_model(image_model: keras.Model, encoding: str = DEFAULT_ENC
     return keras.Model(inputs, _named_outputs(x), name="featuremod")
 
 
+def geo_variables(model: keras.Model) -> list:
+    """Trainable variables a feature-modulation model adds to its image model: the geo net's FCs
+    and every FeatureModulation (they get their own learning rate, OptimizerConfig.geo_lr_multiplier)."""
+    return [v for layer in model.layers
+            if isinstance(layer, FeatureModulation) or (isinstance(layer, keras.layers.Dense) and layer.name.startswith("fm_"))
+            for v in layer.trainable_variables]
+
+
 def modulation_layers(model: keras.Model) -> dict[str, FeatureModulation]:
     """Modulated layer name -> its FeatureModulation, for inspection and tests."""
     return {layer.name.removeprefix("modulate_"): layer for layer in model.layers

@@ -31,7 +31,7 @@ from trainer import models
 from trainer.checkpoint import (CONFIG_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, STATE_DIR, RunError,
                                 atomic_save_model, atomic_write_bytes, atomic_write_json,
                                 atomic_write_text, load_run, read_config, read_labels, write_labels)
-from trainer.config import OPTIMIZERS, STRATEGIES, OptimizerConfig, TrainConfig
+from trainer.config import GEO_LR_MULTIPLIER, OPTIMIZERS, STRATEGIES, OptimizerConfig, TrainConfig
 from trainer.layers import VARIANTS
 from trainer.strategy import is_chief, make_strategy
 
@@ -224,7 +224,8 @@ def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
 
     with strategy.scope():
         trained, saved, train_data, val_data = build_models(config, splits, state_dir if chief else None)
-        optimizer = config.optimizer.build(steps)
+        optimizer = config.optimizer.build(
+            steps, models.geo_variables(trained) if config.model == "featuremod" else ())
         trained.compile(
             optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
@@ -290,6 +291,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="default: the model kind's (docs/training.md); another one starts from its own "
                         "defaults (adam/rmsprop 1e-3, sgd 0.01 momentum 0.9, no decay)")
     p.add_argument("--lr", type=float, help="initial learning rate; default: the model kind's")
+    p.add_argument("--geo-lr-multiplier", type=float,
+                   help="feature modulation: learning-rate multiplier for the geo net and modulation FCs "
+                        f"(default {GEO_LR_MULTIPLIER:g} with the default optimizer, else 1)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -309,6 +313,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         optimizer = OptimizerConfig.named(args.optimizer)
     if args.lr is not None:
         optimizer = dataclasses.replace(optimizer, learning_rate=args.lr)
+    if args.geo_lr_multiplier is not None:
+        optimizer = dataclasses.replace(optimizer, geo_lr_multiplier=args.geo_lr_multiplier)
     return TrainConfig(
         data=args.data, model=args.model, backbone=backbone,
         alpha=args.alpha if args.alpha is not None else inherited.get("alpha", 1.0),
