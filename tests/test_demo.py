@@ -63,6 +63,24 @@ def test_changed_upstream_reruns_downstream_and_deletes_its_stale_run(tmp_path):
     assert calls == ["up", "down", "up", "down"]
 
 
+def test_redone_upstream_with_the_same_key_reruns_downstream(tmp_path):
+    """Deleting a stage's output (or stamp) reruns it with the same command; what follows must not
+    be reused from the old result (e.g. an evaluation of the previous feature-modulation run)."""
+    calls = []
+
+    def pipeline():
+        runner = demo.Runner(tmp_path)
+        runner.stage(counting_stage(tmp_path, calls, name="train"))
+        runner.stage(counting_stage(tmp_path, calls, name="evaluate"))
+
+    pipeline()
+    pipeline()
+    assert calls == ["train", "evaluate"]
+    (tmp_path / "train.txt").unlink()
+    pipeline()
+    assert calls == ["train", "evaluate", "train", "evaluate"]
+
+
 def test_interrupted_stage_keeps_its_state_to_resume(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -24,10 +24,13 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mobile_sdk.fileio import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,12 +81,13 @@ class Stage:
 @dataclass
 class Runner:
     """Runs stages in order. A stage is reused when its stamp holds the same key *and* the same
-    upstream digest (the keys of every stage before it), so changing a stage reruns what follows."""
+    upstream digest (the keys and run tokens of every stage before it). Each time a stage really
+    runs it gets a fresh token, so changing or redoing a stage reruns everything that follows."""
 
     out: Path
     started: float = field(default_factory=time.monotonic)
     log: list[tuple[str, str, float]] = field(default_factory=list)  # (stage, "ran"/"reused", seconds)
-    upstream: str = ""  # digest of the keys of the stages run or reused so far
+    upstream: str = ""  # digest of the keys and run tokens of the stages run or reused so far
     seen: set = field(default_factory=set)  # stage names handled in this run
 
     @property
@@ -103,6 +107,9 @@ class Runner:
         except (OSError, json.JSONDecodeError):
             return None
 
+    def _advance(self, stage: Stage, token: str) -> None:
+        self.upstream = hashlib.sha256(json.dumps([self.upstream, stage.name, stage.key, token]).encode()).hexdigest()[:16]
+
     def stage(self, stage: Stage):
         """Run `stage` unless its stamp says it is done. Returns what stage.run returned (None
         when reused)."""
@@ -111,11 +118,11 @@ class Runner:
         self.seen.add(stage.name)
         self.header(f"{stage.name}: {stage.description}")
         identity = {"key": stage.key, "upstream": self.upstream}
-        self.upstream = hashlib.sha256(json.dumps([self.upstream, stage.name, stage.key]).encode()).hexdigest()[:16]
         stamp = self._stamp(stage)
         if stamp is not None and {k: stamp.get(k) for k in identity} == identity \
                 and all(Path(p).exists() for p in stage.outputs):
             print(f"    reusing {', '.join(str(p) for p in stage.outputs)} (delete {self.stamps / stage.name}.json to redo)")
+            self._advance(stage, stamp.get("token", ""))
             self.log.append((stage.name, "reused", 0.0))
             return None
         if stamp is not None:  # finished before with other inputs: never resume from that
@@ -128,10 +135,10 @@ class Runner:
         missing = [str(p) for p in stage.outputs if not Path(p).exists()]
         if missing:
             raise StageError(f"stage {stage.name} finished but did not write {missing}")
-        self.stamps.mkdir(parents=True, exist_ok=True)
-        tmp = self.stamps / f".{stage.name}.json.tmp"
-        tmp.write_text(json.dumps({**identity, "seconds": round(seconds, 1)}))
-        os.replace(tmp, self.stamps / f"{stage.name}.json")
+        token = uuid.uuid4().hex
+        atomic_write_text(self.stamps / f"{stage.name}.json",
+                          json.dumps({**identity, "token": token, "seconds": round(seconds, 1)}))
+        self._advance(stage, token)
         self.log.append((stage.name, "ran", seconds))
         print(f"    done in {seconds:.0f} s", flush=True)
         return result
