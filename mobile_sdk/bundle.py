@@ -10,7 +10,6 @@ and `write_manifest` last, inside a temporary folder it renames); the SDK reads 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from .encoding import ENCODINGS
 from .errors import BundleError, BundleIntegrityError, WhitelistTableError
 from .runtime import TFLiteModel
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, sha256_file  # noqa: F401  (sha256_file re-exported)
 from .whitelist import WhitelistTable
 
 FORMAT_VERSION = 1
@@ -29,14 +28,6 @@ WHITELIST_FILE = "whitelist.gwl"
 MANIFEST_FILE = "manifest.json"
 MODEL_KINDS = ("image", "postprocess", "featuremod")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_labels(bundle_dir, labels) -> Path:

@@ -6,6 +6,7 @@ at any point leaves either the old content or the new, never a half-written file
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -27,6 +28,15 @@ def make_shareable(path: Path) -> None:
     targets = [path, *path.rglob("*")] if path.is_dir() else [path]
     for p in targets:
         p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (bundle hashes, prediction-cache keys)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

@@ -77,3 +77,14 @@ def test_staged_folder_before_swap_can_refuse(tmp_path):
             (tmp / "x").write_text("new")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["world"]
+
+
+def test_sha256_file_matches_hashlib_across_block_boundaries(tmp_path):
+    import hashlib
+
+    from mobile_sdk.fileio import sha256_file
+
+    data = bytes(range(256)) * 8193  # a little over 2 MiB: several 1 MiB blocks
+    path = tmp_path / "model.tflite"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()

@@ -13,12 +13,13 @@ from pathlib import Path
 import keras
 
 import trainer.layers  # noqa: F401  (registers the custom layers for load_model)
+from mobile_sdk.bundle import LABELS_FILE
+from mobile_sdk.bundle import write_labels as bundle_write_labels
 from mobile_sdk.fileio import atomic_file, atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 from trainer.config import TrainConfig
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
-LABELS_FILE = "labels.txt"
 METRICS_FILE = "metrics.json"
 STATE_DIR = "state"
 
@@ -47,11 +48,8 @@ def atomic_save_model(model: keras.Model, path) -> None:
 
 
 def write_labels(run_dir, labels) -> None:
-    labels = [str(label) for label in labels]
-    bad = [label for label in labels if "\n" in label or "\r" in label]
-    if bad:
-        raise ValueError(f"labels cannot contain line breaks: {bad[:3]}")
-    atomic_write_text(Path(run_dir) / LABELS_FILE, "".join(f"{label}\n" for label in labels))
+    # A run's labels.txt has the bundle's format (export copies it), so one writer validates both.
+    bundle_write_labels(run_dir, labels)
 
 
 def read_labels(path) -> list[str]:

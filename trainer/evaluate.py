@@ -32,7 +32,7 @@ from typing import Mapping
 
 import numpy as np
 
-from mobile_sdk.fileio import atomic_write_bytes
+from mobile_sdk.fileio import atomic_write_bytes, sha256_file
 from trainer import metrics
 from trainer.data import GeoDataset, load_split
 from trainer.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, product_scores, sweep_prior
@@ -65,14 +65,6 @@ def without_locations(ds: GeoDataset) -> GeoDataset:
     return dataclasses.replace(ds, lat=nan, lon=nan, has_location=np.zeros(len(ds), dtype=bool))
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _dataset_fingerprint(ds: GeoDataset) -> str:
     digest = hashlib.sha256()
     digest.update("\n".join(ds.paths.tolist()).encode())
@@ -99,7 +91,7 @@ def predict(run, run_dir, ds: GeoDataset, *, batch_size: int = 64, cache_dir: Pa
     cache_file = None
     if cache_dir is not None:
         key = hashlib.sha256(
-            f"{_sha256_file(Path(run_dir) / 'model.keras')}|{image_size}|{_dataset_fingerprint(ds)}".encode()
+            f"{sha256_file(Path(run_dir) / 'model.keras')}|{image_size}|{_dataset_fingerprint(ds)}".encode()
         ).hexdigest()[:24]
         cache_file = Path(cache_dir) / f"{Path(run_dir).name}-{key}.npy"
         if cache_file.exists():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -27,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from mobile_sdk.fileio import sha256_file
 from trainer import models
 from trainer.checkpoint import (CONFIG_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, STATE_DIR, RunError,
                                 atomic_save_model, atomic_write_bytes, atomic_write_json,
@@ -137,7 +137,7 @@ def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
         image_model = _load_image_run(config, splits.labels)
         # The CNN runs once per image, here; the geo net trains on the cached logits. The cache is
         # keyed by the image model's file, so a retrained --init run is never served stale logits.
-        key = hashlib.sha256((Path(config.init) / MODEL_FILE).read_bytes()).hexdigest()[:16]
+        key = sha256_file(Path(config.init) / MODEL_FILE)[:16]
         caches = {split: state_dir / f"logits-{split}-{key}.npz" if state_dir else None for split in ("train", "val")}
         train_cache = _cached_logits(image_model, splits.train_eval, caches["train"], "image logits (train)")
         val_cache = _cached_logits(image_model, splits.val, caches["val"], "image logits (val)")
