@@ -73,15 +73,25 @@ def machine() -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """One target from issue 6: met is True/False, or None when the benchmark did not run it."""
+    """One benchmark target: met is True/False, or None when the benchmark did not run it.
+
+    `key` is the target's stable machine name in docs/benchmarks.json; `value` is what was measured
+    and `limit` the bound it is held to (a number, or [low, high] for a range)."""
 
     name: str
     met: bool | None
     detail: str
+    key: str | None = None
+    value: float | None = None
+    limit: float | list | None = None
 
     def line(self) -> str:
         verdict = {True: "MET", False: "MISSED", None: "NOT RUN"}[self.met]
         return f"- **{verdict}** {self.name}: {self.detail}"
+
+    def record(self, command: str) -> dict:
+        """The target's object in docs/benchmarks.json."""
+        return {"name": self.key, "value": self.value, "limit": self.limit, "met": self.met, "command": command}
 
 
 @dataclass
@@ -100,10 +110,11 @@ class Section:
         return text + f"\n_Section time: {self.seconds:.0f} s._\n"
 
 
-def ratio_target(name: str, numerator: float, denominator: float, limit: float, what: str, why_missed: str = "") -> Target:
+def ratio_target(name: str, numerator: float, denominator: float, limit: float, what: str, why_missed: str = "",
+                 key: str | None = None) -> Target:
     """`numerator/denominator <= limit` as a Target, stating the measured ratio."""
     ratio = numerator / denominator
     detail = f"{what} = {ratio:.3f}x (limit {limit:g}x)"
     if ratio > limit and why_missed:
         detail += f". Why: {why_missed}"
-    return Target(name, ratio <= limit, detail)
+    return Target(name, ratio <= limit, detail, key=key, value=round(ratio, 4), limit=limit)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shlex
 import sys
@@ -27,6 +28,7 @@ from benchmarks.common import Section, machine
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("accuracy", "geography", "perf")
 DOC = REPO / "docs" / "benchmarks.md"
+JSON_DOC = REPO / "docs" / "benchmarks.json"
 
 
 def run_section(name: str, args) -> Section:
@@ -62,10 +64,21 @@ def assemble(cache: Path) -> str:
              "command and when it ran. Timings are medians of repeated runs; ratios were measured side by "
              "side (interleaved) in one process. The machine is shared, so absolute times are noisy; ratios "
              "less so.\n",
-             "## Targets of issue 6\n", "\n".join(verdicts) if verdicts else "No section with targets has run yet.", ""]
+             "## Targets\n", "\n".join(verdicts) if verdicts else "No section with targets has run yet.", ""]
     for name in SECTIONS:
         parts.append(sections.get(name, f"## {name}\n\nNot run yet: `python -m benchmarks.run --only {name}`.\n"))
     return "\n".join(parts)
+
+
+def assemble_json(cache: Path) -> list[dict]:
+    """docs/benchmarks.json: every keyed target of the cached sections, one object per target, in the
+    same section order as the Markdown."""
+    records = []
+    for name in SECTIONS:
+        path = cache / f"{name}.json"
+        if path.exists():
+            records += json.loads(path.read_text())
+    return records
 
 
 def main(argv=None) -> int:
@@ -78,6 +91,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench", help="work folder")
     parser.add_argument("--doc", type=Path, default=DOC, help="Markdown file to write")
+    parser.add_argument("--json", type=Path, default=JSON_DOC, help="machine-readable targets file to write")
     parser.add_argument("--assemble", action="store_true", help="only rebuild --doc from the cached sections")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -97,10 +111,13 @@ def main(argv=None) -> int:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         text = section.markdown() + f"\n_Ran {stamp} on {machine()}; command: `{command.strip()}`._\n"
         write_atomic(cache / f"{name}.md", text)
+        records = [t.record(command.strip()) for t in section.targets if t.key]
+        write_atomic(cache / f"{name}.json", json.dumps(records, indent=1) + "\n")
         print(text, flush=True)
         verdicts.update({t.name: t.met for t in section.targets})
     write_atomic(args.doc, assemble(cache))
-    print(f"\nwrote {args.doc} (sections cached in {cache})")
+    write_atomic(args.json, json.dumps(assemble_json(cache), indent=1) + "\n")
+    print(f"\nwrote {args.doc} and {args.json} (sections cached in {cache})")
     for name, met in verdicts.items():
         print(f"  {'MET' if met else 'NOT RUN' if met is None else 'MISSED'}: {name}")
     return 0

@@ -1,4 +1,5 @@
 """Benchmark helpers on tiny inputs (the benchmarks themselves are run by `make bench`)."""
+import json
 import time
 from pathlib import Path
 
@@ -113,8 +114,21 @@ def test_assemble_collects_target_verdicts(tmp_path):
     missed = common.Target("b", False, "too slow")
     (tmp_path / "perf.md").write_text(common.Section("Performance", "body", [met, missed]).markdown())
     doc = run.assemble(tmp_path)
-    summary = doc.split("## Targets of issue 6")[1].split("## ")[0]
+    summary = doc.split("## Targets\n")[1].split("## ")[0]
     assert met.line() in summary and missed.line() in summary
+
+
+def test_main_writes_keyed_targets_to_json(tmp_path, monkeypatch):
+    keyed = common.ratio_target("fast enough", 3.0, 2.0, 1.25, "a/b", key="a_vs_b")
+    unkeyed = common.Target("prose only", True, "fine")
+    monkeypatch.setattr(run, "run_section", lambda name, args: common.Section("Performance", "body", [keyed, unkeyed]))
+    doc, json_doc = tmp_path / "b.md", tmp_path / "b.json"
+    run.main(["--only", "perf", "--out", str(tmp_path / "work"), "--doc", str(doc), "--json", str(json_doc)])
+    records = json.loads(json_doc.read_text())
+    assert records == [{"name": "a_vs_b", "value": 1.5, "limit": 1.25, "met": False,
+                        "command": "python -m benchmarks.run --only perf --out " + str(tmp_path / "work")
+                                   + f" --doc {doc} --json {json_doc}"}]
+    assert "**MISSED** fast enough" in doc.read_text()
 
 
 def test_sized_settings_times_one_epoch_once(tmp_path, monkeypatch):
