@@ -24,7 +24,8 @@ import numpy as np
 from benchmarks.common import Section, Target, interleaved, machine, ratio_target, time_calls
 from mobile_sdk import geohash
 from mobile_sdk.geo import chord_for_km, miles_to_km, to_unit_vectors
-from mobile_sdk.whitelist import WhitelistTable, build_whitelist
+from mobile_sdk.whitelist.builder import build_whitelist
+from mobile_sdk.whitelist.reader import WhitelistTable
 
 OBSERVATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "inat500_observations.npz"
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from mobile_sdk.bundle import (MANIFEST_FILE, MODEL_FILE, WHITELIST_FILE, manifest_for, write_labels,
                                write_manifest)
 from mobile_sdk.fileio import atomic_write_bytes, staged_folder
-from mobile_sdk.whitelist import write_whitelist
+from mobile_sdk.whitelist.builder import write_whitelist
 
 from .quantization import MODES, QuantizationConfig
 from .verify import check_location_float, check_signature, compare, expected_signature, load_samples

@@ -21,4 +21,5 @@ from .errors import (  # noqa: F401
     WhitelistTableError,
 )
 from .preprocess import load_image, resize_image  # noqa: F401
-from .whitelist import WhitelistTable, build_whitelist, write_whitelist  # noqa: F401
+from .whitelist.builder import build_whitelist, write_whitelist  # noqa: F401
+from .whitelist.reader import WhitelistTable  # noqa: F401

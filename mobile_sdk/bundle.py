@@ -5,7 +5,7 @@
     whitelist.gwl   the geohash whitelist table (docs/whitelist-format.md), optional
     manifest.json   see `manifest_for`
 
-The export writes it (`write_labels`, `mobile_sdk.whitelist.write_whitelist`, then `manifest_for`
+The export writes it (`write_labels`, `mobile_sdk.whitelist.builder.write_whitelist`, then `manifest_for`
 and `write_manifest` last, inside a temporary folder it renames); the SDK reads it (`open_bundle`).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .encoding import ENCODINGS
 from .errors import BundleError, BundleIntegrityError, WhitelistTableError
 from .runtime import TFLiteModel
 from .fileio import atomic_write_bytes, sha256_file  # noqa: F401  (sha256_file re-exported)
-from .whitelist import WhitelistTable
+from .whitelist.reader import WhitelistTable
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.tflite"

@@ -19,7 +19,7 @@ from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.errors import (BundleError, BundleIntegrityError, GeoAwareError, InvalidImageError,
                                InvalidLocationError, LabelSetMismatchError, ModelError, WhitelistTableError)
 from mobile_sdk.runtime import TFLiteModel
-from mobile_sdk.whitelist import write_whitelist
+from mobile_sdk.whitelist.builder import write_whitelist
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["paris_a", "sydney_b", "both_c", "newyork_d"]

@@ -10,7 +10,9 @@ import pytest
 from mobile_sdk import geohash
 from mobile_sdk.errors import InvalidLocationError, LabelSetMismatchError, WhitelistTableError
 from mobile_sdk.geo import great_circle_km, miles_to_km
-from mobile_sdk.whitelist import HEADER_SIZE, WhitelistTable, build_whitelist, row_reach_km, write_whitelist
+from mobile_sdk.whitelist.builder import build_whitelist, row_reach_km, write_whitelist
+from mobile_sdk.whitelist.codec import HEADER_SIZE
+from mobile_sdk.whitelist.reader import WhitelistTable
 
 OBSERVATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "inat500_observations.npz"
 NAMES = [f"species_{i}" for i in range(6)]

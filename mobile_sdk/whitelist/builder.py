@@ -1,0 +1,176 @@
+"""Export time: training observations -> whitelist table bytes (numpy only, like the reader).
+
+Exactness: a cell's label set is every label with an observation within θ + R of the cell centre,
+where R is the cell's largest centre-to-corner great-circle distance (for a lat/lon box the corner
+is the farthest point). By the triangle inequality a label within θ of ANY point of the cell is in
+the set: no false negatives, and extras lie at most θ + 2R away from the query. A cell without
+any such label gets no entry (the reader's "no data nearby").
+
+The build is a sweep of latitude rows: the cells of one row within distance D of an observation
+form one longitude interval, found in closed form.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import geohash
+from ..fileio import atomic_write_bytes
+from ..geo import EARTH_RADIUS_KM, great_circle_km, miles_to_km, validate_locations
+from . import codec
+from .codec import MAX_TABLE_PRECISION, RUNS_PER_BLOCK, SETS_PER_BLOCK, label_set_hash
+
+_SLACK_KM = 1e-3  # absorbs floating-point rounding in the distance test; it only ever adds labels
+
+
+def _check_build_args(lat, lon, labels, num_labels, radius_miles, precision, label_names):
+    if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
+        raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
+    label_names = [str(n) for n in label_names]
+    if len(label_names) != num_labels:
+        raise ValueError(f"label_names has {len(label_names)} names but num_labels is {num_labels}")
+    if not isinstance(radius_miles, (int, float, np.integer, np.floating)) or not np.isfinite(radius_miles) or radius_miles <= 0:
+        raise ValueError(f"radius_miles must be a positive finite number, got {radius_miles!r}")
+    if isinstance(precision, bool) or not isinstance(precision, (int, np.integer)) or not 1 <= precision <= MAX_TABLE_PRECISION:
+        raise ValueError(f"precision must be an integer in [1, {MAX_TABLE_PRECISION}], got {precision!r}")
+    lat = np.asarray(lat, dtype=np.float64).ravel()
+    lon = np.asarray(lon, dtype=np.float64).ravel()
+    labels = np.asarray(labels)
+    if not (lat.shape == lon.shape == labels.shape):
+        raise ValueError(f"lat, lon and labels must have equal lengths, got {lat.shape}, {lon.shape}, {labels.shape}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_labels):
+        raise ValueError(f"labels must lie in [0, {num_labels}), got range [{labels.min()}, {labels.max()}]")
+    locs, known = validate_locations(np.stack([lat, lon], axis=-1))  # NaN rows = unknown: skipped
+    return locs[known, 0], locs[known, 1], labels[known], int(num_labels), float(radius_miles), int(precision), label_names
+
+
+def row_reach_km(precision: int, radius_miles: float) -> np.ndarray:
+    """Per latitude row: θ + R_row (+ a metre of slack), the search radius around each cell centre."""
+    n_rows, _ = geohash.grid_shape(precision)
+    height, width = geohash.cell_size_deg(precision)
+    centre = (np.arange(n_rows) + 0.5) * height - 90.0
+    corner = np.maximum(great_circle_km(centre, 0.0, centre + height / 2, width / 2),
+                        great_circle_km(centre, 0.0, centre - height / 2, width / 2))
+    return float(miles_to_km(radius_miles)) + corner + _SLACK_KM
+
+
+def _label_cells(lat, lon, labels, radius_miles, precision):
+    """All (cell key, label) pairs of the table, sorted by key then label."""
+    n_rows, n_cols = geohash.grid_shape(precision)
+    height, width = geohash.cell_size_deg(precision)
+    reach = np.minimum(row_reach_km(precision, radius_miles) / EARTH_RADIUS_KM, np.pi)  # radians
+    row_lat = np.radians((np.arange(n_rows) + 0.5) * height - 90.0)
+
+    if not lat.size:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    # Duplicates (same label, same place) cannot change the answer.
+    order = np.lexsort((lon, lat, labels))
+    label_s, lat_s, lon_s = labels[order], lat[order], lon[order]
+    distinct = np.r_[True, (label_s[1:] != label_s[:-1]) | (lat_s[1:] != lat_s[:-1]) | (lon_s[1:] != lon_s[:-1])]
+    p_label, p_lat, p_lon = label_s[distinct], lat_s[distinct], lon_s[distinct]
+
+    # Candidate rows: latitude difference never exceeds the great-circle distance.
+    margin = np.degrees(reach.max())
+    lo = np.clip(np.floor((p_lat - margin + 90.0) / height - 0.5), 0, n_rows - 1).astype(np.int64)
+    hi = np.clip(np.ceil((p_lat + margin + 90.0) / height - 0.5), 0, n_rows - 1).astype(np.int64)
+    count = hi - lo + 1
+    pt = np.repeat(np.arange(p_lat.size), count)
+    rows = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + lo[pt]
+
+    # On row r, the centres within `reach` of a point are those with cos Δλ >= x (spherical law of
+    # cosines); the trigonometry is per row and per point, then combined per pair.
+    phi_o = np.radians(p_lat)
+    num = np.cos(reach)[rows] - np.sin(row_lat)[rows] * np.sin(phi_o)[pt]
+    den = np.cos(row_lat)[rows] * np.cos(phi_o)[pt]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(den > 1e-15, num / np.maximum(den, 1e-300), np.where(num <= 0, -np.inf, np.inf))
+    keep = x <= 1.0
+    x, rows, pt = x[keep], rows[keep], pt[keep]
+    half = np.degrees(np.arccos(np.maximum(x, -1.0)))
+    start = np.ceil((p_lon[pt] - half + 180.0) / width - 0.5).astype(np.int64)
+    stop = np.floor((p_lon[pt] + half + 180.0) / width - 0.5).astype(np.int64)
+    whole_row = (x <= -1.0) | (stop - start + 1 >= n_cols)
+    start, stop = np.where(whole_row, 0, start), np.where(whole_row, n_cols - 1, stop)
+    keep = stop >= start
+    start, stop, rows, lab = start[keep], stop[keep], rows[keep], p_label[pt[keep]]
+
+    # Wrap intervals across the antimeridian into [0, n_cols): at most two pieces each.
+    shift = np.floor_divide(start, n_cols) * n_cols
+    start, stop = start - shift, stop - shift
+    wraps = stop >= n_cols
+    start = np.concatenate([start, np.zeros(wraps.sum(), dtype=np.int64)])
+    stop = np.concatenate([np.minimum(stop, n_cols - 1), stop[wraps] - n_cols])
+    rows, lab = np.concatenate([rows, rows[wraps]]), np.concatenate([lab, lab[wraps]])
+
+    # Merge overlapping intervals per (label, row) so each (label, cell) pair is produced once.
+    group = lab * n_rows + rows
+    order = np.argsort(group * n_cols + start)  # one int64 key sorts faster than a lexsort
+    group, start, stop = group[order], start[order], stop[order]
+    offset = group * (n_cols + 2)  # keeps the running max from leaking across groups
+    reach_end = np.maximum.accumulate(stop + offset) - offset
+    new = np.ones(group.size, dtype=bool)
+    new[1:] = (group[1:] != group[:-1]) | (start[1:] > reach_end[:-1] + 1)
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], group.size) - 1
+    g, s, e = group[first], start[first], reach_end[last]
+
+    length = e - s + 1
+    owner = np.repeat(np.arange(g.size), length)
+    cols = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length) + s[owner]
+    keys = geohash.rows_cols_to_keys(g[owner] % n_rows, cols, precision)
+    pair_labels = g[owner] // n_rows
+    order = np.argsort(keys.astype(np.int64) * (int(lab.max()) + 1) + pair_labels)  # key, then label
+    return keys[order], pair_labels[order]
+
+
+def build_whitelist(lat, lon, labels, num_labels, radius_miles=100.0, precision=4, label_names=None) -> bytes:
+    """Build the table from training observations; returns the file's bytes.
+
+    lat/lon: degrees (NaN rows = unknown, skipped); labels: int label index per observation;
+    label_names: the model's labels in output order (their hash is stored so a reader can refuse a
+    table made for another label set). Raises ValueError (InvalidLocationError for bad coordinates).
+    """
+    if label_names is None:
+        raise ValueError("label_names is required: the table stores their hash to detect label-set mismatches")
+    lat, lon, labels, num_labels, radius_miles, precision, label_names = _check_build_args(
+        lat, lon, labels, num_labels, radius_miles, precision, label_names)
+    keys, pair_labels = _label_cells(lat, lon, labels, radius_miles, precision)
+
+    # One bitmap row per cell, then de-duplicate the rows: cell -> set id.
+    cell_start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, np.int64)
+    cells = keys[cell_start].astype(np.int64)
+    n_bytes = (num_labels + 7) // 8
+    bitmaps = np.zeros((cells.size, n_bytes), dtype=np.uint8)
+    cell_of_pair = np.cumsum(np.r_[False, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, np.int64)
+    np.bitwise_or.at(bitmaps, (cell_of_pair, pair_labels // 8), (1 << (pair_labels % 8)).astype(np.uint8))
+    _, first_seen, cell_set = np.unique(bitmaps.view(np.dtype((np.void, n_bytes))).ravel(),
+                                        return_index=True, return_inverse=True)
+    # Number sets in order of first use along the key order: neighbouring cells get near ids.
+    rank = np.empty(first_seen.size, dtype=np.int64)
+    rank[np.argsort(first_seen)] = np.arange(first_seen.size)
+    cell_set = rank[cell_set.ravel()]
+    set_bitmaps = np.unpackbits(bitmaps[np.sort(first_seen)], axis=1, bitorder="little")[:, :num_labels].astype(bool)
+
+    # Runs: maximal stretches of consecutive keys with one set.
+    is_start = np.r_[True, (cells[1:] != cells[:-1] + 1) | (cell_set[1:] != cell_set[:-1])] if cells.size else np.zeros(0, bool)
+    run_first = np.flatnonzero(is_start)
+    run_key, run_set = cells[run_first], cell_set[run_first]
+    run_len = np.diff(np.append(run_first, cells.size))
+
+    run_blocks = [codec.encode_run_block(run_key[b:b + RUNS_PER_BLOCK], run_len[b:b + RUNS_PER_BLOCK],
+                                         run_set[b:b + RUNS_PER_BLOCK])
+                  for b in range(0, run_key.size, RUNS_PER_BLOCK)]
+    set_blocks = [codec.encode_set_block(set_bitmaps[b:b + SETS_PER_BLOCK])
+                  for b in range(0, set_bitmaps.shape[0], SETS_PER_BLOCK)]
+    return codec.assemble(num_labels, radius_miles, precision, cells.size, run_key.size, set_bitmaps.shape[0],
+                          run_key[::RUNS_PER_BLOCK], run_blocks, set_blocks, label_set_hash(label_names))
+
+
+def write_whitelist(path, lat, lon, labels, num_labels, radius_miles=100.0, precision=4, label_names=None) -> Path:
+    """Build the table and write it atomically (temporary file in the same folder, then rename)."""
+    data = build_whitelist(lat, lon, labels, num_labels, radius_miles, precision, label_names)
+    return atomic_write_bytes(path, data)
