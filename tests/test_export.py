@@ -235,17 +235,24 @@ def test_plain_int8_quantizes_location_and_the_check_catches_it(runs):
 
 
 @pytest.mark.slow
-def test_int8_paper_encoding_keeps_location_float(runs, world):
-    """The other location encoding ([lat/90, lon/180], no SIN/COS) through the same int8 path."""
+@pytest.mark.parametrize("encoding", ["paper", "fourier"])
+def test_int8_other_encodings_keep_location_float(runs, world, encoding):
+    """The other location encodings through the same int8 path: `paper` ([lat/90, lon/180], no
+    SIN/COS) and `fourier` (unit vector, then SIN/COS up to ~100 km wavelengths, which int8 would
+    turn into noise): the converter's float front end must catch every op of each."""
     labels = runs["image"].labels
-    geo_head = models.build_geo_head(len(labels), encoding="paper")
+    geo_head = models.build_geo_head(len(labels), encoding=encoding)
     _randomize_geo_weights(geo_head, 3, scale=0.3)
     model = models.build_postprocess_model(runs["image"].model, geo_head)
     images, locations, _ = load_samples(load_split(world, "train"), SIZE, 8)
     content = convert_model(model, QuantizationConfig.for_int8(export_mod.representative_data(images, locations)))
+    check_location_float(content)
     sweep = np.stack([40.0 + 0.05 * np.arange(30), np.full(30, -100.0)], axis=1).astype(np.float32)
-    geo = run_tflite(content, np.repeat(images[:1], 30, axis=0), sweep)["geo_logits"]
+    sweep_images = np.repeat(images[:1], 30, axis=0)
+    geo = run_tflite(content, sweep_images, sweep)["geo_logits"]
     assert len(np.unique(geo.round(6), axis=0)) >= 20
+    ref = run_keras(model, sweep_images, sweep)["geo_logits"]
+    assert np.abs(geo - ref).max() <= 0.1 * np.abs(ref).max()
     unknown = run_tflite(content, images[:2], np.full((2, 2), np.nan, np.float32))["geo_logits"]
     assert np.all(unknown == 0.0)
 

@@ -5,7 +5,7 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from mobile_sdk.encoding import ENCODINGS, encode_locations, encoded_dim  # noqa: E402
+from mobile_sdk.encoding import FOURIER_SCALES, ENCODINGS, encode_locations, encoded_dim  # noqa: E402
 from trainer.layers import (VARIANTS, FeatureModulation, GateByKnown, KnownFlag,  # noqa: E402
                             LocationDropout, LocationEncoder, PixelScaling)
 
@@ -24,7 +24,9 @@ def test_location_encoder_matches_numpy(kind):
     locs = _random_locations(200)
     keras_out = LocationEncoder(kind)(locs).numpy()
     assert keras_out.shape == (200, encoded_dim(kind))
-    np.testing.assert_allclose(keras_out, encode_locations(locs, kind), atol=2e-6)
+    # float32 in the graph vs float64 in numpy: the phase error grows with the highest frequency.
+    atol = 2e-6 * (2.0 ** (FOURIER_SCALES + 2) if kind == "fourier" else 1.0)
+    np.testing.assert_allclose(keras_out, encode_locations(locs, kind), atol=atol)
 
 
 @pytest.mark.parametrize("kind", ENCODINGS)
@@ -44,11 +46,40 @@ def test_invalid_rows_become_unknown_and_unknown_is_not_zero_zero(kind):
     assert zero_zero[0, -1] == 1.0  # (0, 0) is a known place, distinguishable from unknown
 
 
-def test_sincos_is_continuous_across_the_antimeridian():
-    enc = LocationEncoder("sincos")(np.array([[40.0, 179.99], [40.0, -179.99]], np.float32)).numpy()
-    assert np.abs(enc[0] - enc[1]).max() < 1e-3
-    paper = LocationEncoder("paper")(np.array([[40.0, 179.99], [40.0, -179.99]], np.float32)).numpy()
-    assert np.abs(paper[0] - paper[1]).max() > 1.9  # the paper's encoding jumps there
+def _max_jump(kind, a, b):
+    """Largest feature difference between two locations, in the graph and in numpy."""
+    locs = np.array([a, b], np.float32)
+    return max(np.abs(np.diff(LocationEncoder(kind)(locs).numpy(), axis=0)).max(),
+               np.abs(np.diff(encode_locations(locs, kind), axis=0)).max())
+
+
+# ~85 m apart across the antimeridian; ~100 m apart across a pole, or the pole itself reached along
+# opposite meridians. The finest `fourier` scale changes by ~0.06 per km, so 0.02 means "no jump".
+ANTIMERIDIAN = ([40.0, 179.9995], [40.0, -179.9995])
+POLES = [([89.9995, 0.0], [89.9995, 180.0]), ([-89.9995, 45.0], [-89.9995, -135.0]), ([90.0, 10.0], [90.0, -170.0])]
+
+
+@pytest.mark.parametrize("kind", ["sincos", "fourier"])
+def test_encoding_is_continuous_across_the_antimeridian(kind):
+    assert _max_jump(kind, *ANTIMERIDIAN) < 0.02
+
+
+def test_paper_encoding_jumps_at_the_antimeridian():
+    assert _max_jump("paper", *ANTIMERIDIAN) > 1.9
+
+
+def test_fourier_is_continuous_at_the_poles_where_sincos_is_not():
+    for a, b in POLES:
+        assert _max_jump("fourier", a, b) < 0.02
+        assert _max_jump("sincos", a, b) > 1.0  # sin/cos of the longitude differ at the same point
+
+
+def test_fourier_resolves_about_100_km():
+    """Points 100 km apart differ by far more than in sincos: the ladder can draw a small range."""
+    north = [35.0, 139.0]
+    south = [35.0 - 100.0 / 111.2, 139.0]
+    assert _max_jump("fourier", north, south) > 0.5
+    assert _max_jump("sincos", north, south) < 0.02
 
 
 def test_location_encoder_rejects_unknown_kind():

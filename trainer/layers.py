@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from mobile_sdk.encoding import DEFAULT_ENCODING, encoded_dim
+from mobile_sdk.encoding import DEFAULT_ENCODING, encoded_dim, location_features
 
 _register = keras.saving.register_keras_serializable(package="geoaware")
 
@@ -56,13 +56,7 @@ class LocationEncoder(keras.layers.Layer):
         rem = ops.mod(location, 360.0)
         location = ops.where(rem >= 180.0, rem - 360.0, rem)
         flag = ops.cast(known, "float32")
-        if self.kind == "paper":
-            feats = location / ops.convert_to_tensor([90.0, 180.0])
-        else:
-            radians = location * (3.141592653589793 / 180.0)
-            sin, cos = ops.sin(radians), ops.cos(radians)
-            # Interleave to [sin φ, cos φ, sin λ, cos λ].
-            feats = ops.concatenate([sin[:, 0:1], cos[:, 0:1], sin[:, 1:2], cos[:, 1:2]], axis=-1)
+        feats = location_features(location[:, 0:1], location[:, 1:2], self.kind, ops)
         return ops.concatenate([feats * flag, flag], axis=-1)
 
     def compute_output_shape(self, input_shape):

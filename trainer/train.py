@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from mobile_sdk.encoding import DEFAULT_ENCODING, ENCODINGS
 from mobile_sdk.fileio import sha256_file
 from trainer import models
 from trainer.checkpoint import (CONFIG_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, STATE_DIR, RunError,
@@ -281,7 +282,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, help="default: the --init run's, else 224")
     p.add_argument("--alpha", type=float, help="MobileNet V2 width; default: the --init run's, else 1.0")
-    p.add_argument("--encoding", default="sincos", choices=("sincos", "paper"))
+    p.add_argument("--encoding", default=DEFAULT_ENCODING, choices=ENCODINGS)
     p.add_argument("--variant", default="add", choices=sorted(VARIANTS),
                    help="feature modulation: " + ", ".join(f"{k} = {v}" for k, v in VARIANTS.items()))
     p.add_argument("--blocks", help="feature modulation: comma list of layer names (MobileNet V2: or block numbers)")
