@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +32,7 @@ _UNKNOWN_LOCATION = np.full((1, 2), np.nan, dtype=np.float32)  # the contract: N
 class GeoClassifierOptions:
     """Immutable, validated at construction (ValueError naming the field)."""
     bundle_path: str | None = None
-    max_results: int | None = None  # None: every label
+    max_results: int | None = None  # None: every label, as in MediaPipe (built lazily: see Categories)
     score_threshold: float = 0.0
     category_allowlist: tuple[str, ...] | None = None
     category_denylist: tuple[str, ...] | None = None
@@ -79,23 +80,78 @@ class Category:
     geo_score: float | None = None  # the geo network's logit added to the vision logit (0 = no evidence)
 
 
+class Categories(Sequence):
+    """The ranked answer, read like a tuple of `Category` (index, iterate, slice, len, ==).
+
+    Each Category is built when first read: an app that looks at the top few of thousands of
+    labels pays for those few only, so `max_results=None` (every label) costs no more than 5."""
+
+    __slots__ = ("_order", "_labels", "_columns", "_built")
+
+    def __init__(self, order, labels, **columns):
+        self._order = np.asarray(order, dtype=np.int64)  # label indices, best first
+        self._labels = labels
+        self._columns = columns  # Category field -> values for every label (indexed by label), or None
+        self._built = [None] * len(self._order)
+
+    def __len__(self) -> int:
+        return len(self._built)
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return tuple(self[i] for i in range(*position.indices(len(self))))
+        category = self._built[position]  # raises IndexError like a tuple
+        if category is None:
+            index = int(self._order[position])
+            category = self._built[position] = Category(
+                index=index, label=self._labels[index],
+                **{name: None if values is None else _python(values[index]) for name, values in self._columns.items()})
+        return category
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other):
+        return tuple(self) == tuple(other) if isinstance(other, (tuple, Categories)) else NotImplemented
+
+    def __hash__(self):
+        return hash(tuple(self))
+
+    def __repr__(self):
+        return repr(tuple(self))
+
+    def __reduce__(self):  # pickle and deepcopy give the plain tuple
+        return tuple, (tuple(self),)
+
+
+def _python(value):
+    """A numpy scalar as the Python number it holds (float64 -> float, bool_ -> bool)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _ranked(scores: np.ndarray, keep: np.ndarray, limit: int | None) -> np.ndarray:
+    """Indices of the kept labels by descending score (ties: lower index first), at most `limit`."""
+    kept = np.flatnonzero(keep)
+    return kept[np.argsort(-scores[kept], kind="stable")][:limit]
+
+
 @dataclass(frozen=True)
 class ClassificationResult:
-    categories: tuple[Category, ...]
+    categories: Sequence[Category]  # a Categories: best first, each built when read
     location_used: bool  # a valid location was given and the model or the whitelist took it into account
     whitelist_filtered: bool  # the whitelist removed or down-weighted at least one label
     model_version: str
     location: tuple[float, float] | None = None  # (lat, wrapped lon) as used
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(dataclasses.replace(self, categories=tuple(self.categories)))
 
 
 @dataclass(frozen=True)
 class NearbySpecies:
     """species_near's answer. `categories` are sorted by score: sigmoid(geo logit) where the model has
     a separable geo network, else 1.0 for each whitelisted label."""
-    categories: tuple[Category, ...]
+    categories: Sequence[Category]  # a Categories, like ClassificationResult's
     whitelist_covered: bool  # the table has training data near this point
     geo_scored: bool  # scores come from the model's geo network
     location: tuple[float, float] = field(default=(math.nan, math.nan))
@@ -204,13 +260,8 @@ class GeoClassifier:
         keep = self._category_mask & (scores >= self.options.score_threshold)
         if mask is not None and self.options.whitelist_mode == "hard" and filtered:
             keep &= mask
-        order = [int(i) for i in np.argsort(-scores, kind="stable") if keep[i]]
-        if self.options.max_results is not None:
-            order = order[:self.options.max_results]
-        categories = tuple(Category(
-            index=i, label=self.labels[i], score=float(scores[i]),
-            vision_score=None if vision is None else float(vision[i]),
-            geo_score=None if geo is None else float(geo[i])) for i in order)
+        categories = Categories(_ranked(scores, keep, self.options.max_results), self.labels,
+                                score=scores, vision_score=vision, geo_score=geo)
         used = location is not None and self._location_matters
         return ClassificationResult(categories, used, filtered, self.model_version, location)
 
@@ -254,8 +305,7 @@ class GeoClassifier:
             geo = self._bundle.model.run(blank, np.array([location], dtype=np.float32))["geo_logits"].reshape(-1)
             scores = 1.0 / (1.0 + np.exp(-geo.astype(np.float64)))
         allowed = (mask if covered else np.full(len(self.labels), scores is not None)) & self._category_mask
-        ranking = np.argsort(-scores, kind="stable") if scores is not None else np.arange(len(self.labels))
-        order = [int(i) for i in ranking if allowed[i]][:max_results]
-        categories = tuple(Category(index=i, label=self.labels[i], score=1.0 if scores is None else float(scores[i]),
-                                    geo_score=None if scores is None else float(geo[i])) for i in order)
+        ranking = _ranked(np.zeros(len(self.labels)) if scores is None else scores, allowed, max_results)
+        categories = Categories(ranking, self.labels, score=np.ones(len(self.labels)) if scores is None else scores,
+                                geo_score=None if scores is None else geo)
         return NearbySpecies(categories, covered, scores is not None, location)

@@ -22,8 +22,16 @@ def miles_to_km(miles):
     return np.asarray(miles, dtype=np.float64) * KM_PER_MILE
 
 
+def _wrap_degrees(lon: float) -> float:
+    """wrap_longitude of one Python float, without numpy's per-call cost (the classify hot path).
+    Python's float % is numpy's np.mod (fmod, then the divisor's sign), so both agree bit for bit."""
+    return lon if -180.0 <= lon < 180.0 else (lon + 180.0) % 360.0 - 180.0
+
+
 def wrap_longitude(lon):
     """Wrap degrees into [-180, 180). Works on scalars and arrays; NaN stays NaN."""
+    if type(lon) is float:
+        return _wrap_degrees(lon)
     lon = np.asarray(lon, dtype=np.float64)
     # Values already in range pass through bit-exact: mod(x + 180) - 180 would perturb -0.1.
     in_range = (lon >= -180.0) & (lon < 180.0)
@@ -53,7 +61,7 @@ def validate_location(lat, lon) -> tuple[float, float] | None:
     lat_f, lon_f = values
     if not -90.0 <= lat_f <= 90.0:
         raise InvalidLocationError(f"latitude {lat_f} is outside [-90, 90]")
-    return lat_f, wrap_longitude(lon_f)
+    return lat_f, _wrap_degrees(lon_f)
 
 
 def validate_locations(latlon, allow_unknown: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -103,24 +103,41 @@ def _axis_weights(in_size: int, out_size: int):
 
 
 def resize_image(image: np.ndarray, size) -> np.ndarray:
-    """uint8 [h, w, 3] -> uint8 [H, W, 3] per the contract; a same-size image passes through."""
+    """uint8 [h, w, 3] -> C-contiguous uint8 [H, W, 3] per the contract; a same-size image passes through."""
     image = load_image(image) if not (isinstance(image, np.ndarray) and image.dtype == np.uint8
                                       and image.ndim == 3 and image.shape[2] == 3) else image
     height, width = (int(s) for s in size)
     if height < 1 or width < 1:
         raise ValueError(f"target size must be positive, got {size!r}")
     if image.shape[:2] == (height, width):
-        return image
+        return np.ascontiguousarray(image)
     top, bottom, y_lerp = _axis_weights(image.shape[0], height)
     left, right, x_lerp = _axis_weights(image.shape[1], width)
-    x_lerp = x_lerp[None, :, None]
-    # Gather the needed pixels first (uint8, cheap), then convert: the same float32 arithmetic.
-    top_left, top_right = image[top][:, left].astype(np.float32), image[top][:, right].astype(np.float32)
-    bottom_left, bottom_right = image[bottom][:, left].astype(np.float32), image[bottom][:, right].astype(np.float32)
-    top_values = top_left + (top_right - top_left) * x_lerp
-    bottom_values = bottom_left + (bottom_right - bottom_left) * x_lerp
-    out = top_values + (bottom_values - top_values) * y_lerp[:, None, None]
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    # Rows as flat [w * 3] vectors, so every gather and every float32 op below runs over whole
+    # output rows (a trailing axis of 3 would make numpy loop 3 elements at a time).
+    rows = np.ascontiguousarray(image).reshape(image.shape[0], -1)
+    channel = np.arange(3)
+    left, right = ((cols[:, None] * 3 + channel).ravel() for cols in (left, right))
+    x_lerp = np.repeat(x_lerp, 3)
+
+    def lerp_columns(row_indices):
+        """TF's top_values/bottom_values: left + (right - left) * x_lerp, in float32."""
+        picked = np.take(rows, row_indices, axis=0)
+        values = np.take(picked, left, axis=1, mode="clip").astype(np.float32)
+        step = np.take(picked, right, axis=1, mode="clip").astype(np.float32)
+        step -= values
+        step *= x_lerp
+        values += step
+        return values
+
+    # The same float32 arithmetic as the kernel, in place: top + (bottom - top) * y_lerp.
+    out, bottom_values = lerp_columns(top), lerp_columns(bottom)
+    bottom_values -= out
+    bottom_values *= y_lerp[:, None]
+    out += bottom_values
+    np.rint(out, out=out)  # round half to even, as tf.round
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8).reshape(height, width, 3)
 
 
 def prepare_image(image, size) -> np.ndarray:

@@ -109,3 +109,16 @@ def test_wrap_longitude_passes_in_range_values_through_bit_exact():
     lons = np.array([-180.0, -0.1, 0.0, 1e-12, 179.99999])
     np.testing.assert_array_equal(wrap_longitude(lons), lons)
     assert wrap_longitude(-0.1) == -0.1
+
+
+def test_scalar_wrap_equals_numpy_wrap_bit_for_bit():
+    """One Python float takes a pure-Python path (the classify hot path); arrays take numpy's."""
+    rng = np.random.default_rng(0)
+    lons = np.concatenate([rng.uniform(-1e4, 1e4, 2000), rng.uniform(-540, 540, 2000),
+                           [-180.0, 180.0, 540.0, -540.0, 179.99999999999997, -180.00000000000003, 1e300, -1e300,
+                            5e-324, -5e-324, -0.0, np.inf, -np.inf, np.nan]])
+    with np.errstate(invalid="ignore"):
+        vectorised = wrap_longitude(lons)
+    scalars = np.array([wrap_longitude(float(x)) for x in lons])
+    np.testing.assert_array_equal(scalars, vectorised)
+    assert [validate_location(0.0, float(x))[1] for x in lons[:100]] == vectorised[:100].tolist()

@@ -94,6 +94,10 @@ def test_truncated_jpeg_is_an_error():
 
 def test_resize_same_size_is_identity_and_bad_size_rejected():
     assert resize_image(RGB, RGB.shape[:2]) is RGB
+    flipped = RGB[:, ::-1]  # a strided view comes back C-contiguous, as any resized image does
+    assert resize_image(flipped, RGB.shape[:2]).flags.c_contiguous
+    assert np.array_equal(resize_image(flipped, RGB.shape[:2]), flipped)
+    assert prepare_image(flipped, (8, 9)).flags.c_contiguous
     assert prepare_image(RGB, (8, 9)).shape == (1, 8, 9, 3)
     with pytest.raises(ValueError, match="positive"):
         resize_image(RGB, (0, 4))
@@ -124,8 +128,18 @@ def test_resize_equals_trainer_eager_and_in_tf_data(tf_pipeline, h, w):
             eager = tf_resize(image, size).numpy()
             assert ours.dtype == eager.dtype == np.uint8
             np.testing.assert_array_equal(ours, eager, err_msg=f"{(h, w)} -> {size}")
+            assert ours.flags.c_contiguous  # LiteRT copies a strided input once more
         ds = tf.data.Dataset.from_tensors(image).map(lambda x: tf_resize(x, SIZES[2]))
         np.testing.assert_array_equal(resize_image(image, SIZES[2]), next(iter(ds)).numpy())
+
+
+def test_resize_photo_to_model_sizes_equals_trainer(tf_pipeline):
+    """A photo-sized downscale (the SDK's hot path), including a strided view as input."""
+    _, _, tf_resize = tf_pipeline
+    photo = _photo_like(480, 640, 6)
+    for image in (photo, photo[::-1]):
+        for size in [(224, 224), (64, 64)]:
+            np.testing.assert_array_equal(resize_image(image, size), tf_resize(np.ascontiguousarray(image), size).numpy())
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])

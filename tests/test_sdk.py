@@ -170,6 +170,30 @@ def test_whitelist_off_and_no_data_nearby_do_not_filter(geo_bundle):
     assert pacific.location_used and not pacific.whitelist_filtered and len(pacific.categories) == 4
 
 
+def test_categories_are_dataclasses_built_for_what_is_read(geo_bundle):
+    """`categories` reads like a tuple of Category; each is built on first read and then kept."""
+    import pickle
+
+    from mobile_sdk.classifier import Categories, Category
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        result = clf.classify(IMAGE)
+        top2 = clf.classify(IMAGE, *PARIS)
+        capped = GeoClassifier.from_bundle(geo_bundle, GeoClassifierOptions(max_results=2)).classify(IMAGE)
+    cats = result.categories
+    assert isinstance(cats, Categories) and len(cats) == 4
+    first = cats[0]
+    assert dataclasses.is_dataclass(first) and isinstance(first, Category) and cats[0] is first
+    assert isinstance(first.score, float) and isinstance(first.vision_score, float) and type(first.index) is int
+    eager = tuple(cats)
+    assert cats[-1] is eager[3] and cats[1:3] == eager[1:3] and cats == eager and eager == tuple(cats)
+    assert capped.categories == eager[:2] and hash(capped.categories) == hash(eager[:2])
+    with pytest.raises(IndexError):
+        cats[4]
+    assert pickle.loads(pickle.dumps(result)).categories == eager
+    assert result.to_dict()["categories"] == tuple(dataclasses.asdict(c) for c in eager)
+    assert sorted(c.index for c in top2.categories) == [0, 2] and top2.categories != cats
+
+
 def test_longitude_wraps(geo_bundle):
     with GeoClassifier.from_bundle(geo_bundle) as clf:
         a = clf.classify(IMAGE, PARIS[0], PARIS[1] + 360.0)
