@@ -142,10 +142,11 @@ def test_cli_without_runs_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """A tiny world and three tiny real runs trained by trainer.train (a few steps each)."""
-    from trainer import train, world
+    from trainer import train
+    from trainer.world.build import write_world
 
     root = tmp_path_factory.mktemp("eval_e2e")
-    world.write_world(root / "world", "tiny", seed=0, progress=False)
+    write_world(root / "world", "tiny", seed=0, progress=False)
     common = ["--data", str(root / "world"), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16"]
     runs = {kind: root / kind for kind in ("image", "post", "fm")}
     assert train.main([*common, "--model", "image", "--out", str(runs["image"]), "--image-size", "32", "--alpha", "0.35"]) == 0
@@ -219,12 +220,13 @@ def test_combine_reports_makes_one_column_per_backbone(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_refuses_data_with_other_labels_than_the_runs(tiny_runs, tmp_path):
-    from trainer import world
     from trainer.evaluate import main
+    from trainer.world.build import write_world
+    from trainer.world.load import load_world
 
     _, runs = tiny_runs
-    other = world.write_world(tmp_path / "other", "tiny", seed=1, progress=False)
-    if world.load_world(other).label_names == world.load_world(runs["image"].parent / "world").label_names:
+    other = write_world(tmp_path / "other", "tiny", seed=1, progress=False)
+    if load_world(other).label_names == load_world(runs["image"].parent / "world").label_names:
         pytest.skip("seed 1 happened to draw the same species names")
     with pytest.raises(SystemExit, match="labels the runs do not know"):
         main(["--data", str(other), "--image", str(runs["image"]), "--out", str(tmp_path / "eval")])

@@ -29,7 +29,7 @@ from mobile_sdk.bundle import MANIFEST_FILE, open_bundle  # noqa: E402
 from trainer import checkpoint, models  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import load_split  # noqa: E402
-from trainer.world import write_world  # noqa: E402
+from trainer.world.build import write_world  # noqa: E402
 
 SIZE = 32
 # All four modes for one kind, int8 + float32 for the others.

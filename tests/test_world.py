@@ -1,5 +1,6 @@
-"""The benchmark world: reproducible, long-tailed, look-alike genera with distinct ranges, and a true
-range density that integrates to 1 and is the one the locations were drawn from."""
+"""The benchmark world: reproducible, long-tailed, look-alike genera told apart by one mark (hidden in a
+set fraction of images), sister ranges that abut or overlap, and a true range density that integrates to 1 and is the one the locations were drawn from."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -7,9 +8,15 @@ import numpy as np
 import pytest
 
 from mobile_sdk.errors import InvalidLocationError
+from mobile_sdk.geo import EARTH_RADIUS_KM, to_unit_vectors
 from trainer.data import load_split
 from trainer.pipeline import make_dataset
-from trainer.world import PRESETS, RangeGrid, build_world, load_world, main, write_world
+from trainer.world.__main__ import main
+from trainer.world.appearance import render
+from trainer.world.build import build_world, write_world
+from trainer.world.grid import RangeGrid
+from trainer.world.load import load_world
+from trainer.world.presets import PRESETS
 
 OBSERVATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "inat500_observations.npz"
 
@@ -87,27 +94,95 @@ def test_bench_and_demo_presets_meet_their_sizes():
     assert 40 <= len(species) <= 60 and 6_000 <= len(records["train"]) <= 10_000
 
 
-def test_genera_are_look_alikes_that_live_apart(tiny):
-    world = load_world(tiny)
-    info = json.loads((tiny / "world.json").read_text())["species"]
+def _bhattacharyya(a, b):
+    pa, pb = dict(zip(a["cells"].tolist(), a["probs"])), dict(zip(b["cells"].tolist(), b["probs"]))
+    return sum(np.sqrt(p * pb[c]) for c, p in pa.items() if c in pb)
+
+
+def test_genera_are_look_alikes_told_apart_by_one_mark():
+    _, species, _, _, _ = build_world("demo", seed=0)
     genera = {}
-    for i, sp in enumerate(info):
-        genera.setdefault(sp["genus"], []).append(i)
-    assert all(len(m) >= 2 for m in genera.values())
-    probs = _range_probs(world)
-    overlaps = []
-    for members in genera.values():
-        looks = [info[i]["appearance"] for i in members]
-        # Same body plan and pattern type; hues differ by less than the gap between genera's hues.
+    for sp in species:
+        genera.setdefault(sp["genus"], []).append(sp["appearance"])
+    for looks in genera.values():
+        assert len(looks) == PRESETS["demo"].species_per_genus
+        # Same body plan and pattern type; hues differ by less than the gap between genera's hues...
         assert len({(a["plan"], a["pattern"]) for a in looks}) == 1
         assert all(abs(a["hue"] - looks[0]["hue"]) < 0.15 for a in looks)
-        for a in members:
-            for b in members:
-                if a < b:
-                    overlaps.append(np.sqrt(probs[a] * probs[b]).sum())  # Bhattacharyya coefficient
-    overlaps = np.array(overlaps)
-    assert (overlaps < 0.8).all()  # distinct ranges: location separates look-alikes...
-    assert (overlaps > 0.0).any()  # ...but not perfectly: some ranges overlap
+        # ...and the diagnostic marks' hues sit evenly around the colour circle.
+        hues = sorted(a["mark_hue"] for a in looks)
+        gaps = np.diff(hues + [hues[0] + 1.0])
+        np.testing.assert_allclose(gaps, 1.0 / len(looks), atol=1e-9)
+
+
+def test_sister_ranges_abut_overlap_or_are_sympatric():
+    _, species, ranges, grid, _ = build_world("demo", seed=0)
+    by_genus = {}
+    for sp, r in zip(species, ranges):
+        by_genus.setdefault(sp["genus"], []).append(r)
+    overlaps, distances = [], []
+    for members in by_genus.values():
+        means = [to_unit_vectors(*grid.centres(r["cells"]).T).T @ r["probs"] for r in members]
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                overlaps.append(_bhattacharyya(members[i], members[j]))
+                cos = means[i] @ means[j] / np.linalg.norm(means[i]) / np.linalg.norm(means[j])
+                distances.append(EARTH_RADIUS_KM * np.arccos(np.clip(cos, -1, 1)))
+    overlaps, distances = np.array(overlaps), np.array(distances)
+    assert np.median(distances) < 1000  # neighbours, not other continents (the old world: 12-22 deg apart)
+    assert (overlaps > 0.02).mean() > 0.8  # nearly every pair abuts or overlaps...
+    assert ((overlaps > 0.02) & (overlaps < 0.8)).mean() > 0.4  # ...most only partly...
+    assert (overlaps > 0.8).any()  # ...and some look-alikes are sympatric: location cannot separate them
+    assert sum(sp["range"]["sympatric_with_previous"] for sp in species) > 0
+
+
+def test_the_difficulty_knob_moves_image_only_accuracy():
+    """A cheap classifier (softmax regression on a hue x saturation histogram) on the tiny preset:
+    hiding every diagnostic mark costs it the look-alikes it could tell apart by colour."""
+    accuracy = {hidden: _colour_classifier_accuracy(dataclasses.replace(PRESETS["tiny"], mark_hidden_rate=hidden))
+                for hidden in (0.0, 1.0)}
+    assert accuracy[0.0] > accuracy[1.0] + 0.15, accuracy
+
+
+def _hue_histogram(img):
+    x = img.reshape(-1, 3).astype(np.float64) / 255.0
+    top, low = x.max(axis=1), x.min(axis=1)
+    r, g, b = x.T
+    span = np.where(top == low, 1.0, top - low)
+    hue = np.where(top == r, (g - b) / span % 6, np.where(top == g, (b - r) / span + 2, (r - g) / span + 4)) / 6
+    sat = (top - low) / np.where(top == 0, 1.0, top)
+    hist, _, _ = np.histogram2d(hue, sat, bins=(24, 3), range=((0, 1), (0, 1)))
+    return hist.ravel() / len(x)
+
+
+def _colour_classifier_accuracy(preset, seed=0, steps=300, lr=0.5):
+    _, species, _, _, records = build_world(preset, seed)
+    data = {}
+    for split, rows in records.items():
+        features = [_hue_histogram(render(species[r["label"]]["appearance"], np.random.default_rng(r["seed"]),
+                                          preset.image_size, r["mark_hidden"])) for r in rows]
+        data[split] = np.stack(features), np.array([r["label"] for r in rows])
+    (x, y), (x_val, y_val) = data["train"], data["val"]
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    x, x_val = (x - mean) / std, (x_val - mean) / std
+    weights, bias, onehot = np.zeros((x.shape[1], len(species))), np.zeros(len(species)), np.eye(len(species))[y]
+    for _ in range(steps):
+        z = x @ weights + bias
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        grad = (p / p.sum(axis=1, keepdims=True) - onehot) / len(y)
+        weights -= lr * (x.T @ grad + 1e-3 * weights)
+        bias -= lr * grad.sum(axis=0)
+    return float(((x_val @ weights + bias).argmax(axis=1) == y_val).mean())
+
+
+def test_ideal_image_model_follows_the_knob():
+    """The no-training ceiling (trainer.world.ideal): image only ~ (1-h) + h/k, the oracle above it."""
+    from trainer.world.ideal import measure
+
+    low = measure(dataclasses.replace(PRESETS["tiny"], mark_hidden_rate=0.2))
+    high = measure(dataclasses.replace(PRESETS["tiny"], mark_hidden_rate=0.8))
+    assert high["image"] < low["image"] - 15
+    assert high["oracle"] >= high["image"] and low["oracle"] >= low["image"]
 
 
 def test_density_integrates_to_one_over_the_sphere(tiny):
@@ -117,12 +192,19 @@ def test_density_integrates_to_one_over_the_sphere(tiny):
     centres = grid.centres()
     exact = (world.density(centres) * grid.cell_area[:, None]).sum(axis=0)
     np.testing.assert_allclose(exact, 1.0, rtol=1e-9)
-    # Monte Carlo over uniform points on the sphere, independent of the grid bookkeeping.
+    # Monte Carlo, independent of the grid's cell areas: points uniform on the sphere inside a
+    # lat/lon box around each range (box area from its edges), density averaged times box area.
     rng = np.random.default_rng(0)
-    n = 400_000
-    points = np.stack([np.degrees(np.arcsin(rng.uniform(-1, 1, n))), rng.uniform(-180, 180, n)], axis=1)
-    mc = 4 * np.pi * world.density(points).mean(axis=0)
-    np.testing.assert_allclose(mc, 1.0, atol=0.06)
+    probs = _range_probs(world)
+    for label in range(world.num_labels):
+        c = grid.centres(np.flatnonzero(probs[label]))
+        lat0, lat1 = max(c[:, 0].min() - 1, -90), min(c[:, 0].max() + 1, 90)
+        lon0, lon1 = c[:, 1].min() - 1, c[:, 1].max() + 1
+        s0, s1 = np.sin(np.radians([lat0, lat1]))
+        n = 200_000
+        points = np.stack([np.degrees(np.arcsin(rng.uniform(s0, s1, n))), rng.uniform(lon0, lon1, n)], axis=1)
+        box = np.radians(lon1 - lon0) * (s1 - s0)
+        np.testing.assert_allclose(box * world.density(points)[:, label].mean(), 1.0, atol=0.03)
 
 
 def test_locations_are_drawn_from_the_recorded_density(tiny):
@@ -176,7 +258,7 @@ def test_cli_refuses_to_overwrite_without_force(tiny):
 
 
 def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
-    import trainer.world as world_module
+    import trainer.world.build as world_module
 
     calls = {"n": 0}
     real = world_module._encode_jpeg

@@ -285,7 +285,7 @@ def world_density(spec: str, labels: list[str]):
     holding every label, else None (no oracle row)."""
     if not Path(spec).is_dir():
         return None
-    from trainer.world import load_world
+    from trainer.world.load import load_world
 
     try:
         world = load_world(spec)

@@ -234,7 +234,7 @@ def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=No
 
         panels.append(prior_panel(load_split(prior_spec, "train"), label, grid, radius_miles))
     if truth_world is not None:
-        from trainer.world import load_world
+        from trainer.world.load import load_world
 
         panels.append(truth_panel(load_world(truth_world), label, grid))
     return write_map(out_png, grid, panels)
