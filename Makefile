@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m trainer.demo $(ARGS)
+	$(PY) -m pipelines.demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,26 +1,26 @@
 """Accuracy on the `bench` world: every method of the paper, the oracle bound and the gaps to it.
 
-Runs the same stages as `make demo` (trainer.demo.train_and_evaluate: world, three trained
-models, trainer.evaluate), on the `bench` preset, with the epochs sized to --budget-min: the first
+Runs the same stages as `make demo` (pipelines.demo.train_and_evaluate: world, three trained
+models, trainer.evaluate) with the sizes of `presets/bench.py`, the epochs sized to --budget-min: the first
 image-only epoch is timed, and the remaining budget is split between the image-only epochs
 (~55%), feature modulation (~30%, each epoch costs about 1.3 image epochs) and post-processing
 (cheap: it trains on cached logits). A rerun reuses finished stages.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
 
 from benchmarks.common import Section, Target
-from trainer import demo
+from pipelines import demo
+from pipelines.stages import Runner
+from presets import bench as preset
+from presets import Settings
 from trainer.evaluate import NAMES
 
-BENCH = demo.Settings(preset="bench", image_size=64, alpha=0.35, batch_size=32, image_epochs=1, geo_epochs=20,
-                      featuremod_epochs=1, calibration_samples=200, sdk_examples=0)
-QUICK = demo.Settings(preset="tiny", image_size=32, alpha=0.35, batch_size=16, image_epochs=1, geo_epochs=2,
-                      featuremod_epochs=1, calibration_samples=8, sdk_examples=0, steps_per_epoch=4)
 FEATUREMOD_EPOCH_COST = 1.3  # feature-modulation epoch time / image-only epoch time (measured on the demo world)
 
 
@@ -34,32 +34,26 @@ def budget_epochs(budget_min: float, first_epoch_s: float) -> tuple[int, int]:
     return image, featuremod
 
 
-def sized_settings(runner: demo.Runner, paths: demo.Paths, budget_min: float, seed: int) -> demo.Settings:
+def sized_settings(runner: Runner, paths: demo.Paths, budget_min: float, seed: int) -> Settings:
     """Time one image-only epoch (it is kept: the full run resumes from it), then size the epochs."""
-    world_args = ["trainer.world", "--out", str(paths.world), "--preset", BENCH.preset, "--seed", str(seed), "--force"]
-    runner.stage(demo.Stage("world", world_args, [paths.world / "train.json", paths.world / "val.json"],
-                            lambda: demo.run_cli(world_args), "generate the `bench` world"))
+    runner.stage(demo.world_stage(paths, preset.RUN, seed))
     calibration = runner.out / "calibration.json"
-    probe = demo.train_stage(paths, "image", BENCH, seed)
-    probe.name = "calibrate"
-
-    train_one_epoch = probe.run
+    probe = demo.train_stage(paths, "image", preset.RUN, seed)
 
     def timed():
         begin = time.monotonic()
-        train_one_epoch()
+        runner.cli(probe.key, None)
         calibration.write_text(json.dumps({"first_epoch_s": time.monotonic() - begin}))
 
-    probe.run, probe.outputs = timed, [calibration]
-    runner.stage(probe)
+    runner.stage(dataclasses.replace(probe, name="calibrate", outputs=[calibration], run=timed))
     first_epoch_s = json.loads(calibration.read_text())["first_epoch_s"]
     image, featuremod = budget_epochs(budget_min, first_epoch_s)
     print(f"    first image-only epoch took {first_epoch_s:.0f} s (startup included): "
           f"{image} image-only and {featuremod} feature-modulation epochs fit {budget_min:g} min")
-    return demo.Settings(**{**BENCH.__dict__, "image_epochs": image, "featuremod_epochs": featuremod})
+    return preset.RUN.replace(image_epochs=image, featuremod_epochs=featuremod)
 
 
-def targets_from(methods: dict, oracle: str | None, settings: demo.Settings) -> list[Target]:
+def targets_from(methods: dict, oracle: str | None, settings: Settings) -> list[Target]:
     top1 = {name: r["top1"] for name, r in methods.items()}
     image, white, post, fm = (top1.get(NAMES[k]) for k in ("image", "whitelist", "postprocess", "featuremod"))
     short = (f"the budget allowed {settings.image_epochs} image-only and {settings.featuremod_epochs} "
@@ -93,12 +87,12 @@ def targets_from(methods: dict, oracle: str | None, settings: demo.Settings) -> 
 
 def run(work: Path, budget_min: float = 45.0, quick: bool = False, seed: int = 0) -> Section:
     begin = time.monotonic()
-    runner = demo.Runner(Path(work))
+    runner = Runner(Path(work))
     paths = demo.Paths(Path(work))
-    settings = QUICK if quick else sized_settings(runner, paths, budget_min, seed)
+    settings = preset.SMOKE if quick else sized_settings(runner, paths, budget_min, seed)
     report = demo.train_and_evaluate(runner, paths, settings, seed)
     primary = report["primary"]
-    body = [f"World: `{settings.preset}` preset (seed {seed}), {primary['n']} validation images reported "
+    body = [f"World: `{settings.world}` preset (seed {seed}), {primary['n']} validation images reported "
             f"({report['tuning']}). MobileNet V2 alpha {settings.alpha}, {settings.image_size} px, trained from "
             f"scratch: {settings.image_epochs} image-only, {settings.geo_epochs} post-processing and "
             f"{settings.featuremod_epochs} feature-modulation epochs"

@@ -91,7 +91,8 @@ def test_budget_epochs_split_the_budget():
 
 
 def test_accuracy_targets_from_a_report():
-    from benchmarks.accuracy import BENCH, targets_from
+    from benchmarks.accuracy import targets_from
+    from presets import bench
 
     def method(top1, head, tail):
         return {"top1": top1, "head": {"top1": head}, "tail": {"top1": tail}}
@@ -99,7 +100,7 @@ def test_accuracy_targets_from_a_report():
     methods = {"image only": method(0.50, 0.60, 0.40), "whitelist": method(0.55, 0.62, 0.48),
                "post-process": method(0.70, 0.72, 0.68), "feature mod.": method(0.65, 0.70, 0.60),
                "oracle": method(0.705, 0.73, 0.68)}
-    verdicts = {t.name: t.met for t in targets_from(methods, "oracle", BENCH)}
+    verdicts = {t.name: t.met for t in targets_from(methods, "oracle", bench.RUN)}
     assert verdicts == {
         "post-processing top-1 within 1 point of the oracle": True,
         "image only < whitelist < post-processing (top-1)": True,
@@ -131,9 +132,10 @@ def test_main_writes_keyed_targets_to_json(tmp_path, monkeypatch):
     assert "**MISSED** fast enough" in doc.read_text()
 
 
-def test_sized_settings_times_one_epoch_once(tmp_path, monkeypatch):
+def test_sized_settings_times_one_epoch_once(tmp_path):
     from benchmarks import accuracy
-    from trainer import demo
+    from pipelines.demo import Paths
+    from pipelines.stages import Runner
 
     calls = []
 
@@ -145,10 +147,9 @@ def test_sized_settings_times_one_epoch_once(tmp_path, monkeypatch):
             (out / name).write_text("{}")
         time.sleep(0.05)
 
-    monkeypatch.setattr(demo, "run_cli", fake_cli)
-    paths = demo.Paths(tmp_path)
-    first = accuracy.sized_settings(demo.Runner(tmp_path), paths, budget_min=1.0, seed=0)
-    again = accuracy.sized_settings(demo.Runner(tmp_path), paths, budget_min=1.0, seed=0)
+    paths = Paths(tmp_path)
+    first = accuracy.sized_settings(Runner(tmp_path, cli=fake_cli), paths, budget_min=1.0, seed=0)
+    again = accuracy.sized_settings(Runner(tmp_path, cli=fake_cli), paths, budget_min=1.0, seed=0)
     assert calls == ["trainer.world", "trainer.train"]  # the second call reuses both stages
-    assert first == again and first.preset == "bench"
+    assert first == again and first.world == "bench"
     assert first.image_epochs > 1 and first.featuremod_epochs >= 1

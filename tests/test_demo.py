@@ -1,4 +1,5 @@
-"""The demo: stage reuse logic (fast) and the --quick variant end to end (slow)."""
+"""The stage engine and the demo's stages: reuse logic with a fake CLI (milliseconds) and the
+demo's smoke variant end to end once (slow)."""
 import json
 import os
 import subprocess
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer import demo
+from pipelines import demo, stages
+from presets import demo as preset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,13 +21,13 @@ def counting_stage(out: Path, calls: list, key="v1", name="make"):
         calls.append(name)
         target.write_text("done")
 
-    return demo.Stage(name, key, [target], run, "writes a file")
+    return stages.Stage(name, key, [target], run, "writes a file")
 
 
 def test_second_run_reuses_a_finished_stage(tmp_path, capsys):
     calls = []
-    demo.Runner(tmp_path).stage(counting_stage(tmp_path, calls))
-    demo.Runner(tmp_path).stage(counting_stage(tmp_path, calls))
+    stages.Runner(tmp_path).stage(counting_stage(tmp_path, calls))
+    stages.Runner(tmp_path).stage(counting_stage(tmp_path, calls))
     assert calls == ["make"]
     assert "reusing" in capsys.readouterr().out
     assert json.loads((tmp_path / ".stamps" / "make.json").read_text())["key"] == "v1"
@@ -33,10 +35,10 @@ def test_second_run_reuses_a_finished_stage(tmp_path, capsys):
 
 def test_changed_key_or_missing_output_reruns(tmp_path):
     calls = []
-    demo.Runner(tmp_path).stage(counting_stage(tmp_path, calls))
-    demo.Runner(tmp_path).stage(counting_stage(tmp_path, calls, key="v2"))  # e.g. other epochs
+    stages.Runner(tmp_path).stage(counting_stage(tmp_path, calls))
+    stages.Runner(tmp_path).stage(counting_stage(tmp_path, calls, key="v2"))  # e.g. other epochs
     (tmp_path / "make.txt").unlink()
-    demo.Runner(tmp_path).stage(counting_stage(tmp_path, calls, key="v2"))
+    stages.Runner(tmp_path).stage(counting_stage(tmp_path, calls, key="v2"))
     assert calls == ["make", "make", "make"]
 
 
@@ -45,7 +47,7 @@ def test_changed_upstream_reruns_downstream_and_deletes_its_stale_run(tmp_path):
     run_dir = tmp_path / "run"
 
     def pipeline(upstream_key):
-        runner = demo.Runner(tmp_path)
+        runner = stages.Runner(tmp_path)
         runner.stage(counting_stage(tmp_path, calls, key=upstream_key, name="up"))
 
         def train():
@@ -54,7 +56,7 @@ def test_changed_upstream_reruns_downstream_and_deletes_its_stale_run(tmp_path):
             run_dir.mkdir(exist_ok=True)
             (run_dir / "old-epochs").write_text("state")
 
-        runner.stage(demo.Stage("down", "same", [run_dir / "old-epochs"], train, stale=[run_dir]))
+        runner.stage(stages.Stage("down", "same", [run_dir / "old-epochs"], train, stale=[run_dir]))
 
     pipeline("v1")
     pipeline("v1")
@@ -69,7 +71,7 @@ def test_redone_upstream_with_the_same_key_reruns_downstream(tmp_path):
     calls = []
 
     def pipeline():
-        runner = demo.Runner(tmp_path)
+        runner = stages.Runner(tmp_path)
         runner.stage(counting_stage(tmp_path, calls, name="train"))
         runner.stage(counting_stage(tmp_path, calls, name="evaluate"))
 
@@ -90,14 +92,14 @@ def test_interrupted_stage_keeps_its_state_to_resume(tmp_path):
         assert (run_dir / "state").read_text() == "epoch 3"
         (run_dir / "model").write_text("done")
 
-    demo.Runner(tmp_path).stage(demo.Stage("train", "k", [run_dir / "model"], resume, stale=[run_dir]))
+    stages.Runner(tmp_path).stage(stages.Stage("train", "k", [run_dir / "model"], resume, stale=[run_dir]))
     assert (tmp_path / ".stamps" / "train.json").exists()
 
 
 def test_a_stage_asked_twice_in_one_run_runs_once(tmp_path):
     calls = []
     for _ in range(2):  # two runs of a pipeline that asks for the same stage twice
-        runner = demo.Runner(tmp_path)
+        runner = stages.Runner(tmp_path)
         runner.stage(counting_stage(tmp_path, calls, name="world"))
         runner.stage(counting_stage(tmp_path, calls, name="calibrate"))
         runner.stage(counting_stage(tmp_path, calls, name="world"))
@@ -107,27 +109,76 @@ def test_a_stage_asked_twice_in_one_run_runs_once(tmp_path):
 
 def test_failed_stage_leaves_no_stamp(tmp_path):
     def broken():
-        raise demo.StageError("boom")
+        raise stages.StageError("boom")
 
-    runner = demo.Runner(tmp_path)
-    with pytest.raises(demo.StageError, match="boom"):
-        runner.stage(demo.Stage("broken", "k", [tmp_path / "never"], broken))
+    runner = stages.Runner(tmp_path)
+    with pytest.raises(stages.StageError, match="boom"):
+        runner.stage(stages.Stage("broken", "k", [tmp_path / "never"], broken))
     assert not (tmp_path / ".stamps" / "broken.json").exists()
     # A stage that "succeeds" without writing its outputs is an error, not a stamp.
-    with pytest.raises(demo.StageError, match="did not write"):
-        runner.stage(demo.Stage("lazy", "k", [tmp_path / "never"], lambda: None))
+    with pytest.raises(stages.StageError, match="did not write"):
+        runner.stage(stages.Stage("lazy", "k", [tmp_path / "never"], lambda: None))
     assert not (tmp_path / ".stamps" / "lazy.json").exists()
 
 
 def test_failing_cli_names_the_command():
-    with pytest.raises(demo.StageError, match="trainer.no_such_module"):
-        demo.run_cli(["trainer.no_such_module"])
+    with pytest.raises(stages.StageError, match="trainer.no_such_module"):
+        stages.run_cli(["trainer.no_such_module"])
+
+
+class FakeCli:
+    """Stands in for `python -m ...`: records each command and writes the outputs its stage expects."""
+
+    writes = {"trainer.world": ["train.json", "val.json"], "trainer.train": ["model.keras"],
+              "trainer.evaluate": ["report.json"], "converters.export": ["manifest.json"]}
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, args, stdout_log=None):
+        self.calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        for name in self.writes[args[0]]:
+            (out / name).write_text("{}")
+
+    def modules(self):
+        return [a[0] if a[0] != "trainer.train" else f"train-{a[a.index('--model') + 1]}" for a in self.calls]
+
+
+def demo_commands(out: Path, settings, cli: FakeCli) -> None:
+    """The demo's command stages (world, three trainings, evaluation, export) as `make demo` runs them."""
+    runner = stages.Runner(out, cli=cli)
+    paths = demo.Paths(out)
+    demo.train_and_evaluate(runner, paths, settings, seed=0)
+    runner.stage(demo.export_stage(paths, settings))
+
+
+def test_demo_stages_run_the_preset_then_reuse_everything(tmp_path):
+    cli = FakeCli()
+    demo_commands(tmp_path, preset.RUN, cli)
+    assert cli.modules() == ["trainer.world", "train-image", "train-postprocess", "train-featuremod",
+                             "trainer.evaluate", "converters.export"]
+    world, image, post = cli.calls[:3]
+    assert world[world.index("--preset") + 1] == preset.RUN.world
+    assert image[image.index("--epochs") + 1] == str(preset.RUN.image_epochs)
+    assert image[image.index("--image-size") + 1] == str(preset.RUN.image_size)
+    assert post[post.index("--init") + 1] == str(tmp_path / "runs" / "image")  # geo models start from it
+    demo_commands(tmp_path, preset.RUN, cli)  # a second `make demo` runs nothing
+    assert len(cli.calls) == 6
+
+
+def test_changed_epochs_rerun_that_training_and_what_follows(tmp_path):
+    cli = FakeCli()
+    demo_commands(tmp_path, preset.RUN, cli)
+    demo_commands(tmp_path, preset.RUN.replace(featuremod_epochs=preset.RUN.featuremod_epochs + 1), cli)
+    assert cli.modules()[6:] == ["train-featuremod", "trainer.evaluate", "converters.export"]
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end_then_reuses(tmp_path):
+def test_smoke_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    command = [sys.executable, "-m", "trainer.demo", "--quick", "--out", str(out)]
+    command = [sys.executable, "-m", "pipelines.demo", "--quick", "--out", str(out)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -137,6 +188,3 @@ def test_quick_demo_end_to_end_then_reuses(tmp_path):
         assert (out / path).exists(), path
     assert "top-1" in first.stdout and "post-processing" in first.stdout
     assert str(out) in first.stdout  # it ends by saying where the outputs are
-    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("reusing") >= 6

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import presets
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
@@ -33,11 +35,9 @@ class Preset:
             raise ValueError(f"sympatric_rate must lie in [0, 1], got {self.sympatric_rate}")
 
 
-PRESETS = {
-    "tiny": Preset(2, 2, 2, 32, train_max=120, train_min=12, val_per_species=8),
-    "demo": Preset(4, 4, 3, 64, train_max=400, train_min=25, val_per_species=30),
-    "bench": Preset(6, 10, 4, 64, train_max=300, train_min=20, val_per_species=20, mark_hidden_rate=0.5),
-}
+# The sizes and difficulty of each named world live with their experiment, in presets/NAME.py
+# (the top-level data package) as `WORLD`, the keyword arguments of Preset.
+PRESETS = {name: Preset(**presets.load(name).WORLD) for name in presets.NAMES}
 
 
 def get_preset(preset) -> Preset:

@@ -1,6 +1,6 @@
 """`make demo`: the whole system on the `demo` world, end to end, in about 15 minutes on 2 cores.
 
-    python -m trainer.demo [--out out/demo] [--fresh] [--quick]
+    python -m pipelines.demo [--out out/demo] [--fresh] [--quick]
 
 Stages (each calls the real CLI or library function, never a shortcut):
  1. generate the `demo` world                      -> OUT/world
@@ -10,153 +10,27 @@ Stages (each calls the real CLI or library function, never a shortcut):
  7. classify validation images through the SDK with and without their location
  8. range-map PNG and the examples sheet            -> OUT/rangemap.png, OUT/examples.png
 
-A second run reuses every stage whose stamp (OUT/.stamps/NAME.json, written only after the stage
-succeeded) records the same command and whose outputs still exist; `--fresh` starts over.
-`--quick` is a tiny smoke variant (the `tiny` world, a few steps) used by the tests.
+The sizes and epochs are `presets/demo.py` (`--quick`: its smoke variant, the tiny world and a few
+steps, used by the tests). A second run reuses every stage whose stamp (OUT/.stamps/NAME.json,
+written only after the stage succeeded) records the same command and whose outputs still exist;
+`--fresh` starts over.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mobile_sdk.fileio import atomic_write_text
+from pipelines.stages import REPO, Runner, Stage, StageError
+from presets import Settings
+from presets import demo as preset
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything that sizes the demo. The full settings are budgeted to ~15 min on 2 cores."""
-
-    preset: str
-    image_size: int
-    alpha: float
-    batch_size: int
-    image_epochs: int
-    geo_epochs: int
-    featuremod_epochs: int
-    calibration_samples: int
-    sdk_examples: int
-    steps_per_epoch: int | None = None  # cap (smoke runs only)
-
-
-# Measured on the 2-core dev machine: `make demo ARGS=--fresh` with these settings took 7 min 17 s
-# (load ~1; venv already installed): world 36 s, image 228 s, post-processing 22 s, feature
-# modulation 88 s, the rest 60 s. Under load 6-9 with 12 + 4 epochs it took 23 min.
-FULL = Settings(preset="demo", image_size=64, alpha=0.35, batch_size=32, image_epochs=10, geo_epochs=20,
-                featuremod_epochs=3, calibration_samples=100, sdk_examples=6)
-QUICK = Settings(preset="tiny", image_size=32, alpha=0.35, batch_size=16, image_epochs=1, geo_epochs=2,
-                 featuremod_epochs=1, calibration_samples=8, sdk_examples=3, steps_per_epoch=4)
-
-
-class StageError(RuntimeError):
-    """A demo stage failed; the message names the stage and the command to rerun."""
-
-
-@dataclass
-class Stage:
-    """One resumable step. `key` identifies what it computes (e.g. its command line); `outputs`
-    must exist when it is done; `stale` are paths to delete when a finished earlier version of the
-    stage (other key, or other upstream stages) would otherwise be resumed as if it were this one."""
-
-    name: str
-    key: list | str
-    outputs: list[Path]
-    run: callable
-    description: str = ""
-    stale: list[Path] = field(default_factory=list)
-
-
-@dataclass
-class Runner:
-    """Runs stages in order. A stage is reused when its stamp holds the same key *and* the same
-    upstream digest (the keys and run tokens of every stage before it). Each time a stage really
-    runs it gets a fresh token, so changing or redoing a stage reruns everything that follows."""
-
-    out: Path
-    started: float = field(default_factory=time.monotonic)
-    log: list[tuple[str, str, float]] = field(default_factory=list)  # (stage, "ran"/"reused", seconds)
-    upstream: str = ""  # digest of the keys and run tokens of the stages run or reused so far
-    seen: set = field(default_factory=set)  # stage names handled in this run
-
-    @property
-    def stamps(self) -> Path:
-        return self.out / ".stamps"
-
-    def elapsed(self) -> str:
-        seconds = int(time.monotonic() - self.started)
-        return f"{seconds // 60:02d}:{seconds % 60:02d}"
-
-    def header(self, text: str) -> None:
-        print(f"\n=== [{self.elapsed()}] {text}", flush=True)
-
-    def _stamp(self, stage: Stage) -> dict | None:
-        try:
-            return json.loads((self.stamps / f"{stage.name}.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def _advance(self, stage: Stage, token: str) -> None:
-        self.upstream = hashlib.sha256(json.dumps([self.upstream, stage.name, stage.key, token]).encode()).hexdigest()[:16]
-
-    def stage(self, stage: Stage):
-        """Run `stage` unless its stamp says it is done. Returns what stage.run returned (None
-        when reused)."""
-        if stage.name in self.seen:  # asked again in the same run (e.g. the bench's world): done
-            return None
-        self.seen.add(stage.name)
-        self.header(f"{stage.name}: {stage.description}")
-        identity = {"key": stage.key, "upstream": self.upstream}
-        stamp = self._stamp(stage)
-        if stamp is not None and {k: stamp.get(k) for k in identity} == identity \
-                and all(Path(p).exists() for p in stage.outputs):
-            print(f"    reusing {', '.join(str(p) for p in stage.outputs)} (delete {self.stamps / stage.name}.json to redo)")
-            self._advance(stage, stamp.get("token", ""))
-            self.log.append((stage.name, "reused", 0.0))
-            return None
-        if stamp is not None:  # finished before with other inputs: never resume from that
-            for path in stage.stale:
-                shutil.rmtree(path, ignore_errors=True) if Path(path).is_dir() else Path(path).unlink(missing_ok=True)
-        (self.stamps / f"{stage.name}.json").unlink(missing_ok=True)  # a half-finished rerun must not look done
-        begin = time.monotonic()
-        result = stage.run()
-        seconds = time.monotonic() - begin
-        missing = [str(p) for p in stage.outputs if not Path(p).exists()]
-        if missing:
-            raise StageError(f"stage {stage.name} finished but did not write {missing}")
-        token = uuid.uuid4().hex
-        atomic_write_text(self.stamps / f"{stage.name}.json",
-                          json.dumps({**identity, "token": token, "seconds": round(seconds, 1)}))
-        self._advance(stage, token)
-        self.log.append((stage.name, "ran", seconds))
-        print(f"    done in {seconds:.0f} s", flush=True)
-        return result
-
-
-def run_cli(args: list[str], stdout_log: Path | None = None) -> None:
-    """Run `python -m ...` with the same interpreter. Progress bars (stderr) stream to the terminal;
-    stdout too, unless `stdout_log` is given (then it goes to that file)."""
-    args = [str(a) for a in args]
-    print("    $ python -m " + " ".join(args) + (f" > {stdout_log}" if stdout_log else ""), flush=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    if stdout_log is not None:
-        Path(stdout_log).parent.mkdir(parents=True, exist_ok=True)
-    with open(stdout_log, "w") if stdout_log else open(os.devnull) as log:
-        completed = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
-                                   stdout=log if stdout_log else None)
-    if completed.returncode != 0:
-        raise StageError(f"`python -m {' '.join(args)}` failed with exit code {completed.returncode}")
+KINDS = ("image", "postprocess", "featuremod")  # trained in this order: the geo models start from the image-only run
 
 
 @dataclass(frozen=True)
@@ -177,8 +51,7 @@ class Paths:
 
 def train_stage(paths: Paths, kind: str, settings: Settings, seed: int) -> Stage:
     """trainer.train for one model kind; geo models start from the image-only run."""
-    epochs = {"image": settings.image_epochs, "postprocess": settings.geo_epochs,
-              "featuremod": settings.featuremod_epochs}[kind]
+    epochs = settings.epochs(kind)
     args = ["trainer.train", "--data", str(paths.world), "--model", kind, "--out", str(paths.run(kind)),
             "--epochs", str(epochs), "--batch-size", str(settings.batch_size), "--seed", str(seed)]
     if kind == "image":
@@ -191,23 +64,34 @@ def train_stage(paths: Paths, kind: str, settings: Settings, seed: int) -> Stage
               "featuremod": "feature-modulation MobileNet V2 from the image-only weights"}
     # An interrupted run (no stamp) resumes from its state/; a finished run of other settings or
     # of another image model is deleted first (`stale`), so it is never resumed as this one.
-    return Stage(f"train-{kind}", args, [paths.run(kind) / "model.keras"], lambda: run_cli(args),
-                 f"train {titles[kind]} ({epochs} epochs)", stale=[paths.run(kind)])
+    return Stage(f"train-{kind}", args, [paths.run(kind) / "model.keras"],
+                 description=f"train {titles[kind]} ({epochs} epochs)", stale=[paths.run(kind)])
+
+
+def world_stage(paths: Paths, settings: Settings, seed: int) -> Stage:
+    args = ["trainer.world", "--out", str(paths.world), "--preset", settings.world, "--seed", str(seed), "--force"]
+    return Stage("world", args, [paths.world / "train.json", paths.world / "val.json"],
+                 description=f"generate the `{settings.world}` world")
 
 
 def train_and_evaluate(runner: Runner, paths: Paths, settings: Settings, seed: int) -> dict:
     """World -> three trained models -> trainer.evaluate report (shared with benchmarks.accuracy)."""
-    world_args = ["trainer.world", "--out", str(paths.world), "--preset", settings.preset, "--seed", str(seed), "--force"]
-    runner.stage(Stage("world", world_args, [paths.world / "train.json", paths.world / "val.json"],
-                       lambda: run_cli(world_args), f"generate the `{settings.preset}` world"))
-    for kind in ("image", "postprocess", "featuremod"):
+    runner.stage(world_stage(paths, settings, seed))
+    for kind in KINDS:
         runner.stage(train_stage(paths, kind, settings, seed))
     eval_args = ["trainer.evaluate", "--data", str(paths.world), "--out", str(paths.eval), "--seed", str(seed),
-                 *[a for kind in ("image", "postprocess", "featuremod") for a in (f"--{kind}", str(paths.run(kind)))]]
-    log = paths.logs / "evaluate.md"
-    runner.stage(Stage("evaluate", eval_args, [paths.eval / "report.json"], lambda: run_cli(eval_args, log),
-                       "evaluate the priors (radius sweep), every model and the oracle"))
+                 *[a for kind in KINDS for a in (f"--{kind}", str(paths.run(kind)))]]
+    runner.stage(Stage("evaluate", eval_args, [paths.eval / "report.json"], stdout_log=paths.logs / "evaluate.md",
+                       description="evaluate the priors (radius sweep), every model and the oracle"))
     return json.loads((paths.eval / "report.json").read_text())
+
+
+def export_stage(paths: Paths, settings: Settings) -> Stage:
+    args = ["converters.export", "--model", str(paths.run("postprocess")), "--out", str(paths.bundle),
+            "--quantize", "int8", "--data", str(paths.world), "--force",
+            "--calibration-samples", str(settings.calibration_samples)]
+    return Stage("export", args, [paths.bundle / "manifest.json"],
+                 description="export the post-processing model as an int8 bundle (it reports vision and geo parts)")
 
 
 def comparison_table(report: dict) -> str:
@@ -265,11 +149,7 @@ def run_all(runner: Runner, settings: Settings, seed: int) -> None:
     runner.header("comparison (validation images not used to choose the prior radius)")
     print(comparison_table(report), flush=True)
 
-    export_args = ["converters.export", "--model", str(paths.run("postprocess")), "--out", str(paths.bundle),
-                   "--quantize", "int8", "--data", str(paths.world), "--force",
-                   "--calibration-samples", str(settings.calibration_samples)]
-    runner.stage(Stage("export", export_args, [paths.bundle / "manifest.json"], lambda: run_cli(export_args),
-                       "export the post-processing model as an int8 bundle (it reports vision and geo parts)"))
+    runner.stage(export_stage(paths, settings))
 
     runner.header("classify validation images through the SDK, without and with their location")
     changed = sdk_examples(paths, settings.sdk_examples)
@@ -317,10 +197,11 @@ def run_all(runner: Runner, settings: Settings, seed: int) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m trainer.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="output folder (default out/demo)")
     parser.add_argument("--fresh", action="store_true", help="delete OUT first and redo every stage")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke variant: tiny world, one epoch each")
+    parser.add_argument("--quick", action="store_true",
+                        help="the smoke variant of presets/demo.py: tiny world, a few steps per stage")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -331,7 +212,7 @@ def main(argv=None) -> int:
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     runner = Runner(args.out)
-    settings = QUICK if args.quick else FULL
+    settings = preset.SMOKE if args.quick else preset.RUN
     try:
         run_all(runner, settings, args.seed)
     except StageError as exc:

@@ -1,0 +1,18 @@
+"""`make demo`: the whole system on the `demo` world, budgeted to ~15 minutes on 2 cores.
+
+    python -m pipelines.demo                  # RUN (what `make demo` runs)
+    python -m pipelines.demo --quick          # SMOKE: the tiny world, a few steps per stage
+
+Measured on the 2-core dev machine: `make demo ARGS=--fresh` with RUN took 7 min 17 s (load ~1;
+venv already installed): world 36 s, image 228 s, post-processing 22 s, feature modulation 88 s,
+the rest 60 s. Under load 6-9 with 12 + 4 epochs it took 23 min.
+"""
+from presets import Settings, tiny
+
+# 4 supercategories x 4 genera x 3 species = 48 labels of 64 px images, long-tailed 400..25 per label.
+WORLD = dict(supercategories=4, genera_per_supercategory=4, species_per_genus=3, image_size=64,
+             train_max=400, train_min=25, val_per_species=30)
+
+RUN = Settings(world="demo", image_size=64, alpha=0.35, batch_size=32, image_epochs=10, geo_epochs=20,
+               featuremod_epochs=3, calibration_samples=100, sdk_examples=6)
+SMOKE = tiny.RUN

@@ -1,0 +1,46 @@
+"""Presets are data in one place: each file is complete, and the docs quote the numbers it holds."""
+import re
+from pathlib import Path
+
+import pytest
+
+import presets
+from trainer.world.presets import PRESETS, Preset
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = [name for name in presets.NAMES if hasattr(presets.load(name), "RUN")]
+
+
+@pytest.mark.parametrize("name", presets.NAMES)
+def test_each_preset_file_says_how_to_run_it_and_sizes_its_world(name):
+    module = presets.load(name)
+    assert "python -m " in module.__doc__
+    assert PRESETS[name] == Preset(**module.WORLD)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_each_experiment_has_a_smoke_variant_on_a_known_world(name):
+    module = presets.load(name)
+    for settings in (module.RUN, module.SMOKE):
+        assert isinstance(settings, presets.Settings) and settings.world in presets.NAMES
+    assert module.SMOKE.steps_per_epoch and module.SMOKE.world == "tiny"
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="tiny"):
+        presets.load("huge")
+
+
+def test_docs_quote_the_presets():
+    readme = (REPO / "README.md").read_text()
+    run = presets.load("demo").RUN
+    assert (f"image-only ({run.image_epochs} epochs), post-processing ({run.geo_epochs}) and "
+            f"feature-modulation ({run.featuremod_epochs}") in " ".join(readme.split())
+    assert f"alpha {run.alpha}, {run.image_size} px" in readme
+    table = (REPO / "docs" / "datasets.md").read_text()
+    for name in presets.NAMES:
+        w = presets.load(name).WORLD
+        row = re.search(rf"^\| `{name}` \| (\d+) \((\d+) x (\d+) x (\d+)\) \| (\d+) \|", table, re.M)
+        assert row, f"docs/datasets.md has no row for the {name} world"
+        shape = (w["supercategories"], w["genera_per_supercategory"], w["species_per_genus"])
+        assert tuple(map(int, row.groups())) == (shape[0] * shape[1] * shape[2], *shape, w["image_size"])
