@@ -109,9 +109,10 @@ def main(argv=None) -> int:
         section = run_section(name, args)
         section.seconds = time.monotonic() - begin
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        text = section.markdown() + f"\n_Ran {stamp} on {machine()}; command: `{command.strip()}`._\n"
+        where = machine()  # with the load average: these numbers come from a possibly shared machine
+        text = section.markdown() + f"\n_Ran {stamp} on {where}; command: `{command.strip()}`._\n"
         write_atomic(cache / f"{name}.md", text)
-        records = [t.record(command.strip()) for t in section.targets if t.key]
+        records = [{**t.record(command.strip()), "machine": where} for t in section.targets if t.key]
         write_atomic(cache / f"{name}.json", json.dumps(records, indent=1) + "\n")
         print(text, flush=True)
         verdicts.update({t.name: t.met for t in section.targets})

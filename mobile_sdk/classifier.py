@@ -249,12 +249,17 @@ class GeoClassifier:
 
         scores, filtered = probs, False
         mask = self._whitelist_mask(location)
-        if mask is not None and not mask.all():
-            weight = mask.astype(np.float64) if self.options.whitelist_mode == "hard" \
-                else np.where(mask, 1.0, self.options.whitelist_floor)
+        if mask is not None and not mask.all() and mask.any():
+            hard = self.options.whitelist_mode == "hard"
+            weight = mask.astype(np.float64) if hard else np.where(mask, 1.0, self.options.whitelist_floor)
             if "logits" in out:  # softmax(logits + log w): exact even where a probability underflowed
-                with np.errstate(divide="ignore"):
-                    scores, filtered = _softmax(out["logits"].reshape(-1) + np.log(weight)), True
+                logits = out["logits"].reshape(-1)
+                if hard:  # log 0 = -inf outside: exactly 0 there, the softmax of the allowed logits inside
+                    scores = np.zeros(len(mask))
+                    scores[mask] = _softmax(logits[mask])
+                else:
+                    scores = _softmax(logits + np.log(weight))
+                filtered = True
             elif (probs * weight).sum() > 0:  # else the model gave the allowed labels nothing: keep it
                 scores, filtered = probs * weight / (probs * weight).sum(), True
         keep = self._category_mask & (scores >= self.options.score_threshold)

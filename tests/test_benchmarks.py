@@ -126,6 +126,8 @@ def test_main_writes_keyed_targets_to_json(tmp_path, monkeypatch):
     doc, json_doc = tmp_path / "b.md", tmp_path / "b.json"
     run.main(["--only", "perf", "--out", str(tmp_path / "work"), "--doc", str(doc), "--json", str(json_doc)])
     records = json.loads(json_doc.read_text())
+    where = records[0].pop("machine")  # the machine line, with the load average when it ran
+    assert where.split(", load avg")[0] == common.machine().split(", load avg")[0]
     assert records == [{"name": "a_vs_b", "value": 1.5, "limit": 1.25, "met": False,
                         "command": "python -m benchmarks.run --only perf --out " + str(tmp_path / "work")
                                    + f" --doc {doc} --json {json_doc}"}]
