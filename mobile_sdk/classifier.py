@@ -227,7 +227,7 @@ class GeoClassifier:
         table = self._bundle.whitelist
         if location is None or table is None or not self.options.use_whitelist:
             return None
-        allowed = table.lookup(*location)
+        allowed = table.lookup_validated(*location)  # validated once, in classify/species_near
         if allowed is None:
             return None
         mask = np.zeros(len(self.labels), dtype=bool)

@@ -111,6 +111,23 @@ def encode_one(lat: float, lon: float, precision: int) -> int:
     return int(_interleave(row, col, precision))
 
 
+def scalar_encoder(precision: int):
+    """A function (lat, lon) -> key equal to `encode_one` at this precision, with the bit
+    interleaving precomputed as tables: the hot path of a single table lookup."""
+    n_rows, n_cols = grid_shape(precision)
+    row_bits = _interleave(np.arange(n_rows, dtype=np.uint64), np.uint64(0), precision).tolist()
+    col_bits = _interleave(np.uint64(0), np.arange(n_cols, dtype=np.uint64), precision).tolist()
+    row_scale, col_scale, last_row, last_col = n_rows / 180.0, n_cols / 360.0, n_rows - 1, n_cols - 1
+    floor = math.floor
+
+    def key(lat: float, lon: float) -> int:
+        row = floor((lat + 90.0) * row_scale)
+        col = floor(((lon + 180.0) % 360.0) * col_scale)
+        return (row_bits[row if 0 <= row <= last_row else (0 if row < 0 else last_row)]
+                | col_bits[col if 0 <= col <= last_col else (0 if col < 0 else last_col)])
+    return key
+
+
 def encode(lat, lon, precision: int) -> np.ndarray:
     """Degrees -> uint64 keys (vectorised). Callers validate coordinates (mobile_sdk.geo)."""
     rows, cols = latlon_to_rows_cols(lat, lon, precision)

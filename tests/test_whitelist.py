@@ -11,8 +11,8 @@ from mobile_sdk import geohash
 from mobile_sdk.errors import InvalidLocationError, LabelSetMismatchError, WhitelistTableError
 from mobile_sdk.geo import great_circle_km, miles_to_km
 from mobile_sdk.whitelist.builder import build_whitelist, row_reach_km, write_whitelist
-from mobile_sdk.whitelist.codec import HEADER_SIZE
-from mobile_sdk.whitelist.reader import WhitelistTable
+from mobile_sdk.whitelist.codec import CRC_OFFSET, HEADER_SIZE
+from mobile_sdk.whitelist.reader import WhitelistTable, allowed_mask
 
 OBSERVATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "inat500_observations.npz"
 NAMES = [f"species_{i}" for i in range(6)]
@@ -51,13 +51,13 @@ def _check_exact(table, lat, lon, labels, q_lat, q_lon, radius_miles, precision)
         got = table.lookup(q_lat[i], q_lon[i])
         if got is None:
             assert within.size == 0, (q_lat[i], q_lon[i], within)
-            assert not covered[i] and allowed[i].all()
+            assert not covered[i] and allowed[i] is None
             continue
         assert got.size > 0
         assert set(within) <= set(got.tolist()), (q_lat[i], q_lon[i], set(within) - set(got.tolist()))
         nearest = np.array([dist[labels == g].min() for g in got])
         assert (nearest <= bound).all(), (q_lat[i], q_lon[i], nearest.max(), bound)
-        assert covered[i] and np.flatnonzero(allowed[i]).tolist() == got.tolist()
+        assert covered[i] and allowed[i].tolist() == got.tolist()
     return covered
 
 
@@ -83,9 +83,9 @@ def test_no_data_means_none_and_unknown_means_unfiltered():
     table = WhitelistTable.from_bytes(build_whitelist([48.85], [2.35], [1], 3, 100.0, 4, ["a", "b", "c"]))
     assert table.lookup(48.9, 2.4).tolist() == [1]
     assert table.lookup(-33.9, 151.2) is None
-    allowed, covered = table.lookup_batch([48.9, np.nan, -33.9], [2.4, np.nan, 151.2])
+    labels, covered = table.lookup_batch([48.9, np.nan, -33.9], [2.4, np.nan, 151.2])
     assert covered.tolist() == [True, False, False]
-    assert allowed.tolist() == [[False, True, False], [True] * 3, [True] * 3]
+    assert allowed_mask(labels, 3).tolist() == [[False, True, False], [True] * 3, [True] * 3]
 
 
 def test_table_without_any_observation_filters_nothing():
@@ -180,12 +180,12 @@ def test_batch_lookup_equals_single_lookups(table_bytes):
     table = WhitelistTable.from_bytes(table_bytes)
     rng = np.random.default_rng(5)
     q_lat, q_lon = rng.uniform(-90, 90, 300), rng.uniform(-180, 180, 300)
-    allowed, covered = table.lookup_batch(q_lat, q_lon)
+    labels, covered = table.lookup_batch(q_lat, q_lon)
     for i in range(q_lat.size):
         single = table.lookup(q_lat[i], q_lon[i])
         assert covered[i] == (single is not None)
         if single is not None:
-            assert np.flatnonzero(allowed[i]).tolist() == single.tolist()
+            assert labels[i].tolist() == single.tolist()
 
 
 def _real_observations():
@@ -213,7 +213,8 @@ def test_real_observations_zero_false_negatives_and_compact():
     tree = spatial.cKDTree(to_unit_vectors(train_lat, train_lon))
     q_lat, q_lon = lat[held_out][:3000], lon[held_out][:3000]
     neighbours = tree.query_ball_point(to_unit_vectors(q_lat, q_lon), chord_for_km(miles_to_km(100.0)))
-    allowed, covered = table.lookup_batch(q_lat, q_lon)
+    labels, covered = table.lookup_batch(q_lat, q_lon)
+    allowed = allowed_mask(labels, len(names))
     false_negatives = sum(int((~allowed[i, np.unique(train_labels[n])]).sum()) for i, n in enumerate(neighbours))
     assert false_negatives == 0
     uncovered_with_data = sum(1 for i, n in enumerate(neighbours) if n and not covered[i])
@@ -247,7 +248,7 @@ def _doc_reader_lookup(blob: bytes, lat: float, lon: float):
                 value, shift = 0, 0
         return out
 
-    assert blob[:4] == b"GWLT" and struct.unpack_from("<H", blob, 4)[0] == 1
+    assert blob[:4] == b"GWLT" and struct.unpack_from("<H", blob, 4)[0] == 2
     assert zlib.crc32(blob[:8] + b"\0\0\0\0" + blob[12:]) == struct.unpack_from("<I", blob, 8)[0]
     n_labels, = struct.unpack_from("<I", blob, 12)
     p = blob[24]
@@ -271,16 +272,15 @@ def _doc_reader_lookup(blob: bytes, lat: float, lon: float):
     n = min(rb, n_runs - b * rb)
     v = varints(zlib.decompress(blob[index_end + run_off[b]:index_end + run_off[b + 1]], -15))
     gaps, lengths, codes = v[:n], v[n:2 * n], v[2 * n:]
-    start, recent, previous, found = first_keys[b], [], 0, None
-    for gap, length, code in zip(gaps, lengths, codes):
+    start, ids, previous, found = first_keys[b], [], 0, None
+    for i, (gap, length, code) in enumerate(zip(gaps, lengths, codes)):
         start += gap
         if code < 8:
-            set_id = recent.pop(code)
+            set_id = ids[i - 1 - code]
         else:
             z = code - 8
-            set_id = previous + (z >> 1 if z % 2 == 0 else -((z + 1) >> 1))
-        recent = ([set_id] + recent)[:8]
-        previous = set_id
+            set_id = previous = previous + (z >> 1 if z % 2 == 0 else -((z + 1) >> 1))
+        ids.append(set_id)
         if start <= key < start + length:
             found = set_id
         start += length
@@ -290,12 +290,18 @@ def _doc_reader_lookup(blob: bytes, lat: float, lon: float):
     n = min(sb, n_sets - sblock * sb)
     base = index_end + run_off[nr]
     v = varints(zlib.decompress(blob[base + set_off[sblock]:base + set_off[sblock + 1]], -15))
-    offsets, counts, pos, sets = v[:n], v[n:2 * n], 2 * n, []
+
+    def ungap(gaps):
+        out, value = [], -1
+        for g in gaps:
+            value += g + 1
+            out.append(value)
+        return out
+    d = v[0]
+    dictionary = ungap(v[1:1 + d])
+    offsets, counts, pos, sets = v[1 + d:1 + d + n], v[1 + d + n:1 + d + 2 * n], 1 + d + 2 * n, []
     for i in range(n):
-        flips, label = set(), -1
-        for g in v[pos:pos + counts[i]]:
-            label += g + 1
-            flips.add(label)
+        flips = {dictionary[f] for f in ungap(v[pos:pos + counts[i]])}
         pos += counts[i]
         sets.append((sets[i - offsets[i]] if offsets[i] else set()) ^ flips)
     assert all(label < n_labels for label in sets[found % sb])
@@ -308,8 +314,183 @@ def test_format_document_is_enough_to_read_the_table():
     names = [f"s{i}" for i in range(40)]
     blob = build_whitelist(lat, lon, labels, len(names), 150.0, 4, names)
     table = WhitelistTable.from_bytes(blob)
-    assert table.num_runs > 512 and table.num_sets > 256  # several blocks of each kind
+    assert table.num_runs > 1024 and table.num_sets > 256  # several blocks of each kind
     q_lat, q_lon = _queries(lat, lon, 300, 9, spread_deg=3.0)
     for a, b in zip(q_lat, q_lon):
         ours = table.lookup(a, b)
         assert _doc_reader_lookup(blob, float(a), float(b)) == (None if ours is None else ours.tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# Forged tables (a valid CRC, as anyone who can replace the file can write) and the table fuzzer
+# ---------------------------------------------------------------------------------------------
+
+def _with_crc(blob: bytes) -> bytes:
+    """The blob with its CRC-32 recomputed: what a forger writes."""
+    import struct
+    import zlib
+    blob = bytearray(blob)
+    blob[CRC_OFFSET:CRC_OFFSET + 4] = b"\0\0\0\0"
+    blob[CRC_OFFSET:CRC_OFFSET + 4] = struct.pack("<I", zlib.crc32(bytes(blob)))
+    return bytes(blob)
+
+
+def _set_field(blob: bytes, offset: int, fmt: str, value) -> bytes:
+    import struct
+    blob = bytearray(blob)
+    struct.pack_into(fmt, blob, offset, value)
+    return bytes(blob)
+
+
+FUZZ_POINTS = np.array([[0.0, 0.0], [51.5, -0.1], [-33.9, 151.2], [89.9, 10.0], [-89.9, -170.0], [10.0, 179.99],
+                        [40.0, -100.0], [-10.0, -60.0], [30.0, 120.0], [60.0, 30.0]])
+
+
+def _exercise(blob: bytes) -> str:
+    """Open a table and touch every block it has: 'accepted' or 'refused' (a WhitelistTableError);
+    any other exception escapes and fails the test."""
+    try:
+        table = WhitelistTable.from_bytes(blob)
+        table.cells()
+        for first in range(0, table.num_sets, 256):  # every set block: its first, middle and last sets
+            for set_id in {first, min(first + 128, table.num_sets - 1), min(first + 255, table.num_sets - 1)}:
+                table.set_labels(set_id)
+        table.lookup_batch(FUZZ_POINTS[:, 0], FUZZ_POINTS[:, 1])
+        for lat, lon in FUZZ_POINTS:
+            table.lookup(lat, lon)
+    except WhitelistTableError:
+        return "refused"
+    return "accepted"
+
+
+def _bounded(blob: bytes, max_bytes: int = 64 << 20, max_seconds: float = 2.0) -> str:
+    """_exercise under tracemalloc: no allocation past max_bytes, no file taking more than
+    max_seconds of this process's CPU time (CPU, not wall time: the bound holds on a loaded machine)."""
+    import time
+    import tracemalloc
+    tracemalloc.start()
+    begin = time.process_time()
+    try:
+        verdict = _exercise(blob)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    seconds = time.process_time() - begin
+    assert peak <= max_bytes, f"peak allocation {peak:,} bytes"
+    assert seconds <= max_seconds, f"{seconds:.2f} s for one table"
+    return verdict
+
+
+@pytest.fixture(scope="module")
+def fuzz_seed_table():
+    """A table with several run and set blocks (so offsets, back references and parents all matter)."""
+    rng = np.random.default_rng(9)
+    lat, lon, labels = rng.uniform(35, 60, 200), rng.uniform(-10, 40, 200), rng.integers(0, 40, 200)
+    blob = build_whitelist(lat, lon, labels, 40, 60.0, 4, [f"s{i}" for i in range(40)])
+    table = WhitelistTable.from_bytes(blob)
+    assert table.num_runs > 2048 and table.num_sets > 256  # several blocks of each kind
+    return blob
+
+
+# (name, offset, struct format) of every header field a forger may set
+HEADER_FIELDS = [("labels", 12, "<I"), ("radius", 16, "<d"), ("precision", 24, "<B"), ("cells", 28, "<I"),
+                 ("runs", 32, "<I"), ("sets", 36, "<I"), ("runs per block", 40, "<H"), ("sets per block", 42, "<H"),
+                 ("run blocks", 44, "<I"), ("set blocks", 48, "<I"), ("max set block bytes", 88, "<I")]
+
+
+@pytest.mark.parametrize("field,offset,fmt,value", [
+    ("sets per block", 42, "<H", 0), ("sets per block", 42, "<H", 1), ("sets per block", 42, "<H", 2),
+    ("sets per block", 42, "<H", 7), ("runs per block", 40, "<H", 0), ("runs", 32, "<I", 2**32 - 1),
+    ("sets", 36, "<I", 2**32 - 1), ("cells", 28, "<I", 0), ("run blocks", 44, "<I", 2**32 - 1),
+    ("set blocks", 48, "<I", 0), ("max set block bytes", 88, "<I", 2**32 - 1), ("precision", 24, "<B", 0),
+    ("radius", 16, "<d", float("nan")),
+])
+def test_forged_header_counts_are_typed_errors(fuzz_seed_table, field, offset, fmt, value):
+    with pytest.raises(WhitelistTableError):
+        WhitelistTable.from_bytes(_with_crc(_set_field(fuzz_seed_table, offset, fmt, value)))
+
+
+def test_forged_label_count_never_allocates_per_label(fuzz_seed_table):
+    """2**32 - 1 labels once meant a 56 GiB allocation: now the reader never sizes anything by the
+    label count, and the app's label list refuses such a table."""
+    forged = _with_crc(_set_field(fuzz_seed_table, 12, "<I", 2**32 - 1))
+    assert _bounded(forged) == "accepted"  # the labels in it are still < L: answers unchanged
+    with pytest.raises(LabelSetMismatchError):
+        WhitelistTable.from_bytes(forged, expected_label_names=[f"s{i}" for i in range(40)])
+
+
+@pytest.mark.parametrize("kind", ["run", "set"])
+def test_deflate_bomb_is_refused_within_the_bound_the_header_implies(kind):
+    """A block replaced by DEFLATE of 8 MiB of zeros (8 KiB on disk), offsets, header and CRC all
+    consistent: refused after inflating at most what the header allows."""
+    import zlib
+    from mobile_sdk.whitelist import codec
+    blob = build_whitelist([48.85, 51.5, 52.5], [2.35, -0.1, 13.4], [0, 1, 2], 6, 100.0, 4, NAMES)
+    lay = codec.parse(memoryview(blob), "t")
+    assert lay.run_offsets.size == lay.set_offsets.size == 2  # one block of each kind
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = c.compress(bytes(2 * codec.MAX_SET_BLOCK_BYTES)) + c.flush()
+    run_block = blob[lay.run_offsets[0]:lay.run_offsets[1]]
+    set_block = blob[lay.set_offsets[0]:lay.set_offsets[1]]
+    run_block, set_block = (bomb, set_block) if kind == "run" else (run_block, bomb)
+    index_start = HEADER_SIZE + 4
+    forged = (blob[:index_start] + np.array([0, len(run_block), 0, len(set_block)], "<u4").tobytes()
+              + run_block + set_block)
+    forged = _with_crc(_set_field(forged, 88, "<I", codec.MAX_SET_BLOCK_BYTES))
+    assert _bounded(forged, max_bytes=48 * codec.MAX_SET_BLOCK_BYTES) == "refused"
+
+
+def _mutations(blob: bytes, count: int, seed: int):
+    """Seeded mutations of a table: byte flips (header, index or blocks), header fields set to
+    edge values, truncations and extensions, blocks replaced by random DEFLATE streams; each with
+    the CRC recomputed (forged) in half the cases and left stale in the other half."""
+    import zlib
+    rng = np.random.default_rng(seed)
+    edges = [0, 1, 2, 7, 255, 256, 1023, 1024, 65535, 2**31, 2**32 - 1]
+    for i in range(count):
+        data = bytearray(blob)
+        kind = i % 4
+        if kind == 0:
+            region = HEADER_SIZE + 64 if rng.random() < 0.5 else len(data)
+            for _ in range(rng.integers(1, 5)):
+                data[int(rng.integers(0, region))] ^= int(rng.integers(1, 256))
+        elif kind == 1:
+            _, offset, fmt = HEADER_FIELDS[rng.integers(len(HEADER_FIELDS))]
+            limit = {"<B": 255, "<H": 65535}.get(fmt, 2**32 - 1)
+            value = int(rng.choice([e for e in edges if e <= limit] + [int(rng.integers(0, limit))]))
+            data = bytearray(_set_field(bytes(data), offset, fmt, float(value) if fmt == "<d" else value))
+        elif kind == 2:
+            cut = int(rng.integers(0, len(data)))
+            data = data[:cut] if rng.random() < 0.5 else data + bytes(rng.integers(0, 256, cut % 64 + 1, dtype=np.uint8))
+        else:
+            start = int(rng.integers(HEADER_SIZE, len(data) - 16))
+            c = zlib.compressobj(int(rng.integers(0, 10)), zlib.DEFLATED, -15)
+            noise = c.compress(bytes(rng.integers(0, int(rng.choice([2, 16, 256])), int(rng.integers(1, 4000)),
+                                                  dtype=np.uint8))) + c.flush()
+            data[start:start + len(noise)] = noise[:len(data) - start]
+        yield f"mutation {i} (kind {kind})", _with_crc(bytes(data)) if i % 2 == 0 and len(data) >= HEADER_SIZE \
+            else bytes(data)
+
+
+def _fuzz(blob: bytes, count: int, seed: int):
+    verdicts = {"accepted": 0, "refused": 0}
+    for name, mutated in _mutations(blob, count, seed):
+        try:
+            verdicts[_bounded(mutated)] += 1
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from None
+    assert verdicts["refused"] > count // 2, verdicts  # the mutations really were bad
+    return verdicts
+
+
+def test_table_fuzzer_seeded_sample(fuzz_seed_table):
+    _fuzz(fuzz_seed_table, 120, seed=0)
+
+
+@pytest.mark.slow
+def test_table_fuzzer(fuzz_seed_table):
+    """At least 2,000 mutated tables per run, a fresh seed each time (printed for reproduction)."""
+    import secrets
+    seed = secrets.randbits(32)
+    print(f"table fuzzer seed {seed}")
+    _fuzz(fuzz_seed_table, 2400, seed)

@@ -15,15 +15,18 @@ import numpy as np
 from ..errors import WhitelistTableError
 
 MAGIC = b"GWLT"
-VERSION = 1
-HEADER = struct.Struct("<4sHHIIdBBHIIIHHII32s8x")  # 92 bytes, little-endian
+VERSION = 2
+HEADER = struct.Struct("<4sHHIIdBBHIIIHHII32sII")  # 92 bytes, little-endian
 HEADER_SIZE = HEADER.size
 CRC_OFFSET = 8
 MAX_TABLE_PRECISION = 6  # keys are stored as uint32: 5 * 6 = 30 bits
-RUNS_PER_BLOCK = 512
+RUNS_PER_BLOCK = 1024
 SETS_PER_BLOCK = 256
 PARENT_WINDOW = 64
-MTF_SIZE = 8
+BACK_REFS = 8  # run set codes below this repeat the set of one of the 8 previous runs
+MAX_SET_BLOCK_BYTES = 4 << 20  # inflated; the writer refuses to exceed it, the reader to inflate past it
+MAX_DEFLATE_RATIO = 1032  # DEFLATE's largest expansion (258 bytes per 2-bit code, rounded up)
+VARINT_MAX_BYTES = 5  # every stored value fits in 32 bits
 
 
 def label_set_hash(label_names) -> bytes:
@@ -51,20 +54,19 @@ def encode_varints(values: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def decode_varints(data: bytes) -> np.ndarray:
+def decode_varints(data) -> np.ndarray:
     raw = np.frombuffer(data, dtype=np.uint8)
-    if raw.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if raw[-1] & 0x80:
+    more = raw >= 0x80
+    if not more.any():  # every value below 128: the common case of small blocks
+        return raw.astype(np.int64)
+    if more[-1]:
         raise WhitelistTableError("corrupted whitelist table: a varint runs past the end of its block")
-    last = np.flatnonzero(raw < 0x80)
-    starts = np.concatenate([[0], last[:-1] + 1])
-    owner = np.repeat(np.arange(last.size), last - starts + 1)
-    shift = (np.arange(raw.size) - starts[owner]) * 7
-    if shift.max() > 56:
-        raise WhitelistTableError("corrupted whitelist table: varint longer than 8 bytes")
-    parts = (raw & 0x7F).astype(np.int64) << shift
-    return np.add.reduceat(parts, starts)
+    last = np.flatnonzero(~more)
+    starts = np.r_[0, last[:-1] + 1]
+    shift = (np.arange(raw.size) - np.repeat(starts, last - starts + 1)) * 7
+    if shift.max() > 7 * (VARINT_MAX_BYTES - 1):
+        raise WhitelistTableError("corrupted whitelist table: varint longer than 5 bytes")
+    return np.add.reduceat((raw & 0x7F).astype(np.int64) << shift, starts)
 
 
 def deflate(data: bytes) -> bytes:
@@ -72,81 +74,114 @@ def deflate(data: bytes) -> bytes:
     return c.compress(data) + c.flush()
 
 
-def inflate(data: bytes) -> bytes:
+def inflate(data, max_bytes: int, where: str) -> bytes:
+    """Raw-inflate one block, refusing to produce more than `max_bytes` (a forged block cannot
+    make the reader allocate beyond what the header implies)."""
     try:
         d = zlib.decompressobj(-15)
-        out = d.decompress(data) + d.flush()
+        out = d.decompress(data, max_bytes + 1)
     except zlib.error as exc:
-        raise WhitelistTableError(f"corrupted whitelist table: block does not inflate ({exc})") from None
-    if not d.eof:
-        raise WhitelistTableError("corrupted whitelist table: truncated block")
+        raise WhitelistTableError(f"{where}: corrupted, block does not inflate ({exc})") from None
+    if len(out) > max_bytes:
+        raise WhitelistTableError(f"{where}: corrupted, block inflates past the {max_bytes:,} bytes the header allows")
+    if not d.eof or d.unused_data:
+        raise WhitelistTableError(f"{where}: corrupted, truncated or padded block")
     return out
+
+
+def _restart_cumsum(steps: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Cumulative sums of `steps` restarting at every group (groups of `counts` consecutive items)."""
+    total = np.cumsum(steps)
+    first = np.cumsum(counts) - counts
+    before = np.where(first > 0, total[np.maximum(first - 1, 0)] if total.size else 0, 0)
+    return total - np.repeat(before, counts)
+
+
+def _resolve_back_refs(target: np.ndarray, is_ref: np.ndarray) -> np.ndarray:
+    """Follow back references (each strictly earlier) to the item that is not one, by pointer jumping."""
+    target = np.where(is_ref, target, np.arange(target.size))
+    while is_ref[target].any():
+        target = target[target]
+    return target
 
 
 # ---------------------------------------------------------------------------------------------
 # run blocks: gaps, lengths, set codes
 # ---------------------------------------------------------------------------------------------
 
-def encode_set_ids(set_ids: np.ndarray) -> np.ndarray:
-    """Run set ids -> codes: < MTF_SIZE picks a recently used set (move-to-front list), else
-    MTF_SIZE + zigzag(id - previous id). Z-order revisits a few sets back and forth."""
-    codes, recent, previous = [], [], 0
-    for set_id in set_ids.tolist():
-        if set_id in recent:
-            codes.append(recent.index(set_id))
-            recent.remove(set_id)
-        else:
+def encode_set_codes(set_ids: np.ndarray) -> np.ndarray:
+    """Run set ids -> codes: c < BACK_REFS repeats the set of run i-1-c (Z-order revisits a few sets
+    back and forth), else BACK_REFS + zigzag(id - the previous explicitly coded id)."""
+    ids = set_ids.tolist()
+    codes, previous = [], 0
+    for i, set_id in enumerate(ids):
+        back = next((k for k in range(BACK_REFS) if i - 1 - k >= 0 and ids[i - 1 - k] == set_id), None)
+        if back is None:
             step = set_id - previous
-            codes.append(MTF_SIZE + (step << 1 if step >= 0 else ((-step) << 1) - 1))
-        recent.insert(0, set_id)
-        del recent[MTF_SIZE:]
-        previous = set_id
+            codes.append(BACK_REFS + (2 * step if step >= 0 else -2 * step - 1))
+            previous = set_id
+        else:
+            codes.append(back)
     return np.asarray(codes, dtype=np.int64)
 
 
-def decode_set_ids(codes: np.ndarray) -> np.ndarray:
-    out, recent, previous = [], [], 0
-    for code in codes.tolist():
-        if code < MTF_SIZE:
-            if code >= len(recent):
-                raise WhitelistTableError("corrupted whitelist table: bad set reference in a run block")
-            set_id = recent.pop(code)
-        else:
-            z = code - MTF_SIZE
-            set_id = previous + (-((z + 1) >> 1) if z & 1 else z >> 1)
-        recent.insert(0, set_id)
-        del recent[MTF_SIZE:]
-        out.append(set_id)
-        previous = set_id
-    return np.asarray(out, dtype=np.int64)
+def explicit_set_ids(codes: np.ndarray) -> np.ndarray:
+    """Per run, the id its explicit codes reach so far (the value a back reference does not change)."""
+    z = np.where(codes < BACK_REFS, 0, codes - BACK_REFS)
+    return np.cumsum(np.where(z & 1, -((z + 1) >> 1), z >> 1))
+
+
+def decode_set_codes(codes: np.ndarray, where: str) -> np.ndarray:
+    """Set id of every run of a block (all back references resolved, by pointer jumping)."""
+    is_ref = codes < BACK_REFS
+    target = np.arange(codes.size) - 1 - codes
+    if (target[is_ref] < 0).any():
+        raise WhitelistTableError(f"{where}: corrupted, set code refers before the block")
+    return explicit_set_ids(codes)[_resolve_back_refs(target, is_ref)]
 
 
 def encode_run_block(keys: np.ndarray, lengths: np.ndarray, set_ids: np.ndarray) -> bytes:
+    """A block's runs -> (uncompressed) varints [gaps][lengths][set codes]."""
     gaps = keys - np.r_[keys[0], (keys + lengths)[:-1]]
-    return deflate(encode_varints(np.concatenate([gaps, lengths, encode_set_ids(set_ids)])))
+    return encode_varints(np.concatenate([gaps, lengths, encode_set_codes(set_ids)]))
 
 
-def decode_run_block(data: bytes, first_key: int, n: int, num_sets: int, where: str):
-    """-> (starts, stops, set ids) of the block's n runs."""
-    values = decode_varints(inflate(data))
-    if n < 1 or values.size != 3 * n:
-        raise WhitelistTableError(f"{where}: corrupted")
-    gaps, lengths = values[:n], values[n:2 * n]
-    starts = first_key + np.cumsum(gaps) + np.r_[0, np.cumsum(lengths)[:-1]]
-    set_ids = decode_set_ids(values[2 * n:])
-    if (set_ids < 0).any() or (set_ids >= num_sets).any():
-        raise WhitelistTableError(f"{where}: corrupted (set id out of range)")
-    return starts, starts + lengths, set_ids
+def run_block_bound(n: int) -> int:
+    """Largest inflated size of a run block of n runs: 3n varints of at most 5 bytes."""
+    return 3 * n * VARINT_MAX_BYTES
+
+
+def decode_run_block(data, first_key: int, n: int, end_key: int, where: str):
+    """-> (stops, lengths, set codes) int64 arrays of the block's n runs: run i covers keys
+    [stops[i] - lengths[i], stops[i]). Keys must stay below end_key (the next block's first key)."""
+    values = decode_varints(inflate(data, run_block_bound(n), where))
+    if values.size != 3 * n:
+        raise WhitelistTableError(f"{where}: corrupted, {values.size} values for {n} runs")
+    lengths = values[n:2 * n]
+    stops = first_key + np.cumsum(values[:n] + lengths)
+    if values[0] != 0 or lengths.min() < 1 or stops[-1] > end_key:
+        raise WhitelistTableError(f"{where}: corrupted, bad run gap or length")
+    return stops, lengths, values[2 * n:]
 
 
 # ---------------------------------------------------------------------------------------------
-# set blocks: parent offsets, flip counts, flip gaps
+# set blocks: the block's label dictionary, parent offsets, flip counts, flips
 # ---------------------------------------------------------------------------------------------
+
+def _gaps(sorted_values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per group of sorted values: first value, then differences minus one."""
+    first = np.cumsum(counts) - counts
+    previous = np.r_[-1, sorted_values[:-1]]
+    previous[first[counts > 0]] = -1
+    return sorted_values - previous - 1
+
 
 def encode_set_block(block: np.ndarray) -> bytes:
-    """bool [n, L] sets -> [parent offsets x n][flip counts x n][flip gaps...]: each set is the XOR
-    of the closest of the PARENT_WINDOW previous sets of its block (offset k: set i-k; 0: the empty
-    set) with its flips; the gaps are between sorted flipped label indices, minus one."""
+    """bool [n, L] sets -> (uncompressed) varints [D][D dictionary gaps][parent offsets x n][flip counts x n][flip gaps...].
+
+    Each set is the XOR of the closest of the PARENT_WINDOW previous sets of its block (offset k:
+    set i-k; 0: the empty set) with its flips. Flips name labels through the block's dictionary
+    (its sorted distinct flipped labels), so they are small numbers even among many labels."""
     n = block.shape[0]
     packed = np.packbits(block, axis=1)
     distance = np.full((n, PARENT_WINDOW + 1), np.iinfo(np.int64).max)
@@ -156,37 +191,50 @@ def encode_set_block(block: np.ndarray) -> bytes:
     offsets = np.argmin(distance, axis=1)
     parents = np.where((offsets > 0)[:, None], block[np.arange(n) - offsets], False)
     rows, labels = np.nonzero(block ^ parents)
-    first_of_row = np.r_[True, rows[1:] != rows[:-1]]
-    gaps = labels - np.where(first_of_row, -1, np.r_[-1, labels[:-1]]) - 1
-    return deflate(encode_varints(np.concatenate([offsets, np.bincount(rows, minlength=n), gaps])))
+    dictionary = np.unique(labels)
+    counts = np.bincount(rows, minlength=n)
+    values = np.concatenate([[dictionary.size], _gaps(dictionary, np.array([dictionary.size])), offsets, counts,
+                             _gaps(np.searchsorted(dictionary, labels), counts)])
+    data = encode_varints(values)
+    if len(data) > MAX_SET_BLOCK_BYTES:
+        raise ValueError(f"a set block needs {len(data):,} bytes, over the format's {MAX_SET_BLOCK_BYTES:,}")
+    return data
 
 
-def decode_set_block(data: bytes, n: int, num_labels: int, where: str) -> np.ndarray:
-    """uint8 [n, ceil(L/8)]: the block's sets as little-endian bitmaps. Each set is its flips XOR
-    its parent's set, so the XOR of the flips along its parent chain; pointer jumping resolves all
-    chains at once."""
-    values = decode_varints(inflate(data))
-    offsets, counts = values[:n], values[n:2 * n]
-    if n < 1 or counts.size != n or 2 * n + counts.sum() != values.size or (offsets > np.arange(n)).any():
-        raise WhitelistTableError(f"{where}: corrupted")
-    rows = np.repeat(np.arange(n), counts)
-    first = np.r_[0, np.cumsum(counts)[:-1]]
-    steps = values[2 * n:] + 1
-    if not steps.size:
-        raise WhitelistTableError(f"{where}: corrupted (no labels)")
-    labels = np.cumsum(steps) - np.repeat(np.cumsum(steps)[first - 1] * (first > 0), counts) - 1
-    if not labels.size or labels.max() >= num_labels:
-        raise WhitelistTableError(f"{where}: corrupted (label out of range)")
-    sets = np.zeros((n, num_labels), dtype=bool)
-    sets[rows, labels] = True
-    parent = np.arange(n) - offsets  # a root (offset 0) points at itself
-    root = offsets == 0
-    while not root.all():
-        sets[~root] ^= sets[parent[~root]]
-        root, parent = root | root[parent], parent[parent]
-    if not sets.any(axis=1).all():
-        raise WhitelistTableError(f"{where}: corrupted (empty set)")
-    return np.packbits(sets, axis=1, bitorder="little")  # 8x less cache memory
+def decode_set_block(data, n: int, num_labels: int, max_bytes: int, where: str):
+    """-> (parent offsets [n], flip starts [n + 1], flipped labels): what `set_labels` walks."""
+    values = decode_varints(inflate(data, max_bytes, where))
+    size = int(values[0]) if values.size else -1
+    if size < 0 or values.size < 1 + size + 2 * n:
+        raise WhitelistTableError(f"{where}: corrupted, set block too short")
+    dictionary = np.cumsum(values[1:1 + size] + 1) - 1
+    offsets, counts = values[1 + size:1 + size + n], values[1 + size + n:1 + size + 2 * n]
+    flips = values[1 + size + 2 * n:]
+    if counts.sum() != flips.size or (offsets > np.arange(n)).any() or (size and dictionary[-1] >= num_labels):
+        raise WhitelistTableError(f"{where}: corrupted, inconsistent set block")
+    local = _restart_cumsum(flips + 1, counts) - 1
+    if flips.size and local.max() >= size:
+        raise WhitelistTableError(f"{where}: corrupted, flip outside the block's dictionary")
+    return offsets, np.r_[0, np.cumsum(counts)], dictionary[local]
+
+
+def set_from_block(block, i: int, where: str) -> np.ndarray:
+    """Sorted labels of set i of a decoded set block: the XOR of the flips along its parent chain."""
+    offsets, starts, labels = block
+    parts = []
+    while True:
+        parts.append(labels[starts[i]:starts[i + 1]])
+        if offsets[i] == 0:
+            break
+        i -= int(offsets[i])
+    if len(parts) == 1:
+        out = parts[0]
+    else:
+        values, counts = np.unique(np.concatenate(parts), return_counts=True)
+        out = values[counts % 2 == 1]
+    if not out.size:
+        raise WhitelistTableError(f"{where}: corrupted, empty set")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,12 +243,14 @@ def decode_set_block(data: bytes, n: int, num_labels: int, where: str) -> np.nda
 
 def assemble(num_labels: int, radius_miles: float, precision: int, num_cells: int, num_runs: int, num_sets: int,
              run_first_keys, run_blocks: list[bytes], set_blocks: list[bytes], label_hash: bytes) -> bytes:
-    """The file's bytes from its encoded blocks (offsets and CRC computed here)."""
+    """The file's bytes from its encoded, uncompressed blocks (deflated, offsets and CRC computed here)."""
+    max_set_block_bytes = max((len(b) for b in set_blocks), default=0)
+    run_blocks, set_blocks = [deflate(b) for b in run_blocks], [deflate(b) for b in set_blocks]
     run_offsets = np.cumsum([0] + [len(b) for b in run_blocks])
     set_offsets = np.cumsum([0] + [len(b) for b in set_blocks])
     header = HEADER.pack(MAGIC, VERSION, HEADER_SIZE, 0, num_labels, radius_miles, precision, 0, 0, num_cells,
                          num_runs, num_sets, RUNS_PER_BLOCK, SETS_PER_BLOCK, len(run_blocks), len(set_blocks),
-                         label_hash)
+                         label_hash, 0, max_set_block_bytes)
     body = b"".join([np.asarray(run_first_keys, "<u4").tobytes(), np.asarray(run_offsets, "<u4").tobytes(),
                      np.asarray(set_offsets, "<u4").tobytes(), *run_blocks, *set_blocks])
     crc = zlib.crc32(body, zlib.crc32(header))
@@ -217,29 +267,52 @@ class Layout:
     num_cells: int
     num_runs: int
     num_sets: int
-    runs_per_block: int
-    sets_per_block: int
     label_set_hash: bytes
+    max_set_block_bytes: int
     block_keys: np.ndarray  # int64 [NR]: first key of each run block
     run_offsets: np.ndarray  # int64 [NR + 1]
     set_offsets: np.ndarray  # int64 [NS + 1]
 
+    def runs_in_block(self, b: int) -> int:
+        return min(RUNS_PER_BLOCK, self.num_runs - b * RUNS_PER_BLOCK)
+
+    def sets_in_block(self, b: int) -> int:
+        return min(SETS_PER_BLOCK, self.num_sets - b * SETS_PER_BLOCK)
+
+
+def _blocks(n: int, per_block: int) -> int:
+    return -(-n // per_block)
+
 
 def parse(view: memoryview, source: str) -> Layout:
-    """Header + index of a whole file, checked in the order docs/whitelist-format.md gives."""
+    """Header + index of a whole file, checked in the order docs/whitelist-format.md gives: every
+    count against the others and the file size before anything is allocated."""
+    def corrupted(why):
+        return WhitelistTableError(f"{source}: corrupted whitelist table ({why})")
+
     if len(view) < HEADER_SIZE:
         raise WhitelistTableError(f"{source}: truncated whitelist table ({len(view)} bytes, header needs {HEADER_SIZE})")
     (magic, version, header_size, crc, num_labels, radius_miles, precision, _, _, num_cells, num_runs, num_sets,
-     runs_per_block, sets_per_block, n_run_blocks, n_set_blocks, label_hash) = HEADER.unpack_from(view, 0)
+     runs_per_block, sets_per_block, n_run_blocks, n_set_blocks, label_hash, _, max_set_bytes) = HEADER.unpack_from(view, 0)
     if magic != MAGIC:
         raise WhitelistTableError(f"{source}: not a whitelist table (magic {bytes(magic)!r}, expected {MAGIC!r})")
     if version != VERSION or header_size != HEADER_SIZE:
         raise WhitelistTableError(f"{source}: unsupported whitelist table version {version} (this SDK reads {VERSION})")
-    if not 1 <= precision <= MAX_TABLE_PRECISION or num_labels < 1:
-        raise WhitelistTableError(f"{source}: corrupted header (precision {precision}, labels {num_labels})")
+    if not 1 <= precision <= MAX_TABLE_PRECISION or num_labels < 1 or not (np.isfinite(radius_miles) and radius_miles > 0):
+        raise corrupted(f"precision {precision}, labels {num_labels}, radius {radius_miles}")
+    if (runs_per_block, sets_per_block) != (RUNS_PER_BLOCK, SETS_PER_BLOCK):
+        raise corrupted(f"{runs_per_block} runs and {sets_per_block} sets per block, the format fixes "
+                        f"{RUNS_PER_BLOCK} and {SETS_PER_BLOCK}")
+    if not num_sets <= num_runs <= num_cells <= 1 << (5 * precision) or (num_sets == 0) != (num_cells == 0):
+        raise corrupted(f"{num_cells} cells, {num_runs} runs, {num_sets} sets at precision {precision}")
+    if n_run_blocks != _blocks(num_runs, RUNS_PER_BLOCK) or n_set_blocks != _blocks(num_sets, SETS_PER_BLOCK):
+        raise corrupted(f"{n_run_blocks} run blocks and {n_set_blocks} set blocks for {num_runs} runs and {num_sets} sets")
+    if not 0 < max_set_bytes <= MAX_SET_BLOCK_BYTES and num_sets:
+        raise corrupted(f"set blocks said to inflate to {max_set_bytes:,} bytes")
     index_end = HEADER_SIZE + 4 * (n_run_blocks + (n_run_blocks + 1) + (n_set_blocks + 1))
-    if len(view) < index_end:
-        raise WhitelistTableError(f"{source}: truncated whitelist table (index cut off)")
+    if len(view) < index_end + 2 * (n_run_blocks + n_set_blocks):  # a raw DEFLATE stream takes >= 2 bytes
+        raise WhitelistTableError(f"{source}: truncated whitelist table ({len(view)} bytes, "
+                                  f"{n_run_blocks + n_set_blocks} blocks need more)")
     pos = HEADER_SIZE
     block_keys = np.frombuffer(view, "<u4", n_run_blocks, pos).astype(np.int64)
     pos += 4 * n_run_blocks
@@ -253,5 +326,9 @@ def parse(view: memoryview, source: str) -> Layout:
     actual = zlib.crc32(view[CRC_OFFSET + 4:], zlib.crc32(bytes(view[:CRC_OFFSET]) + b"\0\0\0\0"))
     if actual != crc:
         raise WhitelistTableError(f"{source}: corrupted whitelist table (checksum {actual:08x} != {crc:08x})")
-    return Layout(num_labels, radius_miles, precision, num_cells, num_runs, num_sets, runs_per_block, sets_per_block,
-                  label_hash, block_keys, run_offsets, set_offsets)
+    if run_offsets[0] != index_end or (np.diff(run_offsets) < 2).any() or (np.diff(set_offsets) < 2).any():
+        raise corrupted("block offsets out of order")
+    if (np.diff(block_keys) <= 0).any() or (block_keys.size and block_keys[-1] >= 1 << (5 * precision)):
+        raise corrupted("run block keys out of order")
+    return Layout(num_labels, radius_miles, precision, num_cells, num_runs, num_sets, label_hash, max_set_bytes,
+                  block_keys, run_offsets, set_offsets)

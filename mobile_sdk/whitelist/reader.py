@@ -1,15 +1,15 @@
 """What ships to apps: the random-access reader of a whitelist table (docs/whitelist-format.md).
 
-A cell absent from the table has no label within θ of any of its points: `lookup` returns None,
+A cell absent from the table has no label within θ of any of its points: a lookup returns None,
 meaning "no data nearby, do not filter" (the paper's fallback), so the answer is never empty.
-Only the blocks a lookup touches are inflated, then cached.
+Only the blocks a lookup touches are inflated; decoded blocks, sets and answered cells are kept in
+bounded caches (a phone asks about the same area again and again).
 """
 from __future__ import annotations
 
 import mmap
 import os
-import threading
-from collections import OrderedDict
+from bisect import bisect_right
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,25 @@ from ..geo import validate_location, validate_locations
 from . import codec
 from .codec import label_set_hash
 
-_CACHE_BLOCKS = 512  # decoded blocks kept: at most ~12 KB (runs) or L/8 * 256 bytes (sets) each
+_CACHE_BLOCKS = 256  # decoded run or set blocks kept of each kind
+_CACHE_SETS = 65536  # label arrays of sets kept (shared between the cells that use them)
+_CACHE_CELLS = 65536  # answered cells kept
+_NOT_CACHED = object()
+
+
+class _BoundedCache(dict):
+    """A dict emptied when it grows past `limit`: O(1) hits, bounded memory, no bookkeeping per hit.
+    Safe to share between threads (a miss just recomputes the same value)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key, value):
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+        return value
 
 
 class WhitelistTable:
@@ -29,13 +47,11 @@ class WhitelistTable:
     def __init__(self, buffer, expected_label_names=None, source="<bytes>"):
         self._buffer = buffer
         self.source = source
-        view = memoryview(buffer)
-        layout = codec.parse(view, source)
+        self._view = memoryview(buffer)
+        self._layout = layout = codec.parse(self._view, source)
         self.num_labels, self.radius_miles, self.precision = layout.num_labels, layout.radius_miles, layout.precision
         self.num_cells, self.num_runs, self.num_sets = layout.num_cells, layout.num_runs, layout.num_sets
         self.label_set_hash = layout.label_set_hash
-        self._block_keys, self._run_offsets, self._set_offsets = layout.block_keys, layout.run_offsets, layout.set_offsets
-        self._runs_per_block, self._sets_per_block = layout.runs_per_block, layout.sets_per_block
         if expected_label_names is not None:
             names = [str(n) for n in expected_label_names]
             if len(names) != self.num_labels or label_set_hash(names) != self.label_set_hash:
@@ -43,9 +59,14 @@ class WhitelistTable:
                     f"{source}: whitelist table was built for another label set "
                     f"({self.num_labels} labels, hash {self.label_set_hash.hex()[:12]}) than the model's "
                     f"({len(names)} labels, hash {label_set_hash(names).hex()[:12]})")
-        self._view = view
-        self._lock = threading.Lock()
-        self._cache: OrderedDict = OrderedDict()
+        self._block_keys = layout.block_keys.tolist()
+        self._end_keys = self._block_keys[1:] + [1 << (5 * self.precision)]
+        self._key = geohash.scalar_encoder(self.precision)
+        self._run_blocks = _BoundedCache(_CACHE_BLOCKS)
+        self._run_arrays_cache = _BoundedCache(_CACHE_BLOCKS)
+        self._set_blocks = _BoundedCache(_CACHE_BLOCKS)
+        self._sets = _BoundedCache(_CACHE_SETS)
+        self._cells = _BoundedCache(_CACHE_CELLS)
 
     @classmethod
     def open(cls, path, expected_label_names=None) -> "WhitelistTable":
@@ -56,6 +77,8 @@ class WhitelistTable:
                 buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         except OSError as exc:
             raise WhitelistTableError(f"cannot open whitelist table {path}: {exc.strerror or exc}") from None
+        except (OverflowError, ValueError) as exc:  # mmap of a special file
+            raise WhitelistTableError(f"cannot open whitelist table {path}: {exc}") from None
         return cls(buffer, expected_label_names, source=str(path))
 
     @classmethod
@@ -66,100 +89,137 @@ class WhitelistTable:
         return (f"WhitelistTable({self.source}, labels={self.num_labels}, cells={self.num_cells}, "
                 f"sets={self.num_sets}, radius={self.radius_miles} mi, precision={self.precision})")
 
-    # -- blocks, decoded on demand and cached (a phone asks about the same area again and again)
-
-    def _cached(self, key, decode):
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        value = decode()
-        with self._lock:
-            self._cache[key] = value
-            if len(self._cache) > _CACHE_BLOCKS:
-                self._cache.popitem(last=False)
-        return value
+    # -- blocks and sets, decoded on demand
 
     def _run_block(self, b: int):
-        n = min(self._runs_per_block, self.num_runs - b * self._runs_per_block)
-        data = self._view[self._run_offsets[b]:self._run_offsets[b + 1]]
-        return self._cached(("run", b), lambda: codec.decode_run_block(
-            data, int(self._block_keys[b]), n, self.num_sets, f"{self.source}, run block {b}"))
+        """(stops as a list for bisect, lengths, set codes, explicit ids): enough for single lookups."""
+        cached = self._run_blocks.get(b)
+        if cached is None:
+            lay, where = self._layout, f"{self.source}, run block {b}"
+            stops, lengths, codes = codec.decode_run_block(
+                self._view[lay.run_offsets[b]:lay.run_offsets[b + 1]], self._block_keys[b], lay.runs_in_block(b),
+                self._end_keys[b], where)
+            explicit = codec.explicit_set_ids(codes)
+            if ((codes < codec.BACK_REFS) & (codes >= np.arange(codes.size))).any() or explicit.min() < 0 \
+                    or explicit.max() >= self.num_sets:  # back references inside the block, ids in range
+                raise WhitelistTableError(f"{where}: corrupted, set code out of range")
+            cached = self._run_blocks.put(b, (stops.tolist(), lengths, codes, explicit))
+        return cached
 
-    def _set_block(self, b: int) -> np.ndarray:
-        """uint8 [n, ceil(L/8)]: the sets of block b as little-endian bitmaps."""
-        n = min(self._sets_per_block, self.num_sets - b * self._sets_per_block)
-        data = self._view[self._set_offsets[b]:self._set_offsets[b + 1]]
-        return self._cached(("set", b), lambda: codec.decode_set_block(
-            data, n, self.num_labels, f"{self.source}, set block {b}"))
+    def _run_arrays(self, b: int):
+        """(starts, stops, set ids) int64 arrays of run block b: what batches search."""
+        cached = self._run_arrays_cache.get(b)
+        if cached is None:
+            stops, lengths, codes, _ = self._run_block(b)
+            stops = np.asarray(stops)
+            cached = self._run_arrays_cache.put(b, (stops - lengths, stops, codec.decode_set_codes(codes, "")))
+        return cached
 
-    def _set_of_keys(self, keys: np.ndarray) -> np.ndarray:
-        """Set id per key, -1 where the table has no cell."""
+    def set_labels(self, set_id: int) -> np.ndarray:
+        """Sorted label indices (int64) of one de-duplicated set."""
+        labels = self._sets.get(set_id)
+        if labels is not None:
+            return labels
+        if not 0 <= set_id < self.num_sets:
+            raise IndexError(f"set id {set_id} outside [0, {self.num_sets})")
+        b, i = divmod(set_id, codec.SETS_PER_BLOCK)
+        block = self._set_blocks.get(b)
+        where = f"{self.source}, set block {b}"
+        if block is None:
+            lay = self._layout
+            block = self._set_blocks.put(b, codec.decode_set_block(
+                self._view[lay.set_offsets[b]:lay.set_offsets[b + 1]], lay.sets_in_block(b), self.num_labels,
+                lay.max_set_block_bytes, where))
+        labels = codec.set_from_block(block, i, where)
+        labels.flags.writeable = False  # shared by every cell (and caller) that gets this set
+        return self._sets.put(set_id, labels)
+
+    def _set_id(self, key: int) -> int:
+        b = bisect_right(self._block_keys, key) - 1
+        if b < 0:
+            return -1
+        stops, lengths, codes, explicit = self._run_block(b)
+        run = bisect_right(stops, key)
+        if run == len(stops) or key < stops[run] - lengths[run]:
+            return -1
+        while codes[run] < codec.BACK_REFS:  # the same set as an earlier run of the block
+            run -= 1 + int(codes[run])
+        return int(explicit[run])
+
+    # -- public queries
+
+    def lookup_validated(self, lat: float, lon: float) -> np.ndarray | None:
+        """`lookup` for coordinates `mobile_sdk.geo.validate_location` already returned (floats,
+        longitude wrapped): the classifier validates once and calls this."""
+        key = self._key(lat, lon)
+        labels = self._cells.get(key, _NOT_CACHED)
+        if labels is _NOT_CACHED:
+            set_id = self._set_id(key)
+            labels = self._cells.put(key, None if set_id < 0 else self.set_labels(set_id))
+        return labels
+
+    def lookup(self, lat, lon) -> np.ndarray | None:
+        """Sorted label indices allowed at (lat, lon) (a read-only array), or None when no training
+        data lies nearby (then nothing should be filtered). Raises InvalidLocationError on bad
+        coordinates."""
+        location = validate_location(lat, lon)
+        if location is None:
+            raise InvalidLocationError("lookup needs a location: lat and lon are both None")
+        return self.lookup_validated(*location)
+
+    def set_ids(self, keys: np.ndarray) -> np.ndarray:
+        """Set id per cell key (int64 array), -1 where the table has no cell."""
+        keys = np.asarray(keys, dtype=np.int64)
         out = np.full(keys.shape, -1, dtype=np.int64)
-        if not self._block_keys.size:
+        if not self._block_keys:
             return out
-        block = np.searchsorted(self._block_keys, keys, side="right") - 1
-        for b in np.unique(block[block >= 0]):
-            sel = np.flatnonzero(block == b)
-            starts, stops, set_ids = self._run_block(int(b))
+        block = np.searchsorted(self._layout.block_keys, keys, side="right") - 1
+        order = np.argsort(block, kind="stable")
+        bounds = np.searchsorted(block[order], np.arange(len(self._block_keys) + 1))
+        for b in np.flatnonzero(np.diff(bounds)).tolist():
+            sel = order[bounds[b]:bounds[b + 1]]
+            starts, stops, set_ids = self._run_arrays(b)
             run = np.searchsorted(starts, keys[sel], side="right") - 1
             inside = (run >= 0) & (keys[sel] < stops[np.maximum(run, 0)])
             out[sel[inside]] = set_ids[run[inside]]
         return out
 
-    def _set_rows(self, set_ids: np.ndarray) -> np.ndarray:
-        rows = np.ones((set_ids.size, self.num_labels), dtype=bool)
-        block = set_ids // self._sets_per_block
-        for b in np.unique(block[set_ids >= 0]):
-            sel = np.flatnonzero((block == b) & (set_ids >= 0))
-            packed = self._set_block(int(b))[set_ids[sel] - b * self._sets_per_block]
-            rows[sel] = np.unpackbits(packed, axis=1, count=self.num_labels, bitorder="little").astype(bool)
-        return rows
+    def lookup_batch(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised lookup of N points (NaN pairs = unknown location).
+
+        Returns (labels, covered): `labels` is an object array [N] holding each point's sorted label
+        indices like `lookup` (None where not covered: no data nearby, or unknown location), and
+        `covered` bool [N]. `allowed_mask(labels, num_labels)` turns it into a dense bool matrix.
+        """
+        locs, known = validate_locations(np.stack([np.ravel(np.asarray(lat, dtype=np.float64)),
+                                                   np.ravel(np.asarray(lon, dtype=np.float64))], axis=-1))
+        set_ids = np.full(known.size, -1, dtype=np.int64)
+        set_ids[known] = self.set_ids(geohash.encode(locs[known, 0], locs[known, 1], self.precision))
+        unique, inverse = np.unique(set_ids, return_inverse=True)
+        cached = self._sets.get
+        found = [cached(s) for s in unique.tolist()]  # warm: one dict hit per distinct set
+        answers = np.empty(unique.size, dtype=object)
+        answers[:] = [labels if labels is not None or s < 0 else self.set_labels(s)
+                      for s, labels in zip(unique.tolist(), found)]
+        return answers[inverse.ravel()], set_ids >= 0
 
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
         """Every stored cell: (keys, set ids), in key order; decodes the whole table (tools, tests)."""
         keys, ids = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-        for b in range(self._block_keys.size):
-            starts, stops, set_ids = self._run_block(b)
+        for b in range(len(self._block_keys)):
+            starts, stops, set_ids = self._run_arrays(b)
             lengths = stops - starts
             keys.append(np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(lengths.sum()))
             ids.append(np.repeat(set_ids, lengths))
         return np.concatenate(keys), np.concatenate(ids)
 
-    def set_labels(self, set_id: int) -> np.ndarray:
-        """Sorted label indices of one de-duplicated set."""
-        if not 0 <= set_id < self.num_sets:
-            raise IndexError(f"set id {set_id} outside [0, {self.num_sets})")
-        row = self._set_block(set_id // self._sets_per_block)[set_id % self._sets_per_block]
-        return np.flatnonzero(np.unpackbits(row, count=self.num_labels, bitorder="little"))
 
-    # -- public queries
-
-    def lookup(self, lat, lon) -> np.ndarray | None:
-        """Sorted label indices allowed at (lat, lon), or None when no training data lies nearby
-        (then nothing should be filtered). Raises InvalidLocationError on bad coordinates."""
-        location = validate_location(lat, lon)
-        if location is None:
-            raise InvalidLocationError("lookup needs a location: lat and lon are both None")
-        key = geohash.encode_one(location[0], location[1], self.precision)
-        block = int(np.searchsorted(self._block_keys, key, side="right")) - 1
-        if block < 0:
-            return None
-        starts, stops, set_ids = self._run_block(block)
-        run = int(np.searchsorted(starts, key, side="right")) - 1
-        if run < 0 or key >= stops[run]:
-            return None
-        return self.set_labels(int(set_ids[run]))
-
-    def lookup_batch(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
-        """Vectorised lookup of N points (NaN pairs = unknown location).
-
-        Returns (allowed bool [N, num_labels], covered bool [N]); rows that are not covered (no data
-        nearby, or unknown location) allow every label.
-        """
-        locs, known = validate_locations(np.stack([np.ravel(np.asarray(lat, dtype=np.float64)),
-                                                   np.ravel(np.asarray(lon, dtype=np.float64))], axis=-1))
-        set_ids = np.full(known.size, -1, dtype=np.int64)
-        keys = geohash.encode(locs[known, 0], locs[known, 1], self.precision).astype(np.int64)
-        set_ids[known] = self._set_of_keys(keys)
-        return self._set_rows(set_ids), set_ids >= 0
+def allowed_mask(labels: np.ndarray, num_labels: int) -> np.ndarray:
+    """bool [N, num_labels] from `lookup_batch`'s labels: True where allowed; rows without data
+    allow every label."""
+    mask = np.ones((len(labels), num_labels), dtype=bool)
+    for i, allowed in enumerate(labels):
+        if allowed is not None:
+            mask[i] = False
+            mask[i, allowed] = True
+    return mask
