@@ -1,13 +1,15 @@
 """`make bench`: the paper's results and our performance numbers -> docs/benchmarks.md.
 
-    python -m benchmarks.run [--only accuracy,geography,perf] [--budget-min 45] [--quick]
+    python -m benchmarks.run [--only accuracy,geography,perf,scale] [--budget-min 45] [--quick]
 
 Sections:
 - accuracy: the `bench` world, every method (image only, priors with radius sweep, post-processing,
   feature modulation) plus the oracle bound and each method's gap to it;
 - geography: real iNaturalist geography (../shared/data/inat500_observations.npz), location alone;
 - perf: classify() vs bare LiteRT invoke, geo vs image-only latency, int8 vs float, the whitelist
-  table (benchmarks.bench_whitelist), lookup throughput, training images/s vs plain model.fit.
+  table (benchmarks.bench_whitelist), lookup throughput, training images/s vs plain model.fit;
+- scale: the whitelist table and the priors index from 500 to 50,000 labels and 270k to 30M
+  observations (benchmarks.scale), growth fitted and projected.
 
 Each section is cached in out/bench/sections/NAME.md with its own command and date, so
 `--only perf` reruns one section and docs/benchmarks.md is rebuilt from the latest of each.
@@ -26,7 +28,7 @@ from pathlib import Path
 from benchmarks.common import Section, machine
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("accuracy", "geography", "perf")
+SECTIONS = ("accuracy", "geography", "perf", "scale")
 DOC = REPO / "docs" / "benchmarks.md"
 JSON_DOC = REPO / "docs" / "benchmarks.json"
 
@@ -40,6 +42,10 @@ def run_section(name: str, args) -> Section:
         from benchmarks import geography
 
         return geography.run(max_test=500 if args.quick else 5000, geo_epochs=1 if args.quick else 10, seed=args.seed)
+    if name == "scale":
+        from benchmarks import scale
+
+        return scale.run(scale.QUICK_SIZES if args.quick else scale.DEFAULT_SIZES)
     from benchmarks import perf
 
     return perf.run(args.out / "perf", repeats=5 if args.quick else args.repeats, quick=args.quick,

@@ -22,6 +22,7 @@ from . import codec
 from .codec import MAX_TABLE_PRECISION, RUNS_PER_BLOCK, SETS_PER_BLOCK, label_set_hash
 
 _SLACK_KM = 1e-3  # absorbs floating-point rounding in the distance test; it only ever adds labels
+_POINTS_PER_CHUNK = 100_000  # observations turned into row intervals at once (~20 rows each at precision 4)
 
 
 def _check_build_args(lat, lon, labels, num_labels, radius_miles, precision, label_names):
@@ -58,21 +59,11 @@ def row_reach_km(precision: int, radius_miles: float) -> np.ndarray:
     return float(miles_to_km(radius_miles)) + corner + _SLACK_KM
 
 
-def _label_cells(lat, lon, labels, radius_miles, precision):
-    """All (cell key, label) pairs of the table, sorted by key then label."""
+def _row_intervals(p_label, p_lat, p_lon, precision, reach, row_lat):
+    """Per (point, latitude row): the interval of cell columns whose centres lie within `reach` of
+    the point, as (label * rows + row, first column, last column), wrapped into [0, columns)."""
     n_rows, n_cols = geohash.grid_shape(precision)
     height, width = geohash.cell_size_deg(precision)
-    reach = np.minimum(row_reach_km(precision, radius_miles) / EARTH_RADIUS_KM, np.pi)  # radians
-    row_lat = np.radians((np.arange(n_rows) + 0.5) * height - 90.0)
-
-    if not lat.size:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-    # Duplicates (same label, same place) cannot change the answer.
-    order = np.lexsort((lon, lat, labels))
-    label_s, lat_s, lon_s = labels[order], lat[order], lon[order]
-    distinct = np.r_[True, (label_s[1:] != label_s[:-1]) | (lat_s[1:] != lat_s[:-1]) | (lon_s[1:] != lon_s[:-1])]
-    p_label, p_lat, p_lon = label_s[distinct], lat_s[distinct], lon_s[distinct]
-
     # Candidate rows: latitude difference never exceeds the great-circle distance.
     margin = np.degrees(reach.max())
     lo = np.clip(np.floor((p_lat - margin + 90.0) / height - 0.5), 0, n_rows - 1).astype(np.int64)
@@ -105,9 +96,11 @@ def _label_cells(lat, lon, labels, radius_miles, precision):
     start = np.concatenate([start, np.zeros(wraps.sum(), dtype=np.int64)])
     stop = np.concatenate([np.minimum(stop, n_cols - 1), stop[wraps] - n_cols])
     rows, lab = np.concatenate([rows, rows[wraps]]), np.concatenate([lab, lab[wraps]])
+    return lab * n_rows + rows, start, stop
 
-    # Merge overlapping intervals per (label, row) so each (label, cell) pair is produced once.
-    group = lab * n_rows + rows
+
+def _merge_intervals(group, start, stop, n_cols):
+    """Merge overlapping or touching intervals of each group: disjoint, sorted by (group, start)."""
     order = np.argsort(group * n_cols + start)  # one int64 key sorts faster than a lexsort
     group, start, stop = group[order], start[order], stop[order]
     offset = group * (n_cols + 2)  # keeps the running max from leaking across groups
@@ -116,14 +109,42 @@ def _label_cells(lat, lon, labels, radius_miles, precision):
     new[1:] = (group[1:] != group[:-1]) | (start[1:] > reach_end[:-1] + 1)
     first = np.flatnonzero(new)
     last = np.append(first[1:], group.size) - 1
-    g, s, e = group[first], start[first], reach_end[last]
+    return group[first], start[first], reach_end[last]
+
+
+def _label_cells(lat, lon, labels, radius_miles, precision):
+    """All (cell key, label) pairs of the table, sorted by key then label. Observations stream
+    through in chunks (sorted by label, so a chunk's intervals mostly merge among themselves):
+    memory follows the merged intervals, not observations x rows."""
+    n_rows, n_cols = geohash.grid_shape(precision)
+    height, _ = geohash.cell_size_deg(precision)
+    reach = np.minimum(row_reach_km(precision, radius_miles) / EARTH_RADIUS_KM, np.pi)  # radians
+    row_lat = np.radians((np.arange(n_rows) + 0.5) * height - 90.0)
+
+    if not lat.size:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    # Duplicates (same label, same place) cannot change the answer.
+    order = np.lexsort((lon, lat, labels))
+    label_s, lat_s, lon_s = labels[order], lat[order], lon[order]
+    del order
+    distinct = np.r_[True, (label_s[1:] != label_s[:-1]) | (lat_s[1:] != lat_s[:-1]) | (lon_s[1:] != lon_s[:-1])]
+    p_label, p_lat, p_lon = label_s[distinct], lat_s[distinct], lon_s[distinct]
+    del label_s, lat_s, lon_s, distinct
+
+    pieces = [_merge_intervals(*_row_intervals(p_label[i:i + _POINTS_PER_CHUNK], p_lat[i:i + _POINTS_PER_CHUNK],
+                                               p_lon[i:i + _POINTS_PER_CHUNK], precision, reach, row_lat), n_cols)
+              for i in range(0, p_lat.size, _POINTS_PER_CHUNK)]
+    g, s, e = _merge_intervals(*(np.concatenate(part) for part in zip(*pieces)), n_cols)
+    del pieces
 
     length = e - s + 1
     owner = np.repeat(np.arange(g.size), length)
     cols = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length) + s[owner]
     keys = geohash.rows_cols_to_keys(g[owner] % n_rows, cols, precision)
+    del cols
     pair_labels = g[owner] // n_rows
-    order = np.argsort(keys.astype(np.int64) * (int(lab.max()) + 1) + pair_labels)  # key, then label
+    del owner
+    order = np.argsort(keys.astype(np.int64) * (int(pair_labels.max()) + 1) + pair_labels)  # key, then label
     return keys[order], pair_labels[order]
 
 
@@ -153,7 +174,8 @@ def build_whitelist(lat, lon, labels, num_labels, radius_miles=100.0, precision=
     rank = np.empty(first_seen.size, dtype=np.int64)
     rank[np.argsort(first_seen)] = np.arange(first_seen.size)
     cell_set = rank[cell_set.ravel()]
-    set_bitmaps = np.unpackbits(bitmaps[np.sort(first_seen)], axis=1, bitorder="little")[:, :num_labels].astype(bool)
+    set_bitmaps = bitmaps[np.sort(first_seen)]  # packed: S x L/8 bytes; unpacked one block at a time
+    del bitmaps
 
     # Runs: maximal stretches of consecutive keys with one set.
     is_start = np.r_[True, (cells[1:] != cells[:-1] + 1) | (cell_set[1:] != cell_set[:-1])] if cells.size else np.zeros(0, bool)
@@ -164,7 +186,8 @@ def build_whitelist(lat, lon, labels, num_labels, radius_miles=100.0, precision=
     run_blocks = [codec.encode_run_block(run_key[b:b + RUNS_PER_BLOCK], run_len[b:b + RUNS_PER_BLOCK],
                                          run_set[b:b + RUNS_PER_BLOCK])
                   for b in range(0, run_key.size, RUNS_PER_BLOCK)]
-    set_blocks = [codec.encode_set_block(set_bitmaps[b:b + SETS_PER_BLOCK])
+    set_blocks = [codec.encode_set_block(np.unpackbits(set_bitmaps[b:b + SETS_PER_BLOCK], axis=1, count=num_labels,
+                                                       bitorder="little").astype(bool))
                   for b in range(0, set_bitmaps.shape[0], SETS_PER_BLOCK)]
     return codec.assemble(num_labels, radius_miles, precision, cells.size, run_key.size, set_bitmaps.shape[0],
                           run_key[::RUNS_PER_BLOCK], run_blocks, set_blocks, label_set_hash(label_names))

@@ -1,0 +1,200 @@
+"""Scale: the geo tables (whitelist table, priors index) as labels and observations grow.
+
+    python -m benchmarks.scale [--sizes 500:272037,5000:3000000,50000:30000000] [--memory-gb 8]
+                               [--timeout-min 20]
+
+Each size is (labels, observations) of jittered resampled copies of the real iNat500 ranges
+(`bench_whitelist.resampled_observations`; 500 labels is the real data). Each build runs in its own
+child process with an address-space limit (`--memory-gb`) and a time limit, so a size that does not
+fit fails alone, is reported as such, and does not take the shared machine down. Measured per size:
+table bytes, build seconds and peak memory (the child's max RSS), the warm single lookup and
+`lookup_batch` throughput, and the priors' index (trainer.priors.LabelHistogram) and query times
+(1,000 points, 100 miles). Growth is fitted as a power law between the measured sizes and projected
+to 80,000 taxa and 100 M observations.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_whitelist import OBSERVATIONS, load_observations, resampled_observations
+from benchmarks.common import Section, machine
+
+DEFAULT_SIZES = ((500, 272_037), (5_000, 3_000_000), (50_000, 30_000_000))
+QUICK_SIZES = ((100, 30_000), (500, 272_037))
+PROJECT_TO = (80_000, 100_000_000)
+QUERIES = 4000
+
+
+def _observations(num_labels: int, num_observations: int):
+    lat, lon, labels, _ = load_observations(OBSERVATIONS)
+    if num_labels == labels.max() + 1 and num_observations == lat.size:
+        return lat, lon, labels
+    return resampled_observations(lat, lon, labels, num_labels, num_observations, seed=num_labels)
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def child(num_labels: int, num_observations: int, out: Path, with_priors: bool) -> dict:
+    """Build one size and measure it (runs in the child process)."""
+    from benchmarks.common import time_calls
+    from mobile_sdk.whitelist.builder import build_whitelist
+    from mobile_sdk.whitelist.reader import WhitelistTable
+
+    lat, lon, labels = _observations(num_labels, num_observations)
+    names = [f"taxon_{i}" for i in range(num_labels)]
+    rss_before = _max_rss_bytes()
+    begin = time.perf_counter()
+    blob = build_whitelist(lat, lon, labels, num_labels, 100.0, 4, names)
+    build_seconds = time.perf_counter() - begin
+    rss_build = _max_rss_bytes()
+    out.write_bytes(blob)
+    table = WhitelistTable.from_bytes(blob)
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, lat.size, QUERIES)
+    q_lat, q_lon = lat[pick], lon[pick]
+    points = list(zip(q_lat.tolist(), q_lon.tolist()))
+    for a, b in points:
+        table.lookup_validated(a, b)
+
+    def singles():
+        for a, b in points:
+            table.lookup_validated(a, b)
+    single = time_calls(singles, repeats=5, warmup=1)
+    batch = time_calls(lambda: table.lookup_batch(q_lat, q_lon), repeats=5, warmup=1)
+    result = {"labels": num_labels, "observations": int(lat.size), "table_bytes": len(blob),
+              "cells": table.num_cells, "sets": table.num_sets, "build_seconds": build_seconds,
+              "build_rss_bytes": rss_build, "data_rss_bytes": rss_before,
+              "single_lookup_us": single.median / QUERIES * 1e6, "batch_points_per_s": QUERIES / batch.median}
+    if with_priors:
+        from trainer.priors import LabelHistogram
+
+        begin = time.perf_counter()
+        histogram = LabelHistogram(np.stack([lat, lon], axis=1), labels, num_labels)
+        result["priors_index_seconds"] = time.perf_counter() - begin
+        queries = np.stack([q_lat[:1000], q_lon[:1000]], axis=1)
+        begin = time.perf_counter()
+        histogram.counts(queries, 100.0)
+        result["priors_query_seconds_per_1000"] = time.perf_counter() - begin
+    return result
+
+
+def run_size(num_labels: int, num_observations: int, memory_gb: float, timeout_s: float, with_priors: bool) -> dict:
+    """One size in a child process under an address-space limit; a failure is a result too."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "table.gwl"
+        limit = int(memory_gb * (1 << 30))
+        command = [sys.executable, "-m", "benchmarks.scale", "--child", f"{num_labels}:{num_observations}",
+                   "--child-out", str(out)] + (["--priors"] if with_priors else [])
+        begin = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
+                                  preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+        except subprocess.TimeoutExpired:
+            return {"labels": num_labels, "observations": num_observations,
+                    "failed": f"did not finish within {timeout_s / 60:.0f} min"}
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+            return {"labels": num_labels, "observations": num_observations,
+                    "failed": f"exit {done.returncode} after {time.perf_counter() - begin:.0f} s: {tail}"}
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fit_power(xs, ys) -> tuple[float, float]:
+    """(exponent, factor) of y = factor * x**exponent through the measured points (least squares in log-log)."""
+    exponent, log_factor = np.polyfit(np.log(xs), np.log(ys), 1)
+    return float(exponent), float(np.exp(log_factor))
+
+
+def report(results: list[dict]) -> str:
+    from trainer.metrics import markdown_table
+
+    rows = []
+    for r in results:
+        if "failed" in r:
+            rows.append([f"{r['labels']:,}", f"{r['observations']:,}", f"**did not fit**: {r['failed']}"] + [""] * 6)
+            continue
+        rows.append([f"{r['labels']:,}", f"{r['observations']:,}", f"{r['table_bytes']:,}",
+                     f"{r['build_seconds']:.0f}", f"{r['build_rss_bytes'] / 2**30:.2f}",
+                     f"{r['single_lookup_us']:.2f}", f"{r['batch_points_per_s'] / 1e6:.2f}",
+                     f"{r.get('priors_index_seconds', float('nan')):.1f}",
+                     f"{r.get('priors_query_seconds_per_1000', float('nan')):.2f}"])
+    lines = [markdown_table(["labels", "observations", "table bytes", "build s", "build peak RSS GiB",
+                             "single lookup µs", "batch M points/s", "priors index s", "priors query s / 1,000"],
+                            rows)]
+    ok = [r for r in results if "failed" not in r]
+    if len(ok) >= 2:
+        labels = [r["labels"] for r in ok]
+        obs = [r["observations"] for r in ok]
+        lines += ["", f"Growth fitted through the {len(ok)} measured sizes (power law, log-log least squares; "
+                      f"labels and observations grew together, so each fit is against one of them) and "
+                      f"projected to {PROJECT_TO[0]:,} taxa and {PROJECT_TO[1]:,} observations:", ""]
+        for what, key, axis, target, unit in [
+                ("table bytes", "table_bytes", labels, PROJECT_TO[0], " bytes"),
+                ("build seconds", "build_seconds", obs, PROJECT_TO[1], " s"),
+                ("build peak RSS", "build_rss_bytes", obs, PROJECT_TO[1], " bytes"),
+                ("priors index seconds", "priors_index_seconds", obs, PROJECT_TO[1], " s")]:
+            ys = [r.get(key) for r in ok]
+            if any(y is None for y in ys):
+                continue
+            exponent, factor = fit_power(axis, ys)
+            lines.append(f"- {what}: ∝ {'labels' if axis is labels else 'observations'}^{exponent:.2f}; "
+                         f"projected {factor * target ** exponent:,.0f}{unit}")
+    return "\n".join(lines)
+
+
+def run(sizes=DEFAULT_SIZES, memory_gb: float = 8.0, timeout_min: float = 20.0, with_priors: bool = True,
+        log=print) -> Section:
+    begin = time.perf_counter()
+    if not OBSERVATIONS.exists():
+        return Section("Scale", f"Skipped: {OBSERVATIONS.name} is absent.", [], 0.0)
+    results = []
+    for num_labels, num_observations in sizes:
+        log(f"scale: {num_labels:,} labels, {num_observations:,} observations ...")
+        results.append(run_size(num_labels, num_observations, memory_gb, timeout_min * 60, with_priors))
+        log(f"  {results[-1]}")
+    body = "\n".join([f"Machine: {machine()}", "",
+                      f"Command: `python -m benchmarks.scale` (each build in a child process limited to "
+                      f"{memory_gb:g} GB of address space and {timeout_min:g} min; radius 100 mi, precision 4)", "",
+                      report(results)])
+    return Section("Scale", body, [], time.perf_counter() - begin)
+
+
+def _size(text: str) -> tuple[int, int]:
+    labels, observations = text.split(":")
+    return int(labels), int(observations)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(f"{a}:{b}" for a, b in DEFAULT_SIZES),
+                        help="comma-separated LABELS:OBSERVATIONS")
+    parser.add_argument("--memory-gb", type=float, default=8.0)
+    parser.add_argument("--timeout-min", type=float, default=20.0)
+    parser.add_argument("--no-priors", action="store_true")
+    parser.add_argument("--child", type=_size, help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--priors", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(*args.child, args.child_out, args.priors)))
+        return 0
+    section = run([_size(s) for s in args.sizes.split(",")], args.memory_gb, args.timeout_min, not args.no_priors)
+    print(section.markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
