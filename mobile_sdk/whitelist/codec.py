@@ -57,7 +57,7 @@ def encode_varints(values: np.ndarray) -> bytes:
 def decode_varints(data) -> np.ndarray:
     raw = np.frombuffer(data, dtype=np.uint8)
     more = raw >= 0x80
-    if not more.any():  # every value below 128: the common case of small blocks
+    if not more.any():  # every value below 128
         return raw.astype(np.int64)
     if more[-1]:
         raise WhitelistTableError("corrupted whitelist table: a varint runs past the end of its block")
@@ -127,8 +127,8 @@ def encode_set_codes(set_ids: np.ndarray) -> np.ndarray:
 
 def explicit_set_ids(codes: np.ndarray) -> np.ndarray:
     """Per run, the id its explicit codes reach so far (the value a back reference does not change)."""
-    z = np.where(codes < BACK_REFS, 0, codes - BACK_REFS)
-    return np.cumsum(np.where(z & 1, -((z + 1) >> 1), z >> 1))
+    z = (codes - BACK_REFS) * (codes >= BACK_REFS)
+    return np.cumsum((z >> 1) ^ -(z & 1))  # unzigzag
 
 
 def decode_set_codes(codes: np.ndarray, where: str) -> np.ndarray:
@@ -202,7 +202,7 @@ def encode_set_block(block: np.ndarray) -> bytes:
 
 
 def decode_set_block(data, n: int, num_labels: int, max_bytes: int, where: str):
-    """-> (parent offsets [n], flip starts [n + 1], flipped labels): what `set_labels` walks."""
+    """-> (parent offsets [n], flip starts [n + 1] as lists, flipped labels): what `set_from_block` walks."""
     values = decode_varints(inflate(data, max_bytes, where))
     size = int(values[0]) if values.size else -1
     if size < 0 or values.size < 1 + size + 2 * n:
@@ -215,23 +215,22 @@ def decode_set_block(data, n: int, num_labels: int, max_bytes: int, where: str):
     local = _restart_cumsum(flips + 1, counts) - 1
     if flips.size and local.max() >= size:
         raise WhitelistTableError(f"{where}: corrupted, flip outside the block's dictionary")
-    return offsets, np.r_[0, np.cumsum(counts)], dictionary[local]
+    return offsets.tolist(), np.r_[0, np.cumsum(counts)].tolist(), dictionary[local]
 
 
 def set_from_block(block, i: int, where: str) -> np.ndarray:
     """Sorted labels of set i of a decoded set block: the XOR of the flips along its parent chain."""
     offsets, starts, labels = block
-    parts = []
-    while True:
-        parts.append(labels[starts[i]:starts[i + 1]])
-        if offsets[i] == 0:
-            break
-        i -= int(offsets[i])
-    if len(parts) == 1:
-        out = parts[0]
-    else:
-        values, counts = np.unique(np.concatenate(parts), return_counts=True)
-        out = values[counts % 2 == 1]
+    chain = [i]
+    while offsets[i]:
+        i -= offsets[i]
+        chain.append(i)
+    if len(chain) == 1:
+        out = labels[starts[i]:starts[i + 1]]
+    else:  # a label flipped an even number of times along the chain is out
+        values, counts = np.unique(np.concatenate([labels[starts[j]:starts[j + 1]] for j in chain]),
+                                   return_counts=True)
+        out = values[counts & 1 == 1]
     if not out.size:
         raise WhitelistTableError(f"{where}: corrupted, empty set")
     return out

@@ -174,14 +174,15 @@ class WhitelistTable:
         if not self._block_keys:
             return out
         block = np.searchsorted(self._layout.block_keys, keys, side="right") - 1
-        order = np.argsort(block, kind="stable")
-        bounds = np.searchsorted(block[order], np.arange(len(self._block_keys) + 1))
-        for b in np.flatnonzero(np.diff(bounds)).tolist():
-            sel = order[bounds[b]:bounds[b + 1]]
-            starts, stops, set_ids = self._run_arrays(b)
-            run = np.searchsorted(starts, keys[sel], side="right") - 1
-            inside = (run >= 0) & (keys[sel] < stops[np.maximum(run, 0)])
-            out[sel[inside]] = set_ids[run[inside]]
+        touched = np.unique(block[block >= 0]).tolist()
+        if not touched:
+            return out
+        # The runs of the touched blocks, concatenated in key order, answer every key with one
+        # search: a key of block b finds a run of b, since b's first run starts at its first key.
+        starts, stops, set_ids = (np.concatenate(part) for part in zip(*(self._run_arrays(b) for b in touched)))
+        run = np.searchsorted(starts, keys, side="right") - 1
+        inside = (block >= 0) & (run >= 0) & (keys < stops[np.maximum(run, 0)])
+        out[inside] = set_ids[run[inside]]
         return out
 
     def lookup_batch(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
