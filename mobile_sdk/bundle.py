@@ -18,7 +18,7 @@ from pathlib import Path
 from .encoding import ENCODINGS
 from .errors import BundleError, BundleIntegrityError, WhitelistTableError
 from .runtime import TFLiteModel
-from .fileio import atomic_write_bytes, sha256_file  # noqa: F401  (sha256_file re-exported)
+from .fileio import atomic_write_bytes, sha256_file
 from .whitelist.reader import WhitelistTable
 
 FORMAT_VERSION = 1

@@ -19,13 +19,14 @@ tf = pytest.importorskip("tensorflow")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from converters import export as export_mod  # noqa: E402
-from converters.export import ExportError, convert_model, export_bundle, staged_folder  # noqa: E402
+from converters.export import ExportError, convert_model, export_bundle  # noqa: E402
 from converters.quantization import QuantizationConfig, QuantizationError  # noqa: E402
 from converters.verify import (ExpectedSignature, SignatureError, VerificationError,  # noqa: E402
                                check_location_float,
                                check_signature, expected_signature, load_samples, run_keras, run_tflite,
                                verify_bundle)
 from mobile_sdk.bundle import MANIFEST_FILE, open_bundle  # noqa: E402
+from mobile_sdk.fileio import atomic_write_text, staged_folder  # noqa: E402
 from trainer import checkpoint, models  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import load_split  # noqa: E402
@@ -65,7 +66,7 @@ def _calibrate_batchnorm(model, images, locations):
 def _write_run(run_dir: Path, model, config: TrainConfig, labels) -> Path:
     run_dir.mkdir(parents=True)
     checkpoint.atomic_save_model(model, run_dir / checkpoint.MODEL_FILE)
-    checkpoint.atomic_write_text(run_dir / checkpoint.CONFIG_FILE, config.to_json())
+    atomic_write_text(run_dir / checkpoint.CONFIG_FILE, config.to_json())
     checkpoint.write_labels(run_dir, labels)
     checkpoint.atomic_write_json(run_dir / checkpoint.METRICS_FILE, {"top1": 0.5})
     return run_dir

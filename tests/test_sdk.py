@@ -18,6 +18,7 @@ from mobile_sdk.__main__ import main as cli_main
 from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.errors import (BundleError, BundleIntegrityError, GeoAwareError, InvalidImageError,
                                InvalidLocationError, LabelSetMismatchError, ModelError, WhitelistTableError)
+from mobile_sdk.fileio import sha256_file
 from mobile_sdk.runtime import TFLiteModel
 from mobile_sdk.whitelist.builder import write_whitelist
 
@@ -105,7 +106,7 @@ def broken(geo_bundle, tmp_path):
 
     def rehash():
         manifest = json.loads((copy / bundle_mod.MANIFEST_FILE).read_text())
-        manifest["files"] = {f: bundle_mod.sha256_file(copy / f) for f in manifest["files"]}
+        manifest["files"] = {f: sha256_file(copy / f) for f in manifest["files"]}
         (copy / bundle_mod.MANIFEST_FILE).write_text(json.dumps(manifest))
     return copy, rehash
 

@@ -158,13 +158,13 @@ def test_postprocess_trains_geo_net_only_and_keeps_image_weights_bit_identical(i
 def test_postprocess_never_reruns_the_cnn_during_training(image_run, tmp_path, monkeypatch):
     image_dir, _, _ = image_run
     calls = []
-    original = train_mod._cached_logits
+    original = train_mod.cached_logits
 
     def counting(image_model, dataset, cache_path, desc):
         calls.append(desc)
         return original(image_model, dataset, cache_path, desc)
 
-    monkeypatch.setattr(train_mod, "_cached_logits", counting)
+    monkeypatch.setattr(train_mod, "cached_logits", counting)
     trained, saved, train_data, _ = train_mod.build_models(
         tiny_config("postprocess", init=str(image_dir)), synthetic_splits(), tmp_path)
     assert len(calls) == 2  # train and val, once each

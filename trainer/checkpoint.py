@@ -15,7 +15,7 @@ import keras
 import trainer.layers  # noqa: F401  (registers the custom layers for load_model)
 from mobile_sdk.bundle import LABELS_FILE
 from mobile_sdk.bundle import write_labels as bundle_write_labels
-from mobile_sdk.fileio import atomic_file, atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
+from mobile_sdk.fileio import atomic_file, atomic_write_text
 from trainer.config import TrainConfig
 
 MODEL_FILE = "model.keras"

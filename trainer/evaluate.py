@@ -16,14 +16,12 @@ The prior radius is never chosen on the images it is scored on: with `--eval-spl
 default, as in the paper) a seeded, label-stratified `--tune-fraction` of the validation images
 chooses the radius and every method is reported on the remaining images; with a separate
 `--eval-split test`, the whole `--tune-split` chooses it. Predictions are cached per run, model
-file and dataset under OUT/cache, so re-evaluating is cheap.
+file and dataset under OUT/cache (trainer.inference), so re-evaluating is cheap.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import io
 import json
 import logging
 import math
@@ -32,12 +30,13 @@ from typing import Mapping
 
 import numpy as np
 
-from mobile_sdk.fileio import atomic_write_bytes, sha256_file
+from mobile_sdk.fileio import atomic_write_bytes
 from trainer import metrics
 from trainer.data import GeoDataset, load_split
+from trainer.inference import predict
 from trainer.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, product_scores, sweep_prior
+from trainer.world.oracle import world_density
 
-logger = logging.getLogger(__name__)
 
 RUN_KINDS = ("image", "postprocess", "featuremod")
 GEO_RUN_KINDS = ("postprocess", "featuremod")
@@ -63,54 +62,6 @@ def without_locations(ds: GeoDataset) -> GeoDataset:
     """The same rows with every location unknown (NaN), to run a geo model without location."""
     nan = np.full(len(ds), np.nan)
     return dataclasses.replace(ds, lat=nan, lon=nan, has_location=np.zeros(len(ds), dtype=bool))
-
-
-def _dataset_fingerprint(ds: GeoDataset) -> str:
-    digest = hashlib.sha256()
-    digest.update("\n".join(ds.paths.tolist()).encode())
-    digest.update(np.ascontiguousarray(ds.lat).tobytes() + np.ascontiguousarray(ds.lon).tobytes())
-    return digest.hexdigest()
-
-
-def _image_size(config) -> int | tuple[int, int]:
-    size = getattr(config, "image_size", None)
-    if size is None:
-        raise EvaluationError(f"run config {type(config).__name__} has no image_size")
-    return size
-
-
-def predict(run, run_dir, ds: GeoDataset, *, batch_size: int = 64, cache_dir: Path | None = None,
-            desc: str = "predict") -> np.ndarray:
-    """float32 [N, L] probabilities of a loaded run on `ds` (row order kept), cached in `cache_dir`
-    under a key of the model file's sha256, the image size and the rows' paths and locations."""
-    from tqdm import tqdm
-
-    from trainer.pipeline import make_dataset
-
-    image_size = _image_size(run.config)
-    cache_file = None
-    if cache_dir is not None:
-        key = hashlib.sha256(
-            f"{sha256_file(Path(run_dir) / 'model.keras')}|{image_size}|{_dataset_fingerprint(ds)}".encode()
-        ).hexdigest()[:24]
-        cache_file = Path(cache_dir) / f"{Path(run_dir).name}-{key}.npy"
-        if cache_file.exists():
-            probs = np.load(cache_file)
-            if probs.shape == (len(ds), len(run.labels)):
-                logger.info("%s: cached predictions %s", desc, cache_file)
-                return probs
-    batches = make_dataset(ds, image_size, batch_size, training=False)
-    chunks = []
-    for inputs, _ in tqdm(batches, total=math.ceil(len(ds) / batch_size), desc=desc, unit="batch"):
-        chunks.append(np.asarray(run.model(inputs, training=False)["probabilities"], dtype=np.float32))
-    probs = np.concatenate(chunks)
-    if probs.shape != (len(ds), len(run.labels)):
-        raise EvaluationError(f"{desc}: predictions have shape {probs.shape}, expected {(len(ds), len(run.labels))}")
-    if cache_file is not None:
-        buffer = io.BytesIO()
-        np.save(buffer, probs)
-        atomic_write_bytes(cache_file, buffer.getvalue())
-    return probs
 
 
 # ---- the numpy core: probabilities in, report sections out -------------------------------------
@@ -280,27 +231,6 @@ def _load_runs(paths: Mapping[str, str | None]) -> dict:
     return runs
 
 
-def world_density(spec: str, labels: list[str]):
-    """latlon -> true range density [N, L] in `labels` order when SPEC is a trainer.world folder
-    holding every label, else None (no oracle row)."""
-    if not Path(spec).is_dir():
-        return None
-    from trainer.world.load import load_world
-
-    try:
-        world = load_world(spec)
-    except (OSError, ValueError) as exc:
-        logger.info("%s is not a world folder (%s): no oracle row", spec, exc)
-        return None
-    column = {name: i for i, name in enumerate(world.label_names)}
-    missing = [name for name in labels if name not in column]
-    if missing:
-        logger.warning("the world lacks %d of the run's labels (e.g. %r): no oracle row", len(missing), missing[0])
-        return None
-    order = np.array([column[name] for name in labels])
-    return lambda latlon: world.density(latlon)[:, order]
-
-
 def _oracle_density(density_fn, ds: GeoDataset) -> np.ndarray:
     density = np.zeros((len(ds), ds.num_labels))
     if ds.has_location.any():  # unknown rows keep 0: the fusion falls back to image only
@@ -361,7 +291,7 @@ def run_evaluation(args) -> dict:
         "tuning": tuning,
         "runs": run_dirs,
         "backbone": str(getattr(runs.get("image", next(iter(runs.values()))).config, "backbone", "unknown")),
-        "image_size": str(_image_size(first_config)),
+        "image_size": str(first_config.image_size),
         "primary": primary,
     }
     if args.second_data:

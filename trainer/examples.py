@@ -53,7 +53,7 @@ def find_corrections(labels, has_location, image_probs, geo_probs, limit: int) -
 def range_source(spec: str, train_ds, radius_miles: float = rangemap.DEFAULT_RADIUS_MILES):
     """(description, latlon [N,2] -> scores [N, L]): the world's true densities when `spec` is a
     generated world, else the training split's radius prior."""
-    from trainer.evaluate import world_density  # the oracle's density, already in label order
+    from trainer.world.oracle import world_density  # already in label order
 
     density = world_density(spec, list(train_ds.label_names))
     if density is not None:
@@ -104,7 +104,7 @@ def examples_sheet(out_png, spec: str, image_run_dir, geo_run_dir, limit: int = 
     cache, so a sheet after an evaluation does not rerun the models."""
     from trainer.checkpoint import load_run
     from trainer.data import load_split
-    from trainer.evaluate import predict
+    from trainer.inference import predict
 
     train = load_split(spec, "train")
     val = load_split(spec, "val", label_names=train.label_names)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import math
 import shutil
@@ -24,15 +23,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from mobile_sdk.encoding import DEFAULT_ENCODING, ENCODINGS
-from mobile_sdk.fileio import sha256_file
+from mobile_sdk.fileio import atomic_write_text, sha256_file
 from trainer import models
 from trainer.checkpoint import (CONFIG_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, STATE_DIR, RunError,
-                                atomic_save_model, atomic_write_bytes, atomic_write_json,
-                                atomic_write_text, load_run, read_config, read_labels, write_labels)
+                                atomic_save_model, atomic_write_json, load_run, read_config, read_labels,
+                                write_labels)
 from trainer.config import GEO_LR_MULTIPLIER, OPTIMIZERS, STRATEGIES, OptimizerConfig, TrainConfig
+from trainer.inference import cached_logits
 from trainer.layers import VARIANTS
 from trainer.strategy import is_chief, make_strategy
 
@@ -94,25 +93,6 @@ def _steps_per_epoch(config: TrainConfig, train_size: int) -> int:
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
 
 
-def _cached_logits(image_model, dataset, cache_path: Path | None, desc: str) -> dict:
-    """Run the frozen image model once over `dataset`; keep (vision_logits, location, label)."""
-    if cache_path is not None and cache_path.is_file():
-        with np.load(cache_path) as cached:
-            return {k: cached[k] for k in cached.files}
-    infer = tf.function(lambda x: image_model(x, training=False)["logits"])
-    parts = {"vision_logits": [], "location": [], "label": []}
-    for x, y in tqdm(dataset, desc=desc, unit="batch", file=sys.stdout):
-        parts["vision_logits"].append(infer(x).numpy())
-        parts["location"].append(x["location"].numpy())
-        parts["label"].append(y.numpy())
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    if cache_path is not None:
-        buffer = io.BytesIO()
-        np.savez(buffer, **out)
-        atomic_write_bytes(cache_path, buffer.getvalue())
-    return out
-
-
 def _logit_dataset(cache: dict, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices(
         ({"vision_logits": cache["vision_logits"], "location": cache["location"]}, cache["label"]))
@@ -140,8 +120,8 @@ def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
         # keyed by the image model's file, so a retrained --init run is never served stale logits.
         key = sha256_file(Path(config.init) / MODEL_FILE)[:16]
         caches = {split: state_dir / f"logits-{split}-{key}.npz" if state_dir else None for split in ("train", "val")}
-        train_cache = _cached_logits(image_model, splits.train_eval, caches["train"], "image logits (train)")
-        val_cache = _cached_logits(image_model, splits.val, caches["val"], "image logits (val)")
+        train_cache = cached_logits(image_model, splits.train_eval, caches["train"], "image logits (train)")
+        val_cache = cached_logits(image_model, splits.val, caches["val"], "image logits (val)")
         head = models.build_geo_head(num_classes, config.encoding, location_dropout=config.location_dropout,
                                      seed=config.seed)
         saved = models.build_postprocess_model(image_model, head)

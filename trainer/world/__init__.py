@@ -32,5 +32,6 @@ observations, genus members being given taxa whose ranges overlap only partly.
 
 One idea per file: `presets` (sizes and difficulty), `grid` (the cell grid), `ranges` (range
 densities), `appearance` (body plans, marks, the renderer), `build` (assembly and writing),
-`load` (reading a world back: `load_world(DIR).density(latlon)`).
+`load` (reading a world back: `load_world(DIR).density(latlon)`), `oracle` (a world's true density
+in a run's label order, for the oracle bound).
 """
