@@ -14,7 +14,7 @@ import math
 import time
 from pathlib import Path
 
-from benchmarks.common import Section, Target
+from benchmarks.common import Section, Target, shown_path
 from pipelines import demo
 from pipelines.stages import Runner
 from presets import bench as preset
@@ -103,6 +103,6 @@ def run(work: Path, budget_min: float = 45.0, quick: bool = False, seed: int = 0
 
         body += ["", "Radius sweep of the priors (radius chosen on the tuning images, bold):", "",
                  table_prior_sweep(primary["prior_sweep"])]
-    body += ["", f"Full report: `{paths.eval / 'report.md'}`."]
+    body += ["", f"Full report: `{shown_path(paths.eval / 'report.md')}`."]
     return Section("Accuracy on the bench world", "\n".join(body),
                    targets_from(primary["methods"], primary.get("oracle"), settings), time.monotonic() - begin)

@@ -6,6 +6,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,18 @@ def interleaved(fns: dict, repeats: int = 30, warmup: int = 3, clock=time.perf_c
             fn()
             samples[name].append(clock() - begin)
     return {name: timing_of(values) for name, values in samples.items()}
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shown_path(path) -> str:
+    """A path as the docs may print it: relative to the repository, never a machine's absolute path."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(Path("...", *path.parts[-3:]))
 
 
 def machine() -> str:

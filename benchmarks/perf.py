@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Section, Target, interleaved, ratio_target
+from benchmarks.common import Section, Target, interleaved, ratio_target, shown_path
 from benchmarks.bench_whitelist import OBSERVATIONS
 from trainer.metrics import markdown_table
 
@@ -306,7 +306,7 @@ def run(work: Path, repeats: int = 50, quick: bool = False, accuracy_dir: Path |
         v = {m: manifests[m]["metrics"]["verification"] for m in manifests}
         acc = {m: v[m]["located"]["tflite_top1_accuracy"] for m in v}
         size = {m: v[m]["file_bytes"] for m in v}
-        parts += ["", f"### int8 vs float32 (post-processing run in `{root}`, {v['int8']['samples']} validation images)", "",
+        parts += ["", f"### int8 vs float32 (post-processing run in `{shown_path(root)}`, {v['int8']['samples']} validation images)", "",
                   markdown_table(["quantization", "file bytes", "LiteRT top-1", "Keras top-1", "top-1 agreement with Keras"],
                                  [[m, f"{size[m]:,}", f"{100 * acc[m]:.1f}%",
                                    f"{100 * v[m]['located']['keras_top1_accuracy']:.1f}%",

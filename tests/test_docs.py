@@ -1,4 +1,5 @@
-"""Presets are data in one place: each file is complete, and the docs quote the numbers it holds."""
+"""The docs stay true: presets are data in one place and the docs quote the numbers they hold; the
+docs speak of the project only (no issue numbers, no machine paths)."""
 import re
 from pathlib import Path
 
@@ -44,3 +45,20 @@ def test_docs_quote_the_presets():
         assert row, f"docs/datasets.md has no row for the {name} world"
         shape = (w["supercategories"], w["genera_per_supercategory"], w["species_per_genus"])
         assert tuple(map(int, row.groups())) == (shape[0] * shape[1] * shape[2], *shape, w["image_size"])
+
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_docs_name_no_issue_numbers_or_machine_paths(doc):
+    text = doc.read_text()
+    assert not re.search(r"\bissues? #?\d+", text, re.I), "an issue number"
+    assert not re.search(r"(?<![\w.])/(work|home|Users|root)/", text), "a machine path"
+
+
+def test_benchmarks_print_repository_paths():
+    from benchmarks.common import REPO as BENCH_REPO, shown_path
+
+    assert shown_path(BENCH_REPO / "out" / "bench" / "x.md") == "out/bench/x.md"
+    assert shown_path("/somewhere/deep/out/bench/x.md") == ".../out/bench/x.md"
