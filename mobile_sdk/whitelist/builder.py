@@ -23,6 +23,7 @@ from .codec import MAX_TABLE_PRECISION, RUNS_PER_BLOCK, SETS_PER_BLOCK, label_se
 
 _SLACK_KM = 1e-3  # absorbs floating-point rounding in the distance test; it only ever adds labels
 _POINTS_PER_CHUNK = 100_000  # observations turned into row intervals at once (~20 rows each at precision 4)
+_TILE_SIDE_BITS = 6  # cells are expanded to (cell, label) pairs 64 x 64 cells at a time
 
 
 def _check_build_args(lat, lon, labels, num_labels, radius_miles, precision, label_names):
@@ -112,17 +113,15 @@ def _merge_intervals(group, start, stop, n_cols):
     return group[first], start[first], reach_end[last]
 
 
-def _label_cells(lat, lon, labels, radius_miles, precision):
-    """All (cell key, label) pairs of the table, sorted by key then label. Observations stream
-    through in chunks (sorted by label, so a chunk's intervals mostly merge among themselves):
-    memory follows the merged intervals, not observations x rows."""
+def _label_intervals(lat, lon, labels, radius_miles, precision):
+    """Every label's cells as disjoint column intervals per latitude row: (row, label, first column,
+    last column), sorted by row. Observations stream through in chunks (sorted by label, so a
+    chunk's intervals mostly merge among themselves): memory follows the merged intervals, not
+    observations x rows."""
     n_rows, n_cols = geohash.grid_shape(precision)
     height, _ = geohash.cell_size_deg(precision)
     reach = np.minimum(row_reach_km(precision, radius_miles) / EARTH_RADIUS_KM, np.pi)  # radians
     row_lat = np.radians((np.arange(n_rows) + 0.5) * height - 90.0)
-
-    if not lat.size:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     # Duplicates (same label, same place) cannot change the answer.
     order = np.lexsort((lon, lat, labels))
     label_s, lat_s, lon_s = labels[order], lat[order], lon[order]
@@ -136,16 +135,67 @@ def _label_cells(lat, lon, labels, radius_miles, precision):
               for i in range(0, p_lat.size, _POINTS_PER_CHUNK)]
     g, s, e = _merge_intervals(*(np.concatenate(part) for part in zip(*pieces)), n_cols)
     del pieces
+    order = np.argsort(g % n_rows, kind="stable")
+    g, s, e = g[order], s[order], e[order]
+    return g % n_rows, g // n_rows, s, e
 
-    length = e - s + 1
-    owner = np.repeat(np.arange(g.size), length)
-    cols = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length) + s[owner]
-    keys = geohash.rows_cols_to_keys(g[owner] % n_rows, cols, precision)
-    del cols
-    pair_labels = g[owner] // n_rows
-    del owner
-    order = np.argsort(keys.astype(np.int64) * (int(pair_labels.max()) + 1) + pair_labels)  # key, then label
-    return keys[order], pair_labels[order]
+
+def _tiles(row, label, start, stop, precision):
+    """(cell keys, labels) of every (cell, label) pair, one square tile of cells at a time in key
+    order, each sorted by key then label: a tile is the cells sharing all key bits but the last
+    `2 * side_bits`, so tiles in key order are the key order."""
+    n_rows, _ = geohash.grid_shape(precision)
+    side_bits = min(_TILE_SIDE_BITS, geohash.bit_split(precision)[0])
+    side = 1 << side_bits
+    tile_keys = np.arange(1 << (5 * precision - 2 * side_bits), dtype=np.uint64)
+    tile_rows, tile_cols = geohash.keys_to_rows_cols(tile_keys << np.uint64(2 * side_bits), precision)
+    row_bounds = np.searchsorted(row, np.arange(n_rows + side))
+    for r0, c0 in zip(tile_rows.tolist(), tile_cols.tolist()):
+        lo, hi = row_bounds[r0], row_bounds[min(r0 + side, n_rows)]
+        if lo == hi:
+            continue
+        s = np.maximum(start[lo:hi], c0)
+        e = np.minimum(stop[lo:hi], c0 + side - 1)
+        keep = np.flatnonzero(s <= e)
+        if not keep.size:
+            continue
+        s, e = s[keep], e[keep]
+        length = e - s + 1
+        owner = np.repeat(keep + lo, length)
+        cols = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length) + np.repeat(s, length)
+        keys = geohash.rows_cols_to_keys(row[owner], cols, precision).astype(np.int64)
+        labels = label[owner]
+        order = np.lexsort((labels, keys))
+        yield keys[order], labels[order]
+
+
+def _cell_sets(pairs, num_labels: int):
+    """(cell keys, set ids, packed set bitmaps [S, ceil(L/8)]) from key-ordered (keys, labels)
+    pieces: each distinct label set gets an id in order of first use along the key order, so
+    neighbouring cells get near ids. One bitmap row per cell of a tile at a time; a dict over the
+    distinct rows numbers the sets across tiles."""
+    n_bytes = (num_labels + 7) // 8
+    ids: dict[bytes, int] = {}
+    bitmaps, all_keys, all_ids = [], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for keys, labels in pairs:
+        new_cell = np.r_[True, keys[1:] != keys[:-1]]
+        cell_of_pair = np.cumsum(new_cell) - 1
+        rows = np.zeros((int(cell_of_pair[-1]) + 1, n_bytes), dtype=np.uint8)
+        np.bitwise_or.at(rows, (cell_of_pair, labels // 8), (1 << (labels % 8)).astype(np.uint8))
+        distinct, first_seen, local = np.unique(rows.view(np.dtype((np.void, n_bytes))).ravel(),
+                                                return_index=True, return_inverse=True)
+        global_id = np.empty(distinct.size, dtype=np.int64)
+        for j in np.argsort(first_seen).tolist():  # distinct sets of this tile, in order of first use
+            row = rows[first_seen[j]].tobytes()
+            set_id = ids.get(row)
+            if set_id is None:
+                set_id = ids[row] = len(ids)
+                bitmaps.append(rows[first_seen[j]])
+            global_id[j] = set_id
+        all_keys.append(keys[new_cell])
+        all_ids.append(global_id[local.ravel()])
+    packed = np.stack(bitmaps) if bitmaps else np.zeros((0, n_bytes), dtype=np.uint8)
+    return np.concatenate(all_keys), np.concatenate(all_ids), packed
 
 
 def build_whitelist(lat, lon, labels, num_labels, radius_miles=100.0, precision=4, label_names=None) -> bytes:
@@ -159,23 +209,8 @@ def build_whitelist(lat, lon, labels, num_labels, radius_miles=100.0, precision=
         raise ValueError("label_names is required: the table stores their hash to detect label-set mismatches")
     lat, lon, labels, num_labels, radius_miles, precision, label_names = _check_build_args(
         lat, lon, labels, num_labels, radius_miles, precision, label_names)
-    keys, pair_labels = _label_cells(lat, lon, labels, radius_miles, precision)
-
-    # One bitmap row per cell, then de-duplicate the rows: cell -> set id.
-    cell_start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, np.int64)
-    cells = keys[cell_start].astype(np.int64)
-    n_bytes = (num_labels + 7) // 8
-    bitmaps = np.zeros((cells.size, n_bytes), dtype=np.uint8)
-    cell_of_pair = np.cumsum(np.r_[False, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, np.int64)
-    np.bitwise_or.at(bitmaps, (cell_of_pair, pair_labels // 8), (1 << (pair_labels % 8)).astype(np.uint8))
-    _, first_seen, cell_set = np.unique(bitmaps.view(np.dtype((np.void, n_bytes))).ravel(),
-                                        return_index=True, return_inverse=True)
-    # Number sets in order of first use along the key order: neighbouring cells get near ids.
-    rank = np.empty(first_seen.size, dtype=np.int64)
-    rank[np.argsort(first_seen)] = np.arange(first_seen.size)
-    cell_set = rank[cell_set.ravel()]
-    set_bitmaps = bitmaps[np.sort(first_seen)]  # packed: S x L/8 bytes; unpacked one block at a time
-    del bitmaps
+    pairs = _tiles(*_label_intervals(lat, lon, labels, radius_miles, precision), precision) if lat.size else iter(())
+    cells, cell_set, set_bitmaps = _cell_sets(pairs, num_labels)
 
     # Runs: maximal stretches of consecutive keys with one set.
     is_start = np.r_[True, (cells[1:] != cells[:-1] + 1) | (cell_set[1:] != cell_set[:-1])] if cells.size else np.zeros(0, bool)
