@@ -175,8 +175,8 @@ def _cell_sets(pairs, num_labels: int):
     neighbouring cells get near ids. One bitmap row per cell of a tile at a time; a dict over the
     distinct rows numbers the sets across tiles."""
     n_bytes = (num_labels + 7) // 8
-    ids: dict[bytes, int] = {}
-    bitmaps, all_keys, all_ids = [], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    ids: dict[bytes, int] = {}  # bitmap row -> set id; insertion order is id order
+    all_keys, all_ids = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for keys, labels in pairs:
         new_cell = np.r_[True, keys[1:] != keys[:-1]]
         cell_of_pair = np.cumsum(new_cell) - 1
@@ -190,11 +190,10 @@ def _cell_sets(pairs, num_labels: int):
             set_id = ids.get(row)
             if set_id is None:
                 set_id = ids[row] = len(ids)
-                bitmaps.append(rows[first_seen[j]])
             global_id[j] = set_id
         all_keys.append(keys[new_cell])
         all_ids.append(global_id[local.ravel()])
-    packed = np.stack(bitmaps) if bitmaps else np.zeros((0, n_bytes), dtype=np.uint8)
+    packed = np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(len(ids), n_bytes)
     return np.concatenate(all_keys), np.concatenate(all_ids), packed
 
 
