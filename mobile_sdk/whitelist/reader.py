@@ -64,6 +64,7 @@ class WhitelistTable:
         self._key = geohash.scalar_encoder(self.precision)
         self._run_blocks = _BoundedCache(_CACHE_BLOCKS)
         self._run_arrays_cache = _BoundedCache(_CACHE_BLOCKS)
+        self._merged = (frozenset(), None, None, None)  # (blocks, starts, stops, set ids): what batches search
         self._set_blocks = _BoundedCache(_CACHE_BLOCKS)
         self._sets = _BoundedCache(_CACHE_SETS)
         self._cells = _BoundedCache(_CACHE_CELLS)
@@ -174,12 +175,18 @@ class WhitelistTable:
         if not self._block_keys:
             return out
         block = np.searchsorted(self._layout.block_keys, keys, side="right") - 1
-        touched = np.unique(block[block >= 0]).tolist()
+        touched = np.flatnonzero(np.bincount(block + 1, minlength=len(self._block_keys) + 1)[1:]).tolist()
         if not touched:
             return out
-        # The runs of the touched blocks, concatenated in key order, answer every key with one
-        # search: a key of block b finds a run of b, since b's first run starts at its first key.
-        starts, stops, set_ids = (np.concatenate(part) for part in zip(*(self._run_arrays(b) for b in touched)))
+        # The runs of any superset of the touched blocks, concatenated in key order, answer every
+        # key with one search: a key of block b finds a run of b, since b's first run starts at
+        # its first key. The last concatenation is kept while it covers the blocks asked for.
+        merged = self._merged
+        if not merged[0].issuperset(touched):
+            blocks = sorted(merged[0].union(touched))
+            merged = self._merged = (frozenset(blocks), *(np.concatenate(part) for part in zip(
+                *(self._run_arrays(b) for b in blocks))))
+        _, starts, stops, set_ids = merged
         run = np.searchsorted(starts, keys, side="right") - 1
         inside = (block >= 0) & (run >= 0) & (keys < stops[np.maximum(run, 0)])
         out[inside] = set_ids[run[inside]]
