@@ -88,6 +88,15 @@ def test_no_data_means_none_and_unknown_means_unfiltered():
     assert allowed_mask(labels, 3).tolist() == [[False, True, False], [True] * 3, [True] * 3]
 
 
+def test_batch_answers_stay_one_array_per_point():
+    """Equal-length label arrays must not be stacked into a 2-D array."""
+    table = WhitelistTable.from_bytes(build_whitelist([48.85, -33.9], [2.35, 151.2], [1, 2], 3, 100.0, 4,
+                                                      ["a", "b", "c"]))
+    labels, covered = table.lookup_batch([48.9, -33.9, 48.9], [2.4, 151.2, 2.4])
+    assert labels.shape == (3,) and covered.all()
+    assert [a.tolist() for a in labels] == [[1], [2], [1]]
+
+
 def test_table_without_any_observation_filters_nothing():
     table = WhitelistTable.from_bytes(build_whitelist([np.nan], [np.nan], [0], 2, 100.0, 4, ["a", "b"]))
     assert table.num_cells == 0 and table.lookup(0.0, 0.0) is None

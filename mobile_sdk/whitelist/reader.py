@@ -205,10 +205,11 @@ class WhitelistTable:
         set_ids[known] = self.set_ids(geohash.encode(locs[known, 0], locs[known, 1], self.precision))
         unique, inverse = np.unique(set_ids, return_inverse=True)
         cached = self._sets.get
-        found = [cached(s) for s in unique.tolist()]  # warm: one dict hit per distinct set
-        answers = np.empty(unique.size, dtype=object)
-        answers[:] = [labels if labels is not None or s < 0 else self.set_labels(s)
-                      for s, labels in zip(unique.tolist(), found)]
+
+        def answer(set_id):  # warm: one dict hit per distinct set
+            labels = None if set_id < 0 else cached(set_id)
+            return labels if labels is not None or set_id < 0 else self.set_labels(set_id)
+        answers = np.fromiter(map(answer, unique.tolist()), dtype=object, count=unique.size)
         return answers[inverse.ravel()], set_ids >= 0
 
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
