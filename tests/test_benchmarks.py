@@ -155,3 +155,33 @@ def test_sized_settings_times_one_epoch_once(tmp_path):
     assert calls == ["trainer.world", "trainer.train"]  # the second call reuses both stages
     assert first == again and first.world == "bench"
     assert first.image_epochs > 1 and first.featuremod_epochs >= 1
+
+
+def test_scale_fit_and_a_size_that_did_not_fit():
+    from benchmarks import scale
+
+    exponent, factor = scale.fit_power([10, 100, 1000], [3 * 10**1.5, 3 * 100**1.5, 3 * 1000**1.5])
+    assert exponent == pytest.approx(1.5) and factor == pytest.approx(3.0)
+    small = {"labels": 500, "observations": 272_037, "table_bytes": 1, "cells": 1, "sets": 1, "build_seconds": 60.0,
+             "build_rss_bytes": 2**30, "single_lookup_us": 1.0, "batch_points_per_s": 1e6}
+    failed = {"labels": 50_000, "observations": 30_000_000, "failed": "did not finish within 15 min"}
+    section = scale.section([small, failed], 8, 15, 1.0)
+    assert "did not fit" in section.body and [t.met for t in section.targets] == [False]
+    met = scale.targets([small, {**small, "labels": 50_000, "build_seconds": 540.0, "single_lookup_us": 0.9}], 8)
+    assert [t.met for t in met] == [True, True, True] and met[0].value == 9.0
+
+
+def test_resampled_observations_copy_real_ranges():
+    from benchmarks.bench_whitelist import resampled_observations
+
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(-60, 60, 300), rng.uniform(-180, 180, 300)
+    labels = np.repeat(np.arange(3), 100)
+    new_lat, new_lon, new_labels = resampled_observations(lat, lon, labels, 7, 700, jitter_km=1.0)
+    assert new_lat.shape == new_lon.shape == new_labels.shape == (700,)
+    assert np.bincount(new_labels).tolist() == [100] * 7
+    assert (np.abs(new_lat) <= 90).all() and (new_lon >= -180).all() and (new_lon < 180).all()
+    for j in range(7):  # every copy stays within a few km of its source label's observations
+        source = labels == j % 3
+        nearest = np.abs(new_lat[new_labels == j][:, None] - lat[source][None]).min(axis=1)
+        assert nearest.max() < 0.1
