@@ -95,9 +95,9 @@ def latency_ratios(repeats: int, sizes):
         for kind in ("postprocess", "featuremod"):
             why = ("feature modulation adds a Dense layer (geo features -> channels) and a broadcast int8 Add "
                    "into the feature map at each of 14 blocks, on top of the float location front end. Fusing "
-                   "the 14 Dense layers into one (a prototype: one matmul, one gate, one split) measured "
-                   "1.21-1.24x against 1.23-1.27x unfused at 64 px, within the noise: the Adds and the front "
-                   "end are the cost. Fewer modulated blocks would cut them; not tried, as it needs an accuracy "
+                   "the 14 Dense layers into one (a prototype: one matmul, one gate, one split) measured no "
+                   "better: 1.21-1.37x against 1.20-1.27x unfused at 64 px over 6 interleaved runs. The Adds "
+                   "and the front end are the cost. Fewer modulated blocks would cut them; not tried, as it needs an accuracy "
                    "comparison by training") if kind == "featuremod" else (
                 "the geo MLP (256-128-128 + logits) is a fixed cost, large next to a small image network")
             key = "featuremod_vs_image_latency_64_int8" if (kind, (image_size, alpha)) == ("featuremod", DEMO_SIZE) else None
