@@ -7,7 +7,9 @@
 Keras model -> SavedModel with one batch-1 signature -> TFLiteConverter (quantized per
 converters.quantization) -> signature and location-path checks -> LiteRT vs Keras on validation
 samples -> bundle folder (model.tflite, labels.txt, whitelist.gwl, manifest.json last), written in
-a hidden temporary folder next to BUNDLE_DIR and renamed into place.
+a hidden temporary folder next to BUNDLE_DIR and renamed into place. The manifest's
+`recommended_fusion` (whitelist off / soft / hard) is the best one measured through the SDK on the
+tuning part of `val` (converters.fusion); GeoClassifier applies it unless its options say otherwise.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from mobile_sdk.bundle import (MANIFEST_FILE, MODEL_FILE, WHITELIST_FILE, manife
 from mobile_sdk.fileio import atomic_write_bytes, staged_folder
 from mobile_sdk.whitelist.builder import write_whitelist
 
+from .fusion import choose_fusion, evaluation_rows, measure_fusions
 from .quantization import MODES, QuantizationConfig
 from .verify import check_location_float, check_signature, compare, expected_signature, load_samples
 
@@ -145,12 +148,22 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
             stages.update()
             write_whitelist(tmp / WHITELIST_FILE, train.lat, train.lon, train.labels, len(run.labels),
                             whitelist_radius, whitelist_precision, label_names=run.labels)
-            manifest = manifest_for(
-                tmp, model_kind=run.config.model, backbone=run.config.backbone, input_size=expected.image_size,
-                num_labels=len(run.labels), quantization=quantize, location_encoding=run.config.encoding,
-                outputs=expected.outputs, whitelist_radius_miles=whitelist_radius,
-                whitelist_precision=whitelist_precision, training=_training_summary(run),
-                metrics={"validation": run.metrics, "verification": verification})
+
+            def manifest_with(recommended_fusion):
+                return manifest_for(
+                    tmp, model_kind=run.config.model, backbone=run.config.backbone, input_size=expected.image_size,
+                    num_labels=len(run.labels), quantization=quantize, location_encoding=run.config.encoding,
+                    outputs=expected.outputs, whitelist_radius_miles=whitelist_radius,
+                    whitelist_precision=whitelist_precision, training=_training_summary(run),
+                    metrics={"validation": run.metrics, "verification": verification},
+                    recommended_fusion=recommended_fusion)
+
+            # The fusion is measured through the SDK on this very bundle, so a provisional manifest
+            # goes in first; the final one (with the choice) replaces it, still last.
+            write_manifest(tmp, manifest_with(None))
+            stages.set_postfix_str("choosing the whitelist fusion on tuning images")
+            tune, _ = evaluation_rows(val, seed)
+            manifest = manifest_with(choose_fusion(measure_fusions(tmp, tune), len(tune)))
             write_manifest(tmp, manifest)  # last: a folder without it is not a bundle
         stages.update()
     finally:
@@ -166,7 +179,15 @@ def _summary(out, manifest: dict) -> str:
             f"{located['top1_agreement']:.1%} (unknown location {unknown['top1_agreement']:.1%}), "
             f"max probability difference {located['max_probability_diff']:.2g}, "
             f"top-1 accuracy {located['tflite_top1_accuracy']:.1%} vs Keras {located['keras_top1_accuracy']:.1%} "
-            f"({100 * located['accuracy_change']:+.1f} points)")
+            f"({100 * located['accuracy_change']:+.1f} points)\n"
+            f"  recommended fusion: whitelist {_fusion_text(manifest['recommended_fusion'])}")
+
+
+def _fusion_text(fusion: dict) -> str:
+    from .fusion import candidate_name
+
+    scores = ", ".join(f"{name} {100 * v:.1f}%" for name, v in fusion["tune_top1"].items())
+    return f"{candidate_name(fusion['whitelist'], fusion['floor'])} (top-1 on {fusion['chosen_on']}: {scores})"
 
 
 def main(argv=None) -> int:
@@ -184,12 +205,14 @@ def main(argv=None) -> int:
     parser.add_argument("--whitelist-radius", type=float, default=DEFAULT_WHITELIST_RADIUS_MILES, metavar="MILES")
     parser.add_argument("--whitelist-precision", type=int, default=DEFAULT_WHITELIST_PRECISION, metavar="P",
                         help="geohash precision of the whitelist table cells")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the samples and of the tuning split (trainer.evaluate --seed)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     args = parser.parse_args(argv)
     try:
         manifest = export_bundle(args.model, args.out, args.quantize, args.data, args.force,
                                  args.calibration_samples, args.verify_samples,
-                                 args.whitelist_radius, args.whitelist_precision)
+                                 args.whitelist_radius, args.whitelist_precision, args.seed)
     except (ValueError, OSError) as exc:
         print(f"export FAILED: {exc}", file=sys.stderr)
         return 1

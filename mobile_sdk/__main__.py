@@ -21,14 +21,17 @@ def main(argv=None) -> int:
     parser.add_argument("--lon", type=float, help="longitude in degrees (give --lat too)")
     parser.add_argument("--top", type=int, default=5, help="how many labels to show (default 5)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--no-whitelist", action="store_true", help="do not apply the whitelist table")
-    parser.add_argument("--soft", action="store_true", help="soft whitelist: down-weight instead of removing")
+    fusion = parser.add_mutually_exclusive_group()  # default: the bundle's recommended fusion
+    fusion.add_argument("--no-whitelist", action="store_true", help="do not apply the whitelist table")
+    fusion.add_argument("--soft", action="store_true", help="soft whitelist: down-weight instead of removing")
+    fusion.add_argument("--hard", action="store_true", help="hard whitelist: remove labels not seen nearby")
     args = parser.parse_args(argv)
     try:
-        options = GeoClassifierOptions(max_results=args.top, use_whitelist=not args.no_whitelist,
-                                       whitelist_mode="soft" if args.soft else "hard")
+        options = GeoClassifierOptions(max_results=args.top, use_whitelist=False if args.no_whitelist else None,
+                                       whitelist_mode="soft" if args.soft else "hard" if args.hard else None)
         with GeoClassifier.from_bundle(args.bundle, options) as classifier:
             result = classifier.classify(args.image, args.lat, args.lon)
+            fusion = classifier.fusion
     except (GeoAwareError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -37,8 +40,11 @@ def main(argv=None) -> int:
         return 0
     where = (f"location ({result.location[0]:.4f}, {result.location[1]:.4f})" if result.location_used
              else "no location: vision only")
-    print(f"model {result.model_version}; {where}; whitelist "
-          f"{'filtered' if result.whitelist_filtered else 'did not filter'}")
+    chosen = {"bundle": "the bundle's recommendation", "options": "your option",
+              "default": "default, the bundle recommends none"}[fusion.source]
+    whitelist = f"off ({chosen})" if fusion.whitelist == "off" else \
+        f"{'filtered' if result.whitelist_filtered else 'did not filter'} ({fusion.whitelist}, {chosen})"
+    print(f"model {result.model_version}; {where}; whitelist {whitelist}")
     print(f"{'rank':>4}  {'score':>7}  {'vision':>7}  {'geo':>7}  label")
     for rank, c in enumerate(result.categories, 1):
         vision = "-" if c.vision_score is None else f"{c.vision_score:.4f}"

@@ -25,6 +25,7 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
 WHITELIST_FILE = "whitelist.gwl"
+FUSION_WHITELIST = ("off", "soft", "hard")  # how the whitelist joins the model's output (recommended_fusion)
 MANIFEST_FILE = "manifest.json"
 MODEL_KINDS = ("image", "postprocess", "featuremod")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -50,12 +51,15 @@ def read_labels(path) -> list[str]:
 def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_labels: int, quantization: str,
                  location_encoding: str, outputs, whitelist_radius_miles: float | None = None,
                  whitelist_precision: int | None = None, training: dict | None = None,
-                 metrics: dict | None = None, model_version: str | None = None) -> dict:
+                 metrics: dict | None = None, model_version: str | None = None,
+                 recommended_fusion: dict | None = None) -> dict:
     """The manifest of a bundle folder whose other files are already written: hashes them all.
 
     `outputs`: the model's output names; `training`: a JSON-able summary of the training config;
     `metrics`: validation metrics; `model_version` defaults to the first 12 hex digits of the
     model's sha256. Whitelist radius/precision are required iff whitelist.gwl is present.
+    `recommended_fusion`: {"whitelist": "off"|"soft"|"hard", "floor": soft factor or None, ...}, the
+    combination GeoClassifier applies unless its options say otherwise.
     """
     bundle_dir = Path(bundle_dir)
     if model_kind not in MODEL_KINDS:
@@ -98,6 +102,8 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
         "training": training or {},
         "metrics": metrics or {},
     }
+    if recommended_fusion is not None:
+        manifest["recommended_fusion"] = dict(recommended_fusion)
     _check_manifest(manifest, bundle_dir)
     json.dumps(manifest, allow_nan=False)  # fail here, not in the app, on a non-JSON value
     return manifest
@@ -136,6 +142,15 @@ def _check_manifest(m, where) -> None:
                 or not isinstance(wl.get("precision"), int) or not isinstance(wl.get("radius_miles"), (int, float)) \
                 or not math.isfinite(wl["radius_miles"]):
             fail(f"whitelist entry {wl!r}")
+    fusion = m.get("recommended_fusion")
+    if fusion is not None:
+        mode = fusion.get("whitelist") if isinstance(fusion, dict) else None
+        floor = fusion.get("floor") if isinstance(fusion, dict) else None
+        if mode not in FUSION_WHITELIST or (mode != "off" and wl is None) or (mode == "soft") != (floor is not None) \
+                or (floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float))
+                                           or not 0.0 < floor <= 1.0)):
+            fail(f"recommended_fusion {fusion!r} (whitelist off|soft|hard, a soft floor in (0, 1], and a "
+                 "whitelist table unless off)")
     for name in [MODEL_FILE, LABELS_FILE] + ([WHITELIST_FILE] if wl else []):
         digest = m["files"].get(name)
         if not isinstance(digest, str) or len(digest) != 64:

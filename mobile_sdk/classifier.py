@@ -7,7 +7,9 @@
 The model fuses image and location itself (its `probabilities` output); the SDK adds the paper's
 whitelist (eq. 3) on top: `hard` drops labels with no training observation within the radius,
 `soft` multiplies them by a floor so a stale table can never zero a label out. Scores are then
-renormalised to sum to 1 over the labels that remain.
+renormalised to sum to 1 over the labels that remain. Which of off / soft / hard applies is the
+bundle's `recommended_fusion` (measured at export on tuning images) unless the options say
+otherwise (`GeoClassifier.fusion` tells which applies and why).
 """
 from __future__ import annotations
 
@@ -37,9 +39,10 @@ class GeoClassifierOptions:
     category_allowlist: tuple[str, ...] | None = None
     category_denylist: tuple[str, ...] | None = None
     num_threads: int | None = None
-    use_whitelist: bool = True
-    whitelist_mode: str = "hard"
-    whitelist_floor: float = 0.01  # soft mode: the factor applied to labels outside the whitelist
+    # None: the bundle's recommended fusion (manifest "recommended_fusion"; bundles without one: hard).
+    use_whitelist: bool | None = None
+    whitelist_mode: str | None = None
+    whitelist_floor: float | None = None  # soft mode: the factor applied to labels outside the whitelist
 
     def __post_init__(self):
         if self.bundle_path is not None and not isinstance(self.bundle_path, (str, bytes)) \
@@ -62,13 +65,45 @@ class GeoClassifierOptions:
         if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
                                              or self.num_threads < 1):
             raise ValueError(f"num_threads must be a positive int or None, got {self.num_threads!r}")
-        if not isinstance(self.use_whitelist, bool):
-            raise ValueError(f"use_whitelist must be a bool, got {self.use_whitelist!r}")
-        if self.whitelist_mode not in WHITELIST_MODES:
-            raise ValueError(f"whitelist_mode must be one of {WHITELIST_MODES}, got {self.whitelist_mode!r}")
-        if isinstance(self.whitelist_floor, bool) or not isinstance(self.whitelist_floor, (int, float)) \
-                or not 0.0 < self.whitelist_floor <= 1.0:
-            raise ValueError(f"whitelist_floor must be in (0, 1], got {self.whitelist_floor!r}")
+        if self.use_whitelist is not None and not isinstance(self.use_whitelist, bool):
+            raise ValueError(f"use_whitelist must be a bool or None, got {self.use_whitelist!r}")
+        if self.whitelist_mode is not None and self.whitelist_mode not in WHITELIST_MODES:
+            raise ValueError(f"whitelist_mode must be one of {WHITELIST_MODES} or None, got {self.whitelist_mode!r}")
+        if self.whitelist_floor is not None and (
+                isinstance(self.whitelist_floor, bool) or not isinstance(self.whitelist_floor, (int, float))
+                or not 0.0 < self.whitelist_floor <= 1.0):
+            raise ValueError(f"whitelist_floor must be in (0, 1] or None, got {self.whitelist_floor!r}")
+
+
+DEFAULT_SOFT_FLOOR = 0.01
+_NO_RECOMMENDATION = {"whitelist": "hard", "floor": None}  # bundles exported before recommended_fusion
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How the whitelist joins the model's output in this classifier, and who chose it."""
+    whitelist: str  # "off", "soft" or "hard"
+    floor: float | None  # the soft factor (soft only)
+    source: str  # "bundle" (its recommended_fusion), "options", or "default" (a bundle without one)
+
+    @classmethod
+    def resolve(cls, manifest: dict, options: GeoClassifierOptions) -> "Fusion":
+        """Options that are set win over the bundle's recommendation: use_whitelist=False turns it
+        off, whitelist_mode picks the mode (use_whitelist=True alone turns an "off" into hard)."""
+        recommended = manifest.get("recommended_fusion")
+        base = recommended or _NO_RECOMMENDATION
+        mode = base["whitelist"]
+        if options.use_whitelist is False:
+            mode = "off"
+        elif options.whitelist_mode is not None:
+            mode = options.whitelist_mode
+        elif options.use_whitelist and mode == "off":
+            mode = "hard"
+        floor = options.whitelist_floor if options.whitelist_floor is not None else \
+            base.get("floor") or DEFAULT_SOFT_FLOOR
+        overridden = any(v is not None for v in (options.use_whitelist, options.whitelist_mode, options.whitelist_floor))
+        return cls(mode, float(floor) if mode == "soft" else None,
+                   "options" if overridden else "bundle" if recommended else "default")
 
 
 @dataclass(frozen=True)
@@ -173,8 +208,9 @@ class GeoClassifier:
         self.labels = list(bundle.labels)
         outputs = bundle.model.output_shapes
         self._has_parts = "vision_logits" in outputs and "geo_logits" in outputs
+        self.fusion = Fusion.resolve(bundle.manifest, options)
         self._location_matters = bundle.manifest["model_kind"] != "image" or (
-            options.use_whitelist and bundle.whitelist is not None)
+            self.fusion.whitelist != "off" and bundle.whitelist is not None)
         self._closed = threading.Event()
         index = {label: i for i, label in enumerate(self.labels)}
         self._category_mask = np.ones(len(self.labels), dtype=bool)
@@ -222,10 +258,10 @@ class GeoClassifier:
         if self._closed.is_set():
             raise GeoAwareError("this GeoClassifier is closed")
 
-    def _whitelist_mask(self, location) -> np.ndarray | None:
-        """bool [L] of labels the whitelist allows, or None when it does not apply here."""
+    def _whitelist_mask(self, location, off: bool) -> np.ndarray | None:
+        """bool [L] of labels the whitelist allows, or None when it does not apply here (or `off`)."""
         table = self._bundle.whitelist
-        if location is None or table is None or not self.options.use_whitelist:
+        if location is None or table is None or off:
             return None
         allowed = table.lookup_validated(*location)  # validated once, in classify/species_near
         if allowed is None:
@@ -248,10 +284,10 @@ class GeoClassifier:
             geo = out["geo_logits"].reshape(-1).astype(np.float64)
 
         scores, filtered = probs, False
-        mask = self._whitelist_mask(location)
+        mask = self._whitelist_mask(location, off=self.fusion.whitelist == "off")
         if mask is not None and not mask.all() and mask.any():
-            hard = self.options.whitelist_mode == "hard"
-            weight = mask.astype(np.float64) if hard else np.where(mask, 1.0, self.options.whitelist_floor)
+            hard = self.fusion.whitelist == "hard"
+            weight = mask.astype(np.float64) if hard else np.where(mask, 1.0, self.fusion.floor)
             if "logits" in out:  # softmax(logits + log w): exact even where a probability underflowed
                 logits = out["logits"].reshape(-1)
                 if hard:  # log 0 = -inf outside: exactly 0 there, the softmax of the allowed logits inside
@@ -263,7 +299,7 @@ class GeoClassifier:
             elif (probs * weight).sum() > 0:  # else the model gave the allowed labels nothing: keep it
                 scores, filtered = probs * weight / (probs * weight).sum(), True
         keep = self._category_mask & (scores >= self.options.score_threshold)
-        if mask is not None and self.options.whitelist_mode == "hard" and filtered:
+        if mask is not None and self.fusion.whitelist == "hard" and filtered:
             keep &= mask
         categories = Categories(_ranked(scores, keep, self.options.max_results), self.labels,
                                 score=scores, vision_score=vision, geo_score=geo)
@@ -302,7 +338,8 @@ class GeoClassifier:
             raise InvalidLocationError("species_near needs a location: lat and lon are both None")
         if max_results is not None and (not isinstance(max_results, int) or max_results < 1):
             raise ValueError(f"max_results must be a positive int or None, got {max_results!r}")
-        mask = self._whitelist_mask(location)
+        # The table answers "what lives here" whatever the fusion, unless the options turned it off.
+        mask = self._whitelist_mask(location, off=self.options.use_whitelist is False)
         covered = mask is not None
         scores = None
         if self._has_parts:

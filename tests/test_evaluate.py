@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -241,3 +242,51 @@ def test_cli_parses_radii_and_rejects_bad_ones(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--data", "d", "--radii", bad])
     assert "radii must be" in capsys.readouterr().err
+
+
+def _random_rows(rng, n):
+    latlon = np.where(rng.uniform(size=(n, 1)) < 0.5, WEST, EAST) + rng.normal(0, 1.0, (n, 2))
+    labels = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1, (n, 3)) + 2.0 * np.eye(3)[labels] * (rng.uniform(size=(n, 1)) < 0.6)
+    probs = np.exp(3 * logits)  # overconfident on purpose: the temperature has something to fix
+    return make_ds(latlon, labels), probs / probs.sum(axis=1, keepdims=True)
+
+
+def test_shuffling_the_reported_labels_changes_no_choice():
+    """Every data-driven choice (prior radius, temperatures) reads the tuning rows only."""
+    rng = np.random.default_rng(0)
+    tuneset, tune_image = _random_rows(rng, 40)
+    evalset, image = _random_rows(rng, 60)
+    post = np.roll(image, 1, axis=0)
+    tune_probs = {"image": tune_image, "postprocess": np.roll(tune_image, 1, axis=0)}
+    tune = (tune_image, tuneset.locations, tuneset.labels)
+
+    def run(ds):
+        return evaluate_methods(TRAIN, ds, {"image": image, "postprocess": post}, tune=tune, tune_probs=tune_probs)
+
+    first = run(evalset)
+    for seed in range(3):
+        shuffled = run(dataclasses.replace(evalset, labels=np.random.default_rng(seed).permutation(evalset.labels)))
+        assert shuffled["chosen_radius_miles"] == first["chosen_radius_miles"]
+        assert shuffled["temperatures"] == first["temperatures"]
+        assert {k: v["val_top1"] for k, v in shuffled["prior_sweep"].items()} == \
+            {k: v["val_top1"] for k, v in first["prior_sweep"].items()}
+    # ...while the reported numbers do move with the labels (the shuffle did something).
+    assert shuffled["methods"][NAMES["image"]]["top1"] != first["methods"][NAMES["image"]]["top1"]
+    assert set(first["temperatures"]) == {"image", "postprocess"}
+    assert first["temperatures"]["image"] > 1.0  # overconfident -> softened
+
+
+def test_expected_calibration_error_and_temperature():
+    from trainer.metrics import expected_calibration_error, fit_temperature, temper
+
+    # Two images at confidence 0.9 (one right) and two at 0.6 (both right): |0.5-0.9|/2 + |1-0.6|/2.
+    scores = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    assert expected_calibration_error(scores, np.array([0, 1, 0, 0])) == pytest.approx(0.4)
+    np.testing.assert_allclose(temper(scores, 1.0), scores)
+    assert fit_temperature(scores, np.array([0, 1, 0, 0])) > 1.0
+    rng = np.random.default_rng(0)
+    _, probs = _random_rows(rng, 400)
+    labels = rng.integers(0, 3, 400)  # labels unrelated to the scores: the best temperature flattens them
+    t = fit_temperature(probs, labels)
+    assert expected_calibration_error(temper(probs, t), labels) < expected_calibration_error(probs, labels)

@@ -313,6 +313,26 @@ def test_manifest_hashes_and_fields(bundles, runs, kind, mode):
     assert bundle.labels == runs[kind].labels and bundle.whitelist is not None
 
 
+@pytest.mark.parametrize("kind, mode", ALL)
+def test_recommended_fusion_is_the_best_measured_on_tuning_images(bundles, runs, world, kind, mode):
+    """Every candidate was measured through the SDK on the tuning part of val (never the reported
+    part), and the best (first on ties) is what the manifest recommends and GeoClassifier applies."""
+    from converters.fusion import CANDIDATES, candidate_name, evaluation_rows, measure_fusions
+    from mobile_sdk.classifier import GeoClassifier
+
+    out, manifest = bundles(kind, mode)
+    fusion = manifest["recommended_fusion"]
+    tune, _ = evaluation_rows(load_split(world, "val", label_names=runs[kind].labels))
+    assert fusion["tune_top1"] == pytest.approx(measure_fusions(out, tune), abs=1e-6)
+    assert fusion["chosen_on"].startswith(f"{len(tune)} tuning images")
+    names = [candidate_name(*c) for c in CANDIDATES]
+    best = max(fusion["tune_top1"].values())
+    first_best = next(n for n in names if fusion["tune_top1"][n] == pytest.approx(best, abs=1e-6))
+    assert candidate_name(fusion["whitelist"], fusion["floor"]) == first_best
+    with GeoClassifier.from_bundle(out) as classifier:
+        assert (classifier.fusion.whitelist, classifier.fusion.floor) == (fusion["whitelist"], fusion["floor"])
+
+
 def _fast_export(monkeypatch, bundles, out, **kwargs):
     """export_bundle with the conversion replaced by an already exported model: these tests are
     about the folder, not the converter."""

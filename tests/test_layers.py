@@ -102,8 +102,9 @@ def test_location_dropout_drops_whole_rows_in_training_only():
     assert 0.25 < nan_rows.mean() < 0.35
     np.testing.assert_array_equal(out[~nan_rows], locs[~nan_rows])
     np.testing.assert_array_equal(layer(locs, training=False).numpy(), locs)
+    assert np.isnan(LocationDropout(1.0, seed=1)(locs, training=True).numpy()).all()  # the image control
     with pytest.raises(ValueError, match="rate"):
-        LocationDropout(1.0)
+        LocationDropout(1.5)
 
 
 def test_gate_by_known_is_exactly_zero_for_unknown():

@@ -227,7 +227,7 @@ def test_options_filter_categories(geo_bundle):
     dict(max_results=0), dict(max_results=2.0), dict(max_results=True), dict(score_threshold=1.5),
     dict(score_threshold=-0.1), dict(score_threshold="0.2"), dict(category_allowlist="abc"),
     dict(category_allowlist=["a"], category_denylist=["b"]), dict(category_denylist=[1]), dict(num_threads=0),
-    dict(use_whitelist="yes"), dict(whitelist_mode="medium"), dict(whitelist_floor=0.0),
+    dict(use_whitelist="yes"), dict(whitelist_mode="medium"), dict(whitelist_mode="off"), dict(whitelist_floor=0.0),
     dict(whitelist_floor=2.0), dict(bundle_path=3),
 ])
 def test_options_are_validated(kwargs):
@@ -530,3 +530,61 @@ def test_whitelist_without_logits_output_renormalises_probabilities(geo_bundle, 
                                                                            rel=1e-5)
     assert {c.index: c.score for c in with_logits.categories} == pytest.approx(
         {c.index: c.score for c in without.categories}, rel=1e-4)
+
+
+# -- the bundle's recommended fusion -------------------------------------------------------------
+
+def _with_fusion(bundle, tmp_path, fusion):
+    copy = tmp_path / f"bundle-{len(list(tmp_path.iterdir()))}"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / bundle_mod.MANIFEST_FILE).read_text())
+    manifest["recommended_fusion"] = fusion
+    bundle_mod.write_manifest(copy, manifest)
+    return copy
+
+
+@pytest.mark.parametrize("fusion, explicit", [
+    ({"whitelist": "off", "floor": None}, GeoClassifierOptions(use_whitelist=False)),
+    ({"whitelist": "soft", "floor": 0.3}, GeoClassifierOptions(whitelist_mode="soft", whitelist_floor=0.3)),
+    ({"whitelist": "hard", "floor": None}, GeoClassifierOptions(whitelist_mode="hard")),
+])
+def test_the_recommended_fusion_is_the_default_and_options_override_it(geo_bundle, tmp_path, fusion, explicit):
+    bundle = _with_fusion(geo_bundle, tmp_path, fusion)
+    scores = lambda r: {c.index: c.score for c in r.categories}  # noqa: E731
+    with GeoClassifier.from_bundle(bundle) as default, GeoClassifier.from_bundle(geo_bundle, explicit) as chosen:
+        assert (default.fusion.whitelist, default.fusion.floor, default.fusion.source) == \
+            (fusion["whitelist"], fusion["floor"], "bundle")
+        for place in (PARIS, SYDNEY):
+            assert scores(default.classify(IMAGE, *place)) == pytest.approx(scores(chosen.classify(IMAGE, *place)))
+    # Options win: each other mode, set explicitly, is what applies on this bundle.
+    for other in (GeoClassifierOptions(use_whitelist=False), GeoClassifierOptions(whitelist_mode="hard"),
+                  GeoClassifierOptions(whitelist_mode="soft", whitelist_floor=0.05)):
+        with GeoClassifier.from_bundle(bundle, other) as overridden, \
+                GeoClassifier.from_bundle(geo_bundle, other) as reference:
+            assert overridden.fusion.source == "options"
+            assert scores(overridden.classify(IMAGE, *PARIS)) == pytest.approx(scores(reference.classify(IMAGE, *PARIS)))
+
+
+def test_a_bundle_without_a_recommendation_keeps_the_hard_whitelist(geo_bundle):
+    with GeoClassifier.from_bundle(geo_bundle) as clf:
+        assert (clf.fusion.whitelist, clf.fusion.source) == ("hard", "default")
+        assert len(clf.classify(IMAGE, *PARIS).categories) < 4
+
+
+@pytest.mark.parametrize("fusion", [{"whitelist": "medium", "floor": None}, {"whitelist": "soft", "floor": None},
+                                    {"whitelist": "hard", "floor": 0.1}, {"whitelist": "soft", "floor": 2.0}, "off"])
+def test_a_malformed_recommended_fusion_is_a_bundle_error(geo_bundle, tmp_path, fusion):
+    manifest = json.loads((geo_bundle / bundle_mod.MANIFEST_FILE).read_text())
+    with pytest.raises(BundleError, match="recommended_fusion"):
+        bundle_mod.write_manifest(geo_bundle, {**manifest, "recommended_fusion": fusion})
+
+
+def test_cli_says_when_the_whitelist_is_off(geo_bundle, tmp_path, capsys):
+    from PIL import Image
+    image_path = tmp_path / "x.png"
+    Image.fromarray(IMAGE).save(image_path)
+    assert cli_main([str(geo_bundle), str(image_path), "--lat", "48.85", "--lon", "2.35", "--no-whitelist"]) == 0
+    assert "whitelist off (your option)" in capsys.readouterr().out
+    off = _with_fusion(geo_bundle, tmp_path, {"whitelist": "off", "floor": None})
+    assert cli_main([str(off), str(image_path), "--lat", "48.85", "--lon", "2.35"]) == 0
+    assert "whitelist off (the bundle's recommendation)" in capsys.readouterr().out

@@ -96,7 +96,7 @@ def test_config_defaults_follow_the_paper():
 @pytest.mark.parametrize("changes, field", [
     (dict(model="cnn"), "model"), (dict(backbone="vgg"), "backbone"), (dict(image_size=8), "image_size"),
     (dict(model="postprocess"), "init"), (dict(init="/r"), "init"), (dict(encoding="xyz"), "encoding"),
-    (dict(variant="R(F)"), "variant"), (dict(location_dropout=1.0), "location_dropout"),
+    (dict(variant="R(F)"), "variant"), (dict(location_dropout=1.5), "location_dropout"),
     (dict(epochs=0), "epochs"), (dict(batch_size=2.5), "batch_size"), (dict(strategy="horovod"), "strategy"),
     (dict(backbone="inception_v3", alpha=0.5, image_size=75), "alpha"), (dict(data=""), "data"),
     (dict(optimizer=OptimizerConfig(name="adam")), None),

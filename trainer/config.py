@@ -181,7 +181,8 @@ class TrainConfig:
             # Post-processing is exact without a location (geo logits gated to 0), so dropping
             # locations would only discard training signal; feature modulation must learn it.
             object.__setattr__(self, "location_dropout", 0.1 if self.model == "featuremod" else 0.0)
-        _require(0 <= self.location_dropout < 1, "location_dropout", f"must be in [0, 1), got {self.location_dropout}")
+        # 1 drops every location: the equal-epochs image control of feature modulation (docs/evaluation.md)
+        _require(0 <= self.location_dropout <= 1, "location_dropout", f"must be in [0, 1], got {self.location_dropout}")
         _require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         if self.optimizer is None:
             object.__setattr__(self, "optimizer", OptimizerConfig.for_model(self.model))

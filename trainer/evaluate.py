@@ -38,7 +38,7 @@ from trainer.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, pro
 from trainer.world.oracle import world_density
 
 
-RUN_KINDS = ("image", "postprocess", "featuremod")
+RUN_KINDS = ("image", "postprocess", "featuremod", "image_control")
 GEO_RUN_KINDS = ("postprocess", "featuremod")
 NAMES = {
     "image": "image only",
@@ -46,9 +46,11 @@ NAMES = {
     "whitelist": "whitelist",
     "postprocess": "post-process",
     "featuremod": "feature mod.",
+    "image_control": "image control (same extra epochs, no location)",
     "oracle": "oracle: image × true range density",
 }
 UNKNOWN = " (location unknown)"
+EVAL_TUNE_FRACTION = 0.3  # of the evaluation split, held out to make every choice (never reported)
 REPORT_VERSION = 1
 
 
@@ -93,13 +95,18 @@ def evaluate_methods(
     chosen_radii: Mapping[str, float] | None = None,
     radii=SWEEP_RADII_MILES,
     density: np.ndarray | None = None,
+    tune_probs: Mapping[str, np.ndarray] | None = None,
+    temperatures: Mapping[str, float] | None = None,
 ) -> dict:
     """Score every method whose probabilities are given and summarise it (trainer.metrics).
 
-    probs: any of "image", "postprocess", "featuremod" and "<kind>_unknown" -> [N, L] on `evalset`.
-    Priors (from probs["image"]): radius swept and chosen on `tune` = (image probs, latlon, labels)
-    of other images, or fixed by `chosen_radii` (e.g. those chosen for the primary dataset).
-    density: the true P(G|L) [N, L] for the oracle row.
+    probs: any of "image", "postprocess", "featuremod", "image_control" and "<kind>_unknown" ->
+    [N, L] on `evalset`. Priors (from probs["image"]): radius swept and chosen on `tune` = (image
+    probs, latlon, labels) of other images, or fixed by `chosen_radii` (e.g. those chosen for the
+    primary dataset). density: the true P(G|L) [N, L] for the oracle row. Calibration: each
+    method's expected calibration error; for each run kind in `tune_probs` (probabilities on the
+    tune rows) a temperature fitted there, or fixed by `temperatures`, and the ECE after it.
+    Every choice reads tune rows only: the reported rows' labels change no choice (tested).
     """
     num_labels = train.num_labels
     for key, p in probs.items():
@@ -112,10 +119,15 @@ def evaluate_methods(
                                  supercategory_names=evalset.supercategory_names)
 
     methods: dict[str, dict] = {}
+    scored: dict[str, np.ndarray] = {}  # method name -> its scores on the reported rows
     out: dict = {"methods": methods}
+
+    def add(name, scores):
+        methods[name], scored[name] = summary(scores), scores
+
     image = probs.get("image")
     if image is not None:
-        methods[NAMES["image"]] = summary(image)
+        add(NAMES["image"], image)
         histogram = LabelHistogram(train.locations, train.labels, num_labels)
         if chosen_radii is None:
             if tune is None:
@@ -136,19 +148,33 @@ def evaluate_methods(
                             for m in PRIOR_METHODS}
         out["chosen_radius_miles"] = {m: float(chosen_radii[m]) for m in PRIOR_METHODS}
         for m in PRIOR_METHODS:
-            methods[NAMES[m]] = summary(prior_scores[m])
+            add(NAMES[m], prior_scores[m])
     for kind in GEO_RUN_KINDS:
         if kind in probs:
-            methods[NAMES[kind]] = summary(probs[kind])
+            add(NAMES[kind], probs[kind])
         if f"{kind}_unknown" in probs:
-            methods[NAMES[kind] + UNKNOWN] = summary(probs[f"{kind}_unknown"])
+            add(NAMES[kind] + UNKNOWN, probs[f"{kind}_unknown"])
+    if "image_control" in probs:
+        add(NAMES["image_control"], probs["image_control"])
     if density is not None:
         if image is None:
             raise EvaluationError("the oracle needs the image-only run (--image)")
-        methods[NAMES["oracle"]] = summary(product_scores(image, density))
+        add(NAMES["oracle"], product_scores(image, density))
         out["oracle"] = NAMES["oracle"]
     if not methods:
         raise EvaluationError("nothing to evaluate: give at least one run")
+    if temperatures is None:
+        temperatures = {kind: metrics.fit_temperature(p, tune[2]) for kind, p in (tune_probs or {}).items()
+                        if kind in probs and tune is not None}
+    out["temperatures"] = dict(temperatures)
+    run_of = {NAMES[k]: k for k in RUN_KINDS} | {NAMES[k] + UNKNOWN: k for k in GEO_RUN_KINDS}
+    out["calibration"] = {}
+    for name, scores in scored.items():
+        t = temperatures.get(run_of.get(name))
+        ece = metrics.expected_calibration_error(scores, evalset.labels)
+        methods[name]["ece"] = ece
+        out["calibration"][name] = {"ece": ece, "temperature": t, "ece_tempered": None if t is None else
+                                    metrics.expected_calibration_error(metrics.temper(scores, t), evalset.labels)}
     return out
 
 
@@ -159,6 +185,10 @@ def render_markdown(report: dict) -> str:
     lines = ["# Evaluation report", ""]
     lines.append(f"Data `{report['data']}`: {primary['n']} images of split `{report['eval_split']}` reported; "
                  f"{report['tuning']}")
+    if "sizes" in report:
+        sizes = report["sizes"]
+        lines.append(f"Sizes: train {sizes['train']} (the priors' histogram; the runs trained on it less their own "
+                     f"tuning part), tune {sizes['tune']} (every choice below), reported {sizes['reported']}.")
     lines.append("Runs: " + ", ".join(f"{k} = `{v}`" for k, v in report["runs"].items()) + ".")
     lines.append("Accuracies are top-k over images; ties count against the prediction. "
                  f"Head labels have ≥{metrics.HEAD_MIN_TRAIN_IMAGES} training images.")
@@ -172,6 +202,17 @@ def render_markdown(report: dict) -> str:
     if any(UNKNOWN in name for name in primary["methods"]):
         lines += ["", f"Rows marked “{UNKNOWN.strip()}” ran the same geo model with every location NaN "
                       "(no location permission); they should match image only within about a point."]
+    if primary.get("calibration"):
+        lines += ["", "## Calibration: expected calibration error (top-1 confidence, 15 bins)", "",
+                  metrics.markdown_table(
+                      ["method", "ECE", "temperature (fitted on tune)", "ECE after it"],
+                      [[name, f"{c['ece']:.3f}", "–" if c["temperature"] is None else f"{c['temperature']:.2f}",
+                        "–" if c["ece_tempered"] is None else f"{c['ece_tempered']:.3f}"]
+                       for name, c in primary["calibration"].items()])]
+    if NAMES["image_control"] in primary["methods"]:
+        lines += ["", f"“{NAMES['image_control']}”: the feature-modulation recipe from the same image run for the "
+                      "same epochs with every training location dropped, evaluated without location: what the "
+                      "extra training alone gives. Location's gain is feature modulation minus this row."]
     lines += ["", "## Table 4: top-1 per supercategory (labels in the evaluated images)", "",
               metrics.table_supercategories(primary["methods"])]
     lines += ["", "## Table 5: top-1 by image backbone", "",
@@ -238,12 +279,15 @@ def _oracle_density(density_fn, ds: GeoDataset) -> np.ndarray:
     return density
 
 
-def _predict_all(runs, run_dirs, ds: GeoDataset, args, tag: str) -> dict:
+def _predict_all(runs, run_dirs, ds: GeoDataset, args, tag: str, unknown: bool = True) -> dict:
+    """Each run's probabilities on `ds` (the image control never sees a location), and with
+    `unknown` each geo run's with every location unknown."""
     probs = {}
     for kind, run in runs.items():
-        probs[kind] = predict(run, run_dirs[kind], ds, batch_size=args.batch_size, cache_dir=args.cache,
+        rows = without_locations(ds) if kind == "image_control" else ds
+        probs[kind] = predict(run, run_dirs[kind], rows, batch_size=args.batch_size, cache_dir=args.cache,
                               desc=f"{kind} on {tag}")
-        if kind in GEO_RUN_KINDS:
+        if kind in GEO_RUN_KINDS and unknown:
             probs[f"{kind}_unknown"] = predict(run, run_dirs[kind], without_locations(ds),
                                                batch_size=args.batch_size, cache_dir=args.cache,
                                                desc=f"{kind} on {tag}, location unknown")
@@ -251,10 +295,11 @@ def _predict_all(runs, run_dirs, ds: GeoDataset, args, tag: str) -> dict:
 
 
 def run_evaluation(args) -> dict:
-    run_dirs = {"image": args.image, "postprocess": args.postprocess, "featuremod": args.featuremod}
+    run_dirs = {"image": args.image, "postprocess": args.postprocess, "featuremod": args.featuremod,
+                "image_control": args.image_control}
     run_dirs = {k: v for k, v in run_dirs.items() if v}
     if not run_dirs:
-        raise EvaluationError("give at least one of --image, --postprocess, --featuremod")
+        raise EvaluationError("give at least one of --image, --postprocess, --featuremod, --image-control")
     runs = _load_runs(run_dirs)
     labels = list(next(iter(runs.values())).labels)
     train = load_split(args.data, "train", label_names=labels)
@@ -274,13 +319,11 @@ def run_evaluation(args) -> dict:
         tuning = f"the prior radius was chosen on the {len(tuneset)} images of split `{args.tune_split}`."
     density_fn = world_density(args.data, labels)
     probs = _predict_all(runs, run_dirs, evalset, args, args.eval_split)
-    tune = None
-    if "image" in runs:
-        tune_probs = predict(runs["image"], run_dirs["image"], tuneset, batch_size=args.batch_size,
-                             cache_dir=args.cache, desc=f"image on {args.tune_split} (tuning)")
-        tune = (tune_probs, tuneset.locations, tuneset.labels)
+    tune_probs = _predict_all(runs, run_dirs, tuneset, args, f"{args.tune_split} (tuning)", unknown=False)
+    tune = (tune_probs.get("image"), tuneset.locations, tuneset.labels)
     density = _oracle_density(density_fn, evalset) if density_fn and "image" in runs else None
-    primary = evaluate_methods(train, evalset, probs, tune=tune, density=density, radii=args.radii)
+    primary = evaluate_methods(train, evalset, probs, tune=tune, density=density, radii=args.radii,
+                               tune_probs=tune_probs)
     primary["n"] = len(evalset)
     first_config = next(iter(runs.values())).config
     report = {
@@ -293,13 +336,15 @@ def run_evaluation(args) -> dict:
         "backbone": str(getattr(runs.get("image", next(iter(runs.values()))).config, "backbone", "unknown")),
         "image_size": str(first_config.image_size),
         "primary": primary,
+        "sizes": {"train": len(train), "tune": len(tuneset), "reported": len(evalset)},
     }
     if args.second_data:
         second = load_split(args.second_data, args.second_split, label_names=labels)
         if len(second) == 0:
             raise EvaluationError(f"{args.second_data} has no images with labels of the training label list")
         second_probs = _predict_all(runs, run_dirs, second, args, "second data")
-        section = evaluate_methods(train, second, second_probs, chosen_radii=primary.get("chosen_radius_miles"))
+        section = evaluate_methods(train, second, second_probs, chosen_radii=primary.get("chosen_radius_miles"),
+                                   temperatures=primary["temperatures"])
         section.update(data=args.second_data, n=len(second), skipped=dict(second.skipped))
         report["second"] = section
     return report
@@ -324,11 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", help="image-only RUN_DIR (also the base of the priors and the oracle)")
     parser.add_argument("--postprocess", help="post-processing RUN_DIR")
     parser.add_argument("--featuremod", help="feature-modulation RUN_DIR")
+    parser.add_argument("--image-control", help="RUN_DIR trained like --featuremod with every location dropped "
+                        "(trainer.train --model featuremod --location-dropout 1): evaluated without location")
     parser.add_argument("--second-data", help="a second evaluation SPEC (Table 6), e.g. yfcc:CSV,IMAGE_ROOT")
     parser.add_argument("--second-split", default="val", help="split name for the second SPEC (default val)")
     parser.add_argument("--eval-split", default="val", help="split reported (default val)")
     parser.add_argument("--tune-split", default="val", help="split that chooses the prior radius (default val)")
-    parser.add_argument("--tune-fraction", type=float, default=0.3,
+    parser.add_argument("--tune-fraction", type=float, default=EVAL_TUNE_FRACTION,
                         help="when eval and tune split coincide: fraction held out to choose the radius")
     parser.add_argument("--radii", type=_radii, default=SWEEP_RADII_MILES,
                         help="prior radii to sweep, miles, comma-separated (default 50,100,500,1000)")

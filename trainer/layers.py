@@ -84,8 +84,8 @@ class LocationDropout(keras.layers.Layer):
 
     def __init__(self, rate: float = 0.1, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"LocationDropout rate must be in [0, 1), got {rate}")
+        if not 0.0 <= rate <= 1.0:  # 1.0: never a location (the image control of feature modulation)
+            raise ValueError(f"LocationDropout rate must be in [0, 1], got {rate}")
         self.rate = float(rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)

@@ -105,6 +105,45 @@ def summarize(
     return result
 
 
+# ---- calibration --------------------------------------------------------------------------------
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(scores, labels, bins: int = ECE_BINS) -> float:
+    """ECE of the top-1 confidence: sum over equal-width confidence bins of |accuracy - mean
+    confidence| weighted by the bin's share of images (Guo et al. 2017). Rows must sum to 1."""
+    scores, labels = _check_scores_labels(scores, labels)
+    confidence = scores.max(axis=1)
+    correct = top_k_hits(scores, labels, 1)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in np.unique(which):
+        mask = which == b
+        ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def temper(scores, temperature: float) -> np.ndarray:
+    """softmax(log p / T): the probabilities with their logits divided by T (rows renormalised)."""
+    with np.errstate(divide="ignore"):
+        logits = np.log(np.asarray(scores, dtype=np.float64)) / float(temperature)
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(scores, labels, grid=np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))) -> float:
+    """The temperature (a log-spaced grid over 0.05..20) with the least negative log-likelihood."""
+    scores, labels = _check_scores_labels(scores, labels)
+    rows = np.arange(len(labels))
+
+    def nll(t):
+        return -np.log(np.maximum(temper(scores, t)[rows, labels], 1e-300)).mean()
+
+    return float(min(grid, key=nll))
+
+
 # ---- Markdown ----------------------------------------------------------------------------------
 
 def pct(value) -> str:

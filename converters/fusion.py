@@ -1,0 +1,115 @@
+"""Which whitelist fusion a bundle should ship with, chosen by measurement through the SDK.
+
+    python -m converters.fusion --bundle DIR [--bundle DIR ...] --data SPEC [--seed N] [--out FILE]
+
+Every candidate (whitelist off, soft at a few floors, hard) runs through `GeoClassifier` on the
+exported model, as an app would. `converters.export` measures them on the TUNING images (the
+seeded, label-stratified `trainer.evaluate.EVAL_TUNE_FRACTION` of `val` that trainer.evaluate
+holds out to choose the prior radius; never the whitelist's own training records) and writes the
+best into the manifest as `recommended_fusion`. This CLI measures every candidate of each bundle
+on the REPORTED images (the rest of `val`) and marks the recommended one, so a report shows what
+the choice costs against the best fusion in hindsight.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mobile_sdk.bundle import open_bundle
+from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
+from mobile_sdk.fileio import atomic_write_bytes
+from mobile_sdk.preprocess import load_image
+
+# (whitelist, soft floor). Ties go to the earlier candidate: the simplest fusion that is as good.
+CANDIDATES = (("off", None), ("soft", 0.001), ("soft", 0.01), ("soft", 0.1), ("hard", None))
+
+
+def candidate_name(whitelist: str, floor: float | None) -> str:
+    return whitelist if floor is None else f"{whitelist} {floor:g}"
+
+
+def evaluation_rows(val, seed: int = 0):
+    """(tuning part, reported part) of an evaluation split, exactly as trainer.evaluate splits it."""
+    from trainer.evaluate import EVAL_TUNE_FRACTION, tuning_split
+
+    tune, report = tuning_split(val.labels, EVAL_TUNE_FRACTION, seed)
+    return val.subset(tune), val.subset(report)
+
+
+def measure_fusions(bundle_dir, ds, candidates=CANDIDATES) -> dict[str, float]:
+    """Top-1 of each candidate on the rows of a GeoDataset, through GeoClassifier. A bundle without
+    a whitelist table has only "off"."""
+    bundle = open_bundle(bundle_dir)
+    if bundle.whitelist is None:
+        candidates = [c for c in candidates if c[0] == "off"]
+    images = [load_image(path) for path in ds.paths]
+    out = {}
+    for whitelist, floor in candidates:
+        options = GeoClassifierOptions(max_results=1, use_whitelist=whitelist != "off",
+                                       whitelist_mode=None if whitelist == "off" else whitelist,
+                                       whitelist_floor=floor)
+        classifier = GeoClassifier(bundle, options)
+        hits = [classifier.classify(image, *((float(lat), float(lon)) if known else (None, None))).categories[0].index
+                == label for image, lat, lon, known, label in zip(images, ds.lat, ds.lon, ds.has_location, ds.labels)]
+        out[candidate_name(whitelist, floor)] = float(np.mean(hits))
+    return out
+
+
+def choose_fusion(top1_by_candidate: dict[str, float], rows: int) -> dict:
+    """The manifest's recommended_fusion: the best candidate (first one on ties) and the evidence."""
+    order = {candidate_name(*c): c for c in CANDIDATES}
+    best = max(top1_by_candidate, key=lambda name: (top1_by_candidate[name], -list(order).index(name)))
+    whitelist, floor = order[best]
+    return {"whitelist": whitelist, "floor": floor, "chosen_on": f"{rows} tuning images (held-out part of val)",
+            "tune_top1": {k: round(v, 6) for k, v in top1_by_candidate.items()}}
+
+
+def fusion_table(rows: dict[str, dict]) -> str:
+    """Markdown: one row per bundle, top-1 of every candidate on the reported images, the
+    recommended one in bold, and its gap to the best in hindsight."""
+    from trainer.metrics import markdown_table
+
+    names = [candidate_name(*c) for c in CANDIDATES]
+    body = []
+    for bundle, r in rows.items():
+        cells = []
+        for name in names:
+            value = r["reported_top1"].get(name)
+            text = "–" if value is None else f"{100 * value:.1f}%"
+            cells.append(f"**{text}**" if name == r["recommended"] else text)
+        body.append([bundle, *cells, f"{r['default_minus_best']:+.1f}"])
+    return markdown_table(["bundle", *[f"whitelist {n}" for n in names], "recommended − best (points)"], body)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m converters.fusion", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", action="append", required=True, help="bundle folder (repeat for several)")
+    parser.add_argument("--data", required=True, help="data SPEC whose `val` split is evaluated")
+    parser.add_argument("--seed", type=int, default=0, help="the tuning split's seed (trainer.evaluate --seed)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    from trainer.data import load_split
+
+    results = {}
+    for path in args.bundle:
+        bundle = open_bundle(path)
+        val = load_split(args.data, "val", label_names=bundle.labels)
+        _, reported = evaluation_rows(val, args.seed)
+        top1 = measure_fusions(path, reported)
+        fusion = bundle.manifest.get("recommended_fusion")
+        recommended = candidate_name(fusion["whitelist"], fusion["floor"]) if fusion else "hard"
+        results[f"{bundle.manifest['model_kind']} ({path})"] = {
+            "reported_top1": top1, "reported_rows": len(reported), "recommended": recommended,
+            "default_minus_best": 100 * (top1.get(recommended, np.nan) - max(top1.values()))}
+    print(fusion_table(results))
+    if args.out:
+        atomic_write_bytes(args.out, (json.dumps(results, indent=2) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
