@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run $(ARGS)
+	$(PY) -m benchmarks.run --seeds 3 $(ARGS)
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache

@@ -1,6 +1,6 @@
 """`make bench`: the paper's results and our performance numbers -> docs/benchmarks.md.
 
-    python -m benchmarks.run [--only accuracy,geography,perf,scale] [--budget-min 45] [--quick]
+    python -m benchmarks.run [--only accuracy,geography,perf,scale] [--budget-min 45] [--seeds 3] [--quick]
 
 Sections:
 - accuracy: the `bench` world, every method (image only, priors with radius sweep, post-processing,
@@ -37,7 +37,8 @@ def run_section(name: str, args) -> Section:
     if name == "accuracy":
         from benchmarks import accuracy
 
-        return accuracy.run(args.out / "accuracy", budget_min=args.budget_min, quick=args.quick, seed=args.seed)
+        return accuracy.run(args.out / "accuracy", budget_min=args.budget_min, quick=args.quick, seed=args.seed,
+                            seeds=args.seeds)
     if name == "geography":
         from benchmarks import geography
 
@@ -95,6 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=50, help="timed repeats per latency measurement")
     parser.add_argument("--quick", action="store_true", help="tiny smoke variant (tiny world, few repeats)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="accuracy: repeat with seeds SEED..SEED+N-1 and report mean ± std (make bench: 3)")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench", help="work folder")
     parser.add_argument("--doc", type=Path, default=DOC, help="Markdown file to write")
     parser.add_argument("--json", type=Path, default=JSON_DOC, help="machine-readable targets file to write")

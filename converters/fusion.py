@@ -8,7 +8,8 @@ seeded, label-stratified `trainer.evaluate.EVAL_TUNE_FRACTION` of `val` that tra
 holds out to choose the prior radius; never the whitelist's own training records) and writes the
 best into the manifest as `recommended_fusion`. This CLI measures every candidate of each bundle
 on the REPORTED images (the rest of `val`) and marks the recommended one, so a report shows what
-the choice costs against the best fusion in hindsight.
+the choice costs against the best fusion in hindsight, with each model's file size and the median
+time of one classify call (under whatever load the machine has).
 """
 from __future__ import annotations
 
@@ -85,6 +86,22 @@ def fusion_table(rows: dict[str, dict]) -> str:
     return markdown_table(["bundle", *[f"whitelist {n}" for n in names], "recommended − best (points)"], body)
 
 
+def classify_ms(bundle_dir, ds, repeats: int = 30) -> float:
+    """Median milliseconds of one GeoClassifier.classify (decoded image, location known, the
+    bundle's default fusion): LiteRT invoke plus the SDK's preprocessing and fusion."""
+    import time
+
+    images = [load_image(path) for path in ds.paths[:repeats]]
+    with GeoClassifier.from_bundle(bundle_dir) as classifier:
+        classifier.classify(images[0], float(ds.lat[0]), float(ds.lon[0]))  # warm-up
+        times = []
+        for image, lat, lon in zip(images, ds.lat, ds.lon):
+            begin = time.perf_counter()
+            classifier.classify(image, float(lat), float(lon))
+            times.append(time.perf_counter() - begin)
+    return 1000.0 * float(np.median(times))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m converters.fusion", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", action="append", required=True, help="bundle folder (repeat for several)")
@@ -103,8 +120,9 @@ def main(argv=None) -> int:
         fusion = bundle.manifest.get("recommended_fusion")
         recommended = candidate_name(fusion["whitelist"], fusion["floor"]) if fusion else "hard"
         results[f"{bundle.manifest['model_kind']} ({path})"] = {
-            "reported_top1": top1, "reported_rows": len(reported), "recommended": recommended,
-            "default_minus_best": 100 * (top1.get(recommended, np.nan) - max(top1.values()))}
+            "model_kind": bundle.manifest["model_kind"], "reported_top1": top1, "reported_rows": len(reported),
+            "recommended": recommended, "default_minus_best": 100 * (top1.get(recommended, np.nan) - max(top1.values())),
+            "model_bytes": (Path(path) / "model.tflite").stat().st_size, "classify_ms": classify_ms(path, reported)}
     print(fusion_table(results))
     if args.out:
         atomic_write_bytes(args.out, (json.dumps(results, indent=2) + "\n").encode())

@@ -5,8 +5,11 @@
 Stages (each calls the real CLI or library function, never a shortcut):
  1. generate the `demo` world                      -> OUT/world
  2-4. train image-only, post-processing and feature-modulation MobileNet V2 -> OUT/runs/*
- 5. evaluate priors and every model; print one comparison table -> OUT/eval/report.md
- 6. export the post-processing model as an int8 bundle -> OUT/bundle
+    and the image control (feature modulation's recipe, every location dropped) -> OUT/runs/image_control
+ 5. evaluate priors, every model, calibration and the oracle; print one comparison table -> OUT/eval/report.md
+ 6. export the post-processing model as an int8 bundle (it chooses its whitelist fusion on the
+    tuning images) -> OUT/bundle; measure every fusion through the SDK on the reported images
+    -> OUT/eval/fusion.json; print "which model to ship"
  7. classify validation images through the SDK with and without their location
  8. range-map PNG and the examples sheet            -> OUT/rangemap.png, OUT/examples.png
 
@@ -31,6 +34,9 @@ from presets import Settings
 from presets import demo as preset
 
 KINDS = ("image", "postprocess", "featuremod")  # trained in this order: the geo models start from the image-only run
+# Feature modulation's recipe, from the same image run for the same epochs, with every training
+# location dropped: what the extra epochs alone give (trainer.evaluate --image-control).
+CONTROL = "image_control"
 
 
 @dataclass(frozen=True)
@@ -50,18 +56,22 @@ class Paths:
 
 
 def train_stage(paths: Paths, kind: str, settings: Settings, seed: int) -> Stage:
-    """trainer.train for one model kind; geo models start from the image-only run."""
-    epochs = settings.epochs(kind)
-    args = ["trainer.train", "--data", str(paths.world), "--model", kind, "--out", str(paths.run(kind)),
+    """trainer.train for one model kind (or CONTROL); geo models start from the image-only run."""
+    model = "featuremod" if kind == CONTROL else kind
+    epochs = settings.epochs(model)
+    args = ["trainer.train", "--data", str(paths.world), "--model", model, "--out", str(paths.run(kind)),
             "--epochs", str(epochs), "--batch-size", str(settings.batch_size), "--seed", str(seed)]
     if kind == "image":
         args += ["--image-size", str(settings.image_size), "--alpha", str(settings.alpha)]
     else:
         args += ["--init", str(paths.run("image"))]
+    if kind == CONTROL:
+        args += ["--location-dropout", "1"]
     if settings.steps_per_epoch:
         args += ["--steps-per-epoch", str(settings.steps_per_epoch)]
     titles = {"image": "image-only MobileNet V2", "postprocess": "post-processing geo net on the frozen image model",
-              "featuremod": "feature-modulation MobileNet V2 from the image-only weights"}
+              "featuremod": "feature-modulation MobileNet V2 from the image-only weights",
+              CONTROL: "the image control: feature modulation's recipe with every location dropped"}
     # An interrupted run (no stamp) resumes from its state/; a finished run of other settings or
     # of another image model is deleted first (`stale`), so it is never resumed as this one.
     return Stage(f"train-{kind}", args, [paths.run(kind) / "model.keras"],
@@ -75,23 +85,56 @@ def world_stage(paths: Paths, settings: Settings, seed: int) -> Stage:
 
 
 def train_and_evaluate(runner: Runner, paths: Paths, settings: Settings, seed: int) -> dict:
-    """World -> three trained models -> trainer.evaluate report (shared with benchmarks.accuracy)."""
+    """World -> three trained models and the image control -> trainer.evaluate report (shared
+    with benchmarks.accuracy)."""
     runner.stage(world_stage(paths, settings, seed))
-    for kind in KINDS:
+    for kind in (*KINDS, CONTROL):
         runner.stage(train_stage(paths, kind, settings, seed))
     eval_args = ["trainer.evaluate", "--data", str(paths.world), "--out", str(paths.eval), "--seed", str(seed),
-                 *[a for kind in KINDS for a in (f"--{kind}", str(paths.run(kind)))]]
+                 *[a for kind in (*KINDS, CONTROL) for a in (f"--{kind.replace('_', '-')}", str(paths.run(kind)))]]
     runner.stage(Stage("evaluate", eval_args, [paths.eval / "report.json"], stdout_log=paths.logs / "evaluate.md",
                        description="evaluate the priors (radius sweep), every model and the oracle"))
     return json.loads((paths.eval / "report.json").read_text())
 
 
-def export_stage(paths: Paths, settings: Settings) -> Stage:
-    args = ["converters.export", "--model", str(paths.run("postprocess")), "--out", str(paths.bundle),
+def export_stage(paths: Paths, settings: Settings, seed: int, kind: str = "postprocess", out: Path | None = None) -> Stage:
+    """converters.export of one run as an int8 bundle; it measures the whitelist fusions on the
+    tuning images (the same held-out rows as trainer.evaluate --seed) and records the best."""
+    out = out or paths.bundle
+    args = ["converters.export", "--model", str(paths.run(kind)), "--out", str(out),
             "--quantize", "int8", "--data", str(paths.world), "--force",
-            "--calibration-samples", str(settings.calibration_samples)]
-    return Stage("export", args, [paths.bundle / "manifest.json"],
-                 description="export the post-processing model as an int8 bundle (it reports vision and geo parts)")
+            "--calibration-samples", str(settings.calibration_samples), "--seed", str(seed)]
+    return Stage("export" if out == paths.bundle else f"export-{kind}", args, [out / "manifest.json"],
+                 description=f"export the {kind} model as an int8 bundle and choose its whitelist fusion")
+
+
+def fusion_stage(paths: Paths, bundles: list[Path], seed: int) -> Stage:
+    """converters.fusion: every whitelist fusion of each bundle through the SDK on the reported images."""
+    args = ["converters.fusion", *[a for b in bundles for a in ("--bundle", str(b))], "--data", str(paths.world),
+            "--seed", str(seed), "--out", str(paths.eval / "fusion.json")]
+    return Stage("fusion", args, [paths.eval / "fusion.json"], stdout_log=paths.logs / "fusion.md",
+                 description="whitelist off / soft / hard through the SDK on the reported images")
+
+
+def ship_table(report: dict, fusion: dict) -> str:
+    """"Which model to ship": one row per exported model kind: top-1 with location and with it
+    unknown, head / tail, int8 file size, classify latency and the recommended whitelist fusion
+    (report: trainer.evaluate's report.json; fusion: converters.fusion's JSON)."""
+    from trainer.evaluate import NAMES, UNKNOWN
+    from trainer.metrics import markdown_table, pct
+
+    methods = report["primary"]["methods"]
+    rows = []
+    for entry in fusion.values():
+        kind = entry["model_kind"]
+        known = methods.get(NAMES[kind], {})
+        unknown = methods.get(NAMES[kind] + UNKNOWN, known if kind == "image" else {})
+        rows.append([NAMES[kind], pct(known.get("top1")), pct(unknown.get("top1")),
+                     pct(known.get("head", {}).get("top1")), pct(known.get("tail", {}).get("top1")),
+                     f"{entry['model_bytes'] / 1024:.0f} KiB", f"{entry['classify_ms']:.1f} ms",
+                     f"whitelist {entry['recommended']} ({100 * entry['reported_top1'][entry['recommended']]:.1f}%)"])
+    return markdown_table(["model (int8)", "top-1, location", "top-1, location unknown", "head", "tail",
+                           "model file", "classify (median)", "recommended fusion (its top-1 via the SDK)"], rows)
 
 
 def comparison_table(report: dict) -> str:
@@ -149,7 +192,13 @@ def run_all(runner: Runner, settings: Settings, seed: int) -> None:
     runner.header("comparison (validation images not used to choose the prior radius)")
     print(comparison_table(report), flush=True)
 
-    runner.stage(export_stage(paths, settings))
+    runner.stage(export_stage(paths, settings, seed))
+    runner.stage(fusion_stage(paths, [paths.bundle], seed))
+    runner.header("whitelist fusion through the int8 bundle and the SDK (reported images; bold: the "
+                  "bundle's recommendation, chosen on the tuning images)")
+    print((paths.logs / "fusion.md").read_text(), flush=True)
+    runner.header("which model to ship (the post-processing bundle; `make bench` exports every kind)")
+    print(ship_table(report, json.loads((paths.eval / "fusion.json").read_text())), flush=True)
 
     runner.header("classify validation images through the SDK, without and with their location")
     changed = sdk_examples(paths, settings.sdk_examples)

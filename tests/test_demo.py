@@ -143,36 +143,43 @@ class FakeCli:
             (out / name).write_text("{}")
 
     def modules(self):
-        return [a[0] if a[0] != "trainer.train" else f"train-{a[a.index('--model') + 1]}" for a in self.calls]
+        return [a[0] if a[0] != "trainer.train" else f"train-{Path(a[a.index('--out') + 1]).name}" for a in self.calls]
 
 
 def demo_commands(out: Path, settings, cli: FakeCli) -> None:
-    """The demo's command stages (world, three trainings, evaluation, export) as `make demo` runs them."""
+    """The demo's command stages (world, three trainings and the image control, evaluation, export)
+    as `make demo` runs them."""
     runner = stages.Runner(out, cli=cli)
     paths = demo.Paths(out)
     demo.train_and_evaluate(runner, paths, settings, seed=0)
-    runner.stage(demo.export_stage(paths, settings))
+    runner.stage(demo.export_stage(paths, settings, seed=0))
 
 
 def test_demo_stages_run_the_preset_then_reuse_everything(tmp_path):
     cli = FakeCli()
     demo_commands(tmp_path, preset.RUN, cli)
     assert cli.modules() == ["trainer.world", "train-image", "train-postprocess", "train-featuremod",
-                             "trainer.evaluate", "converters.export"]
+                             "train-image_control", "trainer.evaluate", "converters.export"]
     world, image, post = cli.calls[:3]
+    control, evaluate = cli.calls[4:6]
+    # The image control: feature modulation's recipe and epochs from the same image run, no location.
+    assert control[control.index("--model") + 1] == "featuremod"
+    assert control[control.index("--location-dropout") + 1] == "1"
+    assert control[control.index("--epochs") + 1] == str(preset.RUN.featuremod_epochs)
+    assert evaluate[evaluate.index("--image-control") + 1] == str(tmp_path / "runs" / "image_control")
     assert world[world.index("--preset") + 1] == preset.RUN.world
     assert image[image.index("--epochs") + 1] == str(preset.RUN.image_epochs)
     assert image[image.index("--image-size") + 1] == str(preset.RUN.image_size)
     assert post[post.index("--init") + 1] == str(tmp_path / "runs" / "image")  # geo models start from it
     demo_commands(tmp_path, preset.RUN, cli)  # a second `make demo` runs nothing
-    assert len(cli.calls) == 6
+    assert len(cli.calls) == 7
 
 
 def test_changed_epochs_rerun_that_training_and_what_follows(tmp_path):
     cli = FakeCli()
     demo_commands(tmp_path, preset.RUN, cli)
     demo_commands(tmp_path, preset.RUN.replace(featuremod_epochs=preset.RUN.featuremod_epochs + 1), cli)
-    assert cli.modules()[6:] == ["train-featuremod", "trainer.evaluate", "converters.export"]
+    assert cli.modules()[7:] == ["train-featuremod", "train-image_control", "trainer.evaluate", "converters.export"]
 
 
 @pytest.mark.slow
@@ -183,7 +190,8 @@ def test_smoke_demo_end_to_end(tmp_path):
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for path in ("world/train.json", "runs/image/model.keras", "runs/postprocess/model.keras",
-                 "runs/featuremod/model.keras", "eval/report.json", "bundle/model.tflite",
+                 "runs/featuremod/model.keras", "runs/image_control/model.keras", "eval/report.json",
+                 "eval/fusion.json", "bundle/model.tflite",
                  "bundle/manifest.json", "rangemap.png"):
         assert (out / path).exists(), path
     assert "top-1" in first.stdout and "post-processing" in first.stdout
