@@ -187,8 +187,8 @@ def render_markdown(report: dict) -> str:
                  f"{report['tuning']}")
     if "sizes" in report:
         sizes = report["sizes"]
-        lines.append(f"Sizes: train {sizes['train']} (the priors' histogram; the runs trained on it less their own "
-                     f"tuning part), tune {sizes['tune']} (every choice below), reported {sizes['reported']}.")
+        lines.append(f"Sizes: train {sizes['train']} (the priors' histogram), tune {sizes['tune']} (every choice "
+                     f"below: radius, temperatures), reported {sizes['reported']}.")
     lines.append("Runs: " + ", ".join(f"{k} = `{v}`" for k, v in report["runs"].items()) + ".")
     lines.append("Accuracies are top-k over images; ties count against the prediction. "
                  f"Head labels have ≥{metrics.HEAD_MIN_TRAIN_IMAGES} training images.")
