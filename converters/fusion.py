@@ -119,8 +119,9 @@ def main(argv=None) -> int:
         top1 = measure_fusions(path, reported)
         fusion = bundle.manifest.get("recommended_fusion")
         recommended = candidate_name(fusion["whitelist"], fusion["floor"]) if fusion else "hard"
-        results[f"{bundle.manifest['model_kind']} ({path})"] = {
-            "model_kind": bundle.manifest["model_kind"], "reported_top1": top1, "reported_rows": len(reported),
+        kind = bundle.manifest["model_kind"]
+        results[kind if kind not in results else f"{kind} ({Path(path).name})"] = {
+            "model_kind": kind, "reported_top1": top1, "reported_rows": len(reported),
             "recommended": recommended, "default_minus_best": 100 * (top1.get(recommended, np.nan) - max(top1.values())),
             "model_bytes": (Path(path) / "model.tflite").stat().st_size, "classify_ms": classify_ms(path, reported)}
     print(fusion_table(results))
