@@ -10,6 +10,8 @@ samples -> bundle folder (model.tflite, labels.txt, whitelist.gwl, manifest.json
 a hidden temporary folder next to BUNDLE_DIR and renamed into place. The manifest's
 `recommended_fusion` (whitelist off / soft / hard) is the best one measured through the SDK on the
 tuning part of `val` (converters.fusion); GeoClassifier applies it unless its options say otherwise.
+Its `calibration` temperature is fitted on the same images (kept when it lowers their ECE) and
+GeoClassifier divides the logits by it.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from mobile_sdk.bundle import (MANIFEST_FILE, MODEL_FILE, WHITELIST_FILE, manife
 from mobile_sdk.fileio import atomic_write_bytes, staged_folder
 from mobile_sdk.whitelist.builder import write_whitelist
 
-from .fusion import choose_fusion, evaluation_rows, measure_fusions
+from .fusion import choose_fusion, evaluation_rows, fit_calibration, measure_fusions
 from .quantization import MODES, QuantizationConfig
 from .verify import check_location_float, check_signature, compare, expected_signature, load_samples
 
@@ -149,21 +151,23 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
             write_whitelist(tmp / WHITELIST_FILE, train.lat, train.lon, train.labels, len(run.labels),
                             whitelist_radius, whitelist_precision, label_names=run.labels)
 
-            def manifest_with(recommended_fusion):
+            def manifest_with(recommended_fusion, calibration=None):
                 return manifest_for(
                     tmp, model_kind=run.config.model, backbone=run.config.backbone, input_size=expected.image_size,
                     num_labels=len(run.labels), quantization=quantize, location_encoding=run.config.encoding,
                     outputs=expected.outputs, whitelist_radius_miles=whitelist_radius,
                     whitelist_precision=whitelist_precision, training=_training_summary(run),
                     metrics={"validation": run.metrics, "verification": verification},
-                    recommended_fusion=recommended_fusion)
+                    recommended_fusion=recommended_fusion, calibration=calibration)
 
-            # The fusion is measured through the SDK on this very bundle, so a provisional manifest
-            # goes in first; the final one (with the choice) replaces it, still last.
+            # Calibration and fusion are measured through the SDK on this very bundle, so
+            # provisional manifests go in first; the final one (with both) replaces them, still last.
             write_manifest(tmp, manifest_with(None))
-            stages.set_postfix_str("choosing the whitelist fusion on tuning images")
+            stages.set_postfix_str("calibration and whitelist fusion on tuning images")
             tune, _ = evaluation_rows(val, seed)
-            manifest = manifest_with(choose_fusion(measure_fusions(tmp, tune), len(tune)))
+            calibration = fit_calibration(tmp, tune)
+            write_manifest(tmp, manifest_with(None, calibration))  # the fusions are measured tempered
+            manifest = manifest_with(choose_fusion(measure_fusions(tmp, tune), len(tune)), calibration)
             write_manifest(tmp, manifest)  # last: a folder without it is not a bundle
         stages.update()
     finally:
@@ -180,7 +184,10 @@ def _summary(out, manifest: dict) -> str:
             f"max probability difference {located['max_probability_diff']:.2g}, "
             f"top-1 accuracy {located['tflite_top1_accuracy']:.1%} vs Keras {located['keras_top1_accuracy']:.1%} "
             f"({100 * located['accuracy_change']:+.1f} points)\n"
-            f"  recommended fusion: whitelist {_fusion_text(manifest['recommended_fusion'])}")
+            f"  recommended fusion: whitelist {_fusion_text(manifest['recommended_fusion'])}\n"
+            f"  calibration: temperature {manifest['calibration']['temperature']:.2f} (fitted "
+            f"{manifest['calibration']['fitted_temperature']:.2f}; tuning ECE {manifest['calibration']['ece_tune_before']:.3f}"
+            f" -> {manifest['calibration']['ece_tune_after']:.3f}; kept only if lower)")
 
 
 def _fusion_text(fusion: dict) -> str:

@@ -1,4 +1,5 @@
-"""Which whitelist fusion a bundle should ship with, chosen by measurement through the SDK.
+"""Which whitelist fusion (and calibration temperature) a bundle ships with, chosen by measurement
+through the SDK.
 
     python -m converters.fusion --bundle DIR [--bundle DIR ...] --data SPEC [--seed N] [--out FILE]
 
@@ -58,6 +59,27 @@ def measure_fusions(bundle_dir, ds, candidates=CANDIDATES) -> dict[str, float]:
                 == label for image, lat, lon, known, label in zip(images, ds.lat, ds.lon, ds.has_location, ds.labels)]
         out[candidate_name(whitelist, floor)] = float(np.mean(hits))
     return out
+
+
+def fit_calibration(bundle_dir, ds) -> dict:
+    """The manifest's calibration: a temperature fitted (least NLL) on the SDK's scores of the
+    rows of `ds` (the tuning images), kept only if it lowers their expected calibration error
+    ("if it helps"; else 1.0), with the ECE before and after."""
+    from trainer.metrics import expected_calibration_error, fit_temperature, temper
+
+    images = [load_image(path) for path in ds.paths]
+    scores = np.zeros((len(ds), len(ds.label_names)))
+    with GeoClassifier.from_bundle(bundle_dir, GeoClassifierOptions(use_whitelist=False)) as classifier:
+        for row, (image, lat, lon, known) in enumerate(zip(images, ds.lat, ds.lon, ds.has_location)):
+            for c in classifier.classify(image, *((float(lat), float(lon)) if known else (None, None))).categories:
+                scores[row, c.index] = c.score
+    scores /= scores.sum(axis=1, keepdims=True)
+    t = fit_temperature(scores, ds.labels)
+    before = expected_calibration_error(scores, ds.labels)
+    after = expected_calibration_error(temper(scores, t), ds.labels)
+    return {"temperature": t if after < before else 1.0, "fitted_temperature": t,
+            "ece_tune_before": round(before, 6), "ece_tune_after": round(after, 6),
+            "chosen_on": f"{len(ds)} tuning images (held-out part of val)"}
 
 
 def choose_fusion(top1_by_candidate: dict[str, float], rows: int) -> dict:

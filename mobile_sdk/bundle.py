@@ -52,14 +52,15 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
                  location_encoding: str, outputs, whitelist_radius_miles: float | None = None,
                  whitelist_precision: int | None = None, training: dict | None = None,
                  metrics: dict | None = None, model_version: str | None = None,
-                 recommended_fusion: dict | None = None) -> dict:
+                 recommended_fusion: dict | None = None, calibration: dict | None = None) -> dict:
     """The manifest of a bundle folder whose other files are already written: hashes them all.
 
     `outputs`: the model's output names; `training`: a JSON-able summary of the training config;
     `metrics`: validation metrics; `model_version` defaults to the first 12 hex digits of the
     model's sha256. Whitelist radius/precision are required iff whitelist.gwl is present.
     `recommended_fusion`: {"whitelist": "off"|"soft"|"hard", "floor": soft factor or None, ...}, the
-    combination GeoClassifier applies unless its options say otherwise.
+    combination GeoClassifier applies unless its options say otherwise. `calibration`:
+    {"temperature": T, ...}; GeoClassifier divides the model's logits by T.
     """
     bundle_dir = Path(bundle_dir)
     if model_kind not in MODEL_KINDS:
@@ -104,6 +105,8 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
     }
     if recommended_fusion is not None:
         manifest["recommended_fusion"] = dict(recommended_fusion)
+    if calibration is not None:
+        manifest["calibration"] = dict(calibration)
     _check_manifest(manifest, bundle_dir)
     json.dumps(manifest, allow_nan=False)  # fail here, not in the app, on a non-JSON value
     return manifest
@@ -151,6 +154,11 @@ def _check_manifest(m, where) -> None:
                                            or not 0.0 < floor <= 1.0)):
             fail(f"recommended_fusion {fusion!r} (whitelist off|soft|hard, a soft floor in (0, 1], and a "
                  "whitelist table unless off)")
+    calibration = m.get("calibration")
+    if calibration is not None:
+        t = calibration.get("temperature") if isinstance(calibration, dict) else None
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            fail(f"calibration {calibration!r} (needs a positive, finite temperature)")
     for name in [MODEL_FILE, LABELS_FILE] + ([WHITELIST_FILE] if wl else []):
         digest = m["files"].get(name)
         if not isinstance(digest, str) or len(digest) != 64:

@@ -192,6 +192,14 @@ class NearbySpecies:
     location: tuple[float, float] = field(default=(math.nan, math.nan))
 
 
+def _tempered(out: dict, temperature: float) -> dict:
+    """The model's outputs with logits / T and the probabilities recomputed from them (temperature
+    scaling: the ranking is unchanged, the confidences are calibrated)."""
+    logits = out["logits"] if "logits" in out else np.log(np.maximum(out["probabilities"], np.finfo(np.float32).tiny))
+    logits = logits.astype(np.float64) / temperature
+    return {**out, "logits": logits, "probabilities": _softmax(logits.reshape(-1)).reshape(logits.shape)}
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax in float64; -inf logits (labels removed by a hard whitelist) get exactly 0."""
     z = logits.astype(np.float64) - logits.max()
@@ -209,6 +217,7 @@ class GeoClassifier:
         outputs = bundle.model.output_shapes
         self._has_parts = "vision_logits" in outputs and "geo_logits" in outputs
         self.fusion = Fusion.resolve(bundle.manifest, options)
+        self._temperature = float((bundle.manifest.get("calibration") or {}).get("temperature", 1.0))
         self._location_matters = bundle.manifest["model_kind"] != "image" or (
             self.fusion.whitelist != "off" and bundle.whitelist is not None)
         self._closed = threading.Event()
@@ -277,6 +286,8 @@ class GeoClassifier:
         pixels = prepare_image(image, self._bundle.input_size)
         loc = _UNKNOWN_LOCATION if location is None else np.array([location], dtype=np.float32)
         out = self._bundle.model.run(pixels, loc)
+        if self._temperature != 1.0:  # the bundle's calibration (fitted at export on tuning images)
+            out = _tempered(out, self._temperature)
         probs = out["probabilities"].reshape(-1).astype(np.float64)
         vision = geo = None
         if self._has_parts:

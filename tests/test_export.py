@@ -331,6 +331,11 @@ def test_recommended_fusion_is_the_best_measured_on_tuning_images(bundles, runs,
     assert candidate_name(fusion["whitelist"], fusion["floor"]) == first_best
     with GeoClassifier.from_bundle(out) as classifier:
         assert (classifier.fusion.whitelist, classifier.fusion.floor) == (fusion["whitelist"], fusion["floor"])
+    # The temperature was fitted on the same tuning images and kept only where it lowered their ECE.
+    calibration = manifest["calibration"]
+    assert calibration["chosen_on"] == fusion["chosen_on"]
+    kept = calibration["ece_tune_after"] < calibration["ece_tune_before"]
+    assert calibration["temperature"] == (calibration["fitted_temperature"] if kept else 1.0)
 
 
 def _fast_export(monkeypatch, bundles, out, **kwargs):

@@ -534,11 +534,11 @@ def test_whitelist_without_logits_output_renormalises_probabilities(geo_bundle, 
 
 # -- the bundle's recommended fusion -------------------------------------------------------------
 
-def _with_fusion(bundle, tmp_path, fusion):
+def _with_fusion(bundle, tmp_path, fusion, key="recommended_fusion"):
     copy = tmp_path / f"bundle-{len(list(tmp_path.iterdir()))}"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / bundle_mod.MANIFEST_FILE).read_text())
-    manifest["recommended_fusion"] = fusion
+    manifest[key] = fusion
     bundle_mod.write_manifest(copy, manifest)
     return copy
 
@@ -588,3 +588,20 @@ def test_cli_says_when_the_whitelist_is_off(geo_bundle, tmp_path, capsys):
     off = _with_fusion(geo_bundle, tmp_path, {"whitelist": "off", "floor": None})
     assert cli_main([str(off), str(image_path), "--lat", "48.85", "--lon", "2.35"]) == 0
     assert "whitelist off (the bundle's recommendation)" in capsys.readouterr().out
+
+
+def test_the_bundle_temperature_divides_the_logits(geo_bundle, tmp_path):
+    tempered = _with_fusion(geo_bundle, tmp_path, {"temperature": 2.0}, key="calibration")
+    logits = _raw(geo_bundle, PARIS)["logits"][0].astype(np.float64)
+    with GeoClassifier.from_bundle(tempered, GeoClassifierOptions(use_whitelist=False)) as clf:
+        result = clf.classify(IMAGE, *PARIS)
+    expected = np.exp(logits / 2 - (logits / 2).max())
+    assert {c.index: c.score for c in result.categories} == pytest.approx(dict(enumerate(expected / expected.sum())),
+                                                                          rel=1e-5)
+    with GeoClassifier.from_bundle(tempered) as clf, GeoClassifier.from_bundle(geo_bundle) as plain:  # hard whitelist
+        assert [c.index for c in clf.classify(IMAGE, *PARIS).categories] == \
+            [c.index for c in plain.classify(IMAGE, *PARIS).categories]  # the ranking does not move
+    for bad in ({"temperature": 0.0}, {"temperature": "2"}, {}):
+        manifest = json.loads((geo_bundle / bundle_mod.MANIFEST_FILE).read_text())
+        with pytest.raises(BundleError, match="calibration"):
+            bundle_mod.write_manifest(geo_bundle, {**manifest, "calibration": bad})
