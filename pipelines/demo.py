@@ -78,6 +78,22 @@ def train_stage(paths: Paths, kind: str, settings: Settings, seed: int) -> Stage
                  description=f"train {titles[kind]} ({epochs} epochs)", stale=[paths.run(kind)])
 
 
+def print_curve(run_dir: Path) -> None:
+    """The run's selection metric by epoch (metrics.json "history", when the trainer records it)
+    and why it stopped."""
+    try:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return
+    history = metrics.get("history") or []
+    key = next((k for k in ("tune_accuracy", "val_accuracy") if history and k in history[0]), None)
+    if key is None:
+        return
+    curve = ", ".join(f"{h['epoch']}: {100 * h[key]:.1f}%" for h in history)
+    print(f"    {Path(run_dir).name} {key} by epoch: {curve}; kept epoch {metrics.get('epoch')}"
+          + (f"; stopped: {metrics['stop_reason']}" if metrics.get("stop_reason") else ""), flush=True)
+
+
 def world_stage(paths: Paths, settings: Settings, seed: int) -> Stage:
     args = ["trainer.world", "--out", str(paths.world), "--preset", settings.world, "--seed", str(seed), "--force"]
     return Stage("world", args, [paths.world / "train.json", paths.world / "val.json"],
@@ -90,6 +106,8 @@ def train_and_evaluate(runner: Runner, paths: Paths, settings: Settings, seed: i
     runner.stage(world_stage(paths, settings, seed))
     for kind in (*KINDS, CONTROL):
         runner.stage(train_stage(paths, kind, settings, seed))
+        if kind == "image":  # the baseline every geo model starts from: show that it reached its plateau
+            print_curve(paths.run(kind))
     eval_args = ["trainer.evaluate", "--data", str(paths.world), "--out", str(paths.eval), "--seed", str(seed),
                  *[a for kind in (*KINDS, CONTROL) for a in (f"--{kind.replace('_', '-')}", str(paths.run(kind)))]]
     runner.stage(Stage("evaluate", eval_args, [paths.eval / "report.json"], stdout_log=paths.logs / "evaluate.md",

@@ -196,3 +196,17 @@ def test_smoke_demo_end_to_end(tmp_path):
         assert (out / path).exists(), path
     assert "top-1" in first.stdout and "post-processing" in first.stdout
     assert str(out) in first.stdout  # it ends by saying where the outputs are
+
+
+def test_the_image_curve_is_printed_when_the_run_records_it(tmp_path, capsys):
+    run = tmp_path / "image"
+    run.mkdir()
+    demo.print_curve(run)  # no metrics.json: nothing to say
+    (run / "metrics.json").write_text(json.dumps({"epoch": 2, "stop_reason": "plateau: 3 epochs without a better "
+                                                  "tune_accuracy", "history": [
+                                                      {"epoch": 1, "tune_accuracy": 0.4},
+                                                      {"epoch": 2, "tune_accuracy": 0.55},
+                                                      {"epoch": 3, "tune_accuracy": 0.54}]}))
+    demo.print_curve(run)
+    out = capsys.readouterr().out
+    assert "tune_accuracy by epoch: 1: 40.0%, 2: 55.0%, 3: 54.0%; kept epoch 2; stopped: plateau" in out
