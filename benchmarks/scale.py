@@ -115,10 +115,18 @@ def run_size(num_labels: int, num_observations: int, memory_gb: float, timeout_s
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def fit_power(xs, ys) -> tuple[float, float]:
-    """(exponent, factor) of y = factor * x**exponent through the measured points (least squares in log-log)."""
-    exponent, log_factor = np.polyfit(np.log(xs), np.log(ys), 1)
-    return float(exponent), float(np.exp(log_factor))
+def fit_growth(labels, observations, ys) -> tuple[float, float, float]:
+    """(label exponent, observation exponent, factor) of y = factor * labels**a * observations**b,
+    least squares in logs. With sizes where labels and observations grew together the two cannot
+    be told apart: then all the growth is put on the observations (a = 0)."""
+    logs = np.log(np.asarray([labels, observations], dtype=np.float64))
+    design = np.column_stack([logs[0], logs[1], np.ones(logs.shape[1])])
+    if np.linalg.matrix_rank(design) < 3:
+        design = design[:, 1:]
+    coef = np.linalg.lstsq(design, np.log(np.asarray(ys, dtype=np.float64)), rcond=None)[0]
+    if coef.size == 2:
+        coef = np.r_[0.0, coef]
+    return float(coef[0]), float(coef[1]), float(np.exp(coef[2]))
 
 
 def report(results: list[dict]) -> str:
@@ -140,22 +148,25 @@ def report(results: list[dict]) -> str:
                             rows)]
     ok = [r for r in results if "failed" not in r]
     if len(ok) >= 2:
-        labels = [r["labels"] for r in ok]
-        obs = [r["observations"] for r in ok]
-        lines += ["", f"Growth fitted through the {len(ok)} measured sizes (power law, log-log least squares; "
-                      f"labels and observations grew together, so each fit is against one of them) and "
-                      f"projected to {PROJECT_TO[0]:,} taxa and {PROJECT_TO[1]:,} observations:", ""]
-        for what, key, axis, target, unit in [
-                ("table bytes", "table_bytes", labels, PROJECT_TO[0], " bytes"),
-                ("build seconds", "build_seconds", obs, PROJECT_TO[1], " s"),
-                ("build peak RSS", "build_rss_bytes", obs, PROJECT_TO[1], " bytes"),
-                ("priors index seconds", "priors_index_seconds", obs, PROJECT_TO[1], " s")]:
+        sizes = ([r["labels"] for r in ok], [r["observations"] for r in ok])
+        goal = DEFAULT_SIZES[-1]
+        lines += ["", f"Growth y = c · labels^a · observations^b, fitted in logs through the {len(ok)} measured "
+                      f"sizes (a = 0 where the sizes cannot separate the two), projected to the goal's "
+                      f"{goal[0]:,} labels / {goal[1]:,} observations and to {PROJECT_TO[0]:,} taxa / "
+                      f"{PROJECT_TO[1]:,} observations:", ""]
+        for what, key, scale, unit in [("table", "table_bytes", 1e6, "MB"), ("build (wall)", "build_seconds", 60, "min"),
+                                       ("build (CPU)", "build_cpu_seconds", 60, "min"),
+                                       ("build peak RSS", "build_rss_bytes", 2**30, "GiB"),
+                                       ("single lookup", "single_lookup_us", 1, "µs"),
+                                       ("priors index", "priors_index_seconds", 60, "min"),
+                                       ("priors query, 1,000 points", "priors_query_seconds_per_1000", 60, "min")]:
             ys = [r.get(key) for r in ok]
             if any(y is None for y in ys):
                 continue
-            exponent, factor = fit_power(axis, ys)
-            lines.append(f"- {what}: ∝ {'labels' if axis is labels else 'observations'}^{exponent:.2f}; "
-                         f"projected {factor * target ** exponent:,.0f}{unit}")
+            a, b, c = fit_growth(*sizes, ys)
+            at = lambda size: c * size[0] ** a * size[1] ** b / scale  # noqa: E731
+            lines.append(f"- {what}: a = {a:.2f}, b = {b:.2f}; {at(goal):,.1f} {unit} at the goal, "
+                         f"{at(PROJECT_TO):,.1f} {unit} projected")
     return "\n".join(lines)
 
 

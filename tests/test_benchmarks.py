@@ -174,8 +174,11 @@ def test_sized_settings_times_one_epoch_once(tmp_path):
 def test_scale_fit_and_a_size_that_did_not_fit():
     from benchmarks import scale
 
-    exponent, factor = scale.fit_power([10, 100, 1000], [3 * 10**1.5, 3 * 100**1.5, 3 * 1000**1.5])
-    assert exponent == pytest.approx(1.5) and factor == pytest.approx(3.0)
+    labels, observations = [10, 100, 100], [1000, 10_000, 20_000]
+    a, b, c = scale.fit_growth(labels, observations, [3 * n**0.5 * m**1.5 for n, m in zip(labels, observations)])
+    assert (a, b, c) == pytest.approx((0.5, 1.5, 3.0))
+    a, b, c = scale.fit_growth([10, 100], [1000, 10_000], [2 * 1000**1.2, 2 * 10_000**1.2])  # grew together
+    assert (a, b, c) == pytest.approx((0.0, 1.2, 2.0))
     small = {"labels": 500, "observations": 272_037, "table_bytes": 1, "cells": 1, "sets": 1, "build_seconds": 60.0,
              "build_rss_bytes": 2**30, "single_lookup_us": 1.0, "batch_points_per_s": 1e6}
     failed = {"labels": 50_000, "observations": 30_000_000, "failed": "did not finish within 15 min"}
