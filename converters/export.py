@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from mobile_sdk.bundle import (MANIFEST_FILE, MODEL_FILE, WHITELIST_FILE, manifest_for, write_labels,
@@ -78,6 +79,26 @@ def representative_data(images, locations) -> list[dict]:
     return [{"image": images[i:i + 1], "location": locations[i:i + 1]} for i in range(len(images))]
 
 
+def _observation_splits(spec: str, run):
+    """A geoprior run's observations as (train, val) with .lat/.lon/.labels, split as its training did."""
+    from types import SimpleNamespace
+
+    from trainer.geoprior import DEFAULT_VAL_FRACTION, load_observations, split_by_observation
+
+    obs = load_observations(spec)
+    if obs.label_names != list(run.labels):
+        raise ExportError(f"{spec} has other labels than the run ({len(obs.label_names)} vs {len(run.labels)})")
+    kept, held = split_by_observation(len(obs), run.metrics.get("val_fraction", DEFAULT_VAL_FRACTION), run.config.seed)
+    return tuple(SimpleNamespace(lat=obs.latlon[i, 0], lon=obs.latlon[i, 1], labels=obs.labels[i]) for i in (kept, held))
+
+
+def _geo_samples(split, image_size, n: int, seed: int = 0):
+    """load_samples for a geo model: n observations' locations, with the blank image it ignores."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(split.labels), size=min(n, len(split.labels)), replace=False))
+    locations = np.stack([split.lat[rows], split.lon[rows]], axis=1).astype(np.float32)
+    return np.zeros((len(rows), *image_size, 3), np.uint8), locations, split.labels[rows]
+
+
 def _check_target(out: Path, force: bool) -> None:
     """Refuse to overwrite without --force, and never replace something that is not a bundle."""
     if not (out.exists() or out.is_symlink()):
@@ -123,14 +144,19 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
         stages.set_postfix_str("loading run and data")
         run = load_run(model) if isinstance(model, (str, os.PathLike)) else model
         spec = data or run.config.data
-        train = load_split(spec, "train", label_names=run.labels)
-        val = load_split(spec, "val", label_names=run.labels)
+        if run.config.model == "geoprior":
+            train, val = _observation_splits(spec, run)
+            samples = _geo_samples
+        else:
+            train = load_split(spec, "train", label_names=run.labels)
+            val = load_split(spec, "val", label_names=run.labels)
+            samples = load_samples
         expected = expected_signature(run.model)
         stages.update()
 
         stages.set_postfix_str(f"converting ({quantize})")
         if quantize == "int8":
-            images, locations, _ = load_samples(train, expected.image_size, calibration_samples, seed)
+            images, locations, _ = samples(train, expected.image_size, calibration_samples, seed)
             config = QuantizationConfig.for_int8(representative_data(images, locations))
         else:
             config = QuantizationConfig.from_mode(quantize)
@@ -138,7 +164,7 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
         stages.update()
 
         stages.set_postfix_str("verifying against Keras")
-        images, locations, labels = load_samples(val, expected.image_size, verify_samples, seed)
+        images, locations, labels = samples(val, expected.image_size, verify_samples, seed)
         verification = {**compare(content, run.model, images, locations, labels, quantize),
                         "file_bytes": len(content)}
         stages.update()

@@ -27,7 +27,7 @@ LABELS_FILE = "labels.txt"
 WHITELIST_FILE = "whitelist.gwl"
 FUSION_WHITELIST = ("off", "soft", "hard")  # how the whitelist joins the model's output (recommended_fusion)
 MANIFEST_FILE = "manifest.json"
-MODEL_KINDS = ("image", "postprocess", "featuremod")
+MODEL_KINDS = ("image", "postprocess", "featuremod", "geoprior")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
 

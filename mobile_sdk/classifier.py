@@ -4,8 +4,11 @@
         result = clf.classify("photo.jpg", lat=37.77, lon=-122.42)
         print(result.categories[0].label, result.location_used)
 
-The model fuses image and location itself (its `probabilities` output); the SDK adds the paper's
-whitelist (eq. 3) on top: `hard` drops labels with no training observation within the radius,
+The model fuses image and location itself (its `probabilities` output), or, for an image-only bundle
+with a geo bundle (`geo_bundle_path`, a presence-only geo model from trainer.geoprior), the SDK
+multiplies the image probabilities by each label's presence probability at the location (vision x
+geo, as Mac Aodha et al. 2019 and iNaturalist's app do). The SDK adds the paper's whitelist (eq. 3)
+on top: `hard` drops labels with no training observation within the radius,
 `soft` multiplies them by a floor so a stale table can never zero a label out. Scores are then
 renormalised to sum to 1 over the labels that remain. Which of off / soft / hard applies is the
 bundle's `recommended_fusion` (measured at export on tuning images) unless the options say
@@ -27,6 +30,7 @@ from .geo import validate_location
 from .preprocess import prepare_image
 
 WHITELIST_MODES = ("hard", "soft")
+GEO_MODEL_KIND = "geoprior"
 _UNKNOWN_LOCATION = np.full((1, 2), np.nan, dtype=np.float32)  # the contract: NaN = unknown, never (0, 0)
 
 
@@ -34,6 +38,7 @@ _UNKNOWN_LOCATION = np.full((1, 2), np.nan, dtype=np.float32)  # the contract: N
 class GeoClassifierOptions:
     """Immutable, validated at construction (ValueError naming the field)."""
     bundle_path: str | None = None
+    geo_bundle_path: str | None = None  # a geo model bundle (model_kind geoprior) to fuse with an image-only bundle
     max_results: int | None = None  # None: every label, as in MediaPipe (built lazily: see Categories)
     score_threshold: float = 0.0
     category_allowlist: tuple[str, ...] | None = None
@@ -45,9 +50,10 @@ class GeoClassifierOptions:
     whitelist_floor: float | None = None  # soft mode: the factor applied to labels outside the whitelist
 
     def __post_init__(self):
-        if self.bundle_path is not None and not isinstance(self.bundle_path, (str, bytes)) \
-                and not hasattr(self.bundle_path, "__fspath__"):
-            raise ValueError(f"bundle_path must be a path, got {type(self.bundle_path).__name__}")
+        for name in ("bundle_path", "geo_bundle_path"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, bytes)) and not hasattr(value, "__fspath__"):
+                raise ValueError(f"{name} must be a path, got {type(value).__name__}")
         if self.max_results is not None and (isinstance(self.max_results, bool) or not isinstance(self.max_results, int)
                                              or self.max_results < 1):
             raise ValueError(f"max_results must be a positive int or None, got {self.max_results!r}")
@@ -210,15 +216,26 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class GeoClassifier:
     """Thread-safe: each thread runs its own interpreter over the shared model bytes."""
 
-    def __init__(self, bundle: Bundle, options: GeoClassifierOptions):
+    def __init__(self, bundle: Bundle, options: GeoClassifierOptions, geo_bundle: Bundle | None = None):
         self._bundle = bundle
         self.options = options
         self.labels = list(bundle.labels)
+        self._geo_only = bundle.manifest["model_kind"] == GEO_MODEL_KIND
+        self._geo = bundle if self._geo_only else geo_bundle
+        if geo_bundle is not None:
+            if geo_bundle.manifest["model_kind"] != GEO_MODEL_KIND:
+                raise ValueError(f"geo_bundle_path must be a geo model bundle (model_kind {GEO_MODEL_KIND!r}), "
+                                 f"got {geo_bundle.manifest['model_kind']!r}")
+            if bundle.manifest["model_kind"] != "image":
+                raise ValueError("a geo bundle fuses with an image-only bundle; this one is "
+                                 f"{bundle.manifest['model_kind']!r} and uses the location itself already")
+            if list(geo_bundle.labels) != self.labels:
+                raise ValueError("the geo bundle's labels differ from the image bundle's (names or order)")
         outputs = bundle.model.output_shapes
         self._has_parts = "vision_logits" in outputs and "geo_logits" in outputs
         self.fusion = Fusion.resolve(bundle.manifest, options)
         self._temperature = float((bundle.manifest.get("calibration") or {}).get("temperature", 1.0))
-        self._location_matters = bundle.manifest["model_kind"] != "image" or (
+        self._location_matters = bundle.manifest["model_kind"] != "image" or self._geo is not None or (
             self.fusion.whitelist != "off" and bundle.whitelist is not None)
         self._closed = threading.Event()
         index = {label: i for i, label in enumerate(self.labels)}
@@ -239,7 +256,8 @@ class GeoClassifier:
             raise TypeError(f"options must be GeoClassifierOptions, got {type(options).__name__}")
         if options.bundle_path is None:
             raise ValueError("options.bundle_path is required")
-        return cls(open_bundle(options.bundle_path, num_threads=options.num_threads), options)
+        geo = None if options.geo_bundle_path is None else open_bundle(options.geo_bundle_path, num_threads=options.num_threads)
+        return cls(open_bundle(options.bundle_path, num_threads=options.num_threads), options, geo)
 
     @classmethod
     def from_bundle(cls, path, options: GeoClassifierOptions | None = None) -> "GeoClassifier":
@@ -282,6 +300,9 @@ class GeoClassifier:
     def classify(self, image, lat=None, lon=None) -> ClassificationResult:
         """Classify one image; lat/lon in degrees, both or neither (None = location unknown)."""
         self._check_open()
+        if self._geo_only:
+            raise GeoAwareError("this bundle is a geo model (location -> per-label presence): use species_near, "
+                                "or pass it as geo_bundle_path beside an image-only bundle")
         location = validate_location(lat, lon)
         pixels = prepare_image(image, self._bundle.input_size)
         loc = _UNKNOWN_LOCATION if location is None else np.array([location], dtype=np.float32)
@@ -293,6 +314,13 @@ class GeoClassifier:
         if self._has_parts:
             vision = _softmax(out["vision_logits"].reshape(-1))
             geo = out["geo_logits"].reshape(-1).astype(np.float64)
+        elif self._geo is not None and location is not None:
+            # vision x geo: log softmax(vision logits) + log sigmoid(presence logit), renormalised.
+            vision_logits = out["logits"].reshape(-1).astype(np.float64)
+            vision = _softmax(vision_logits)
+            geo = -np.logaddexp(0.0, -self._presence_logits(location))
+            out["logits"] = np.log(np.maximum(vision, 1e-300)) + geo
+            probs = _softmax(out["logits"])
 
         scores, filtered = probs, False
         mask = self._whitelist_mask(location, off=self.fusion.whitelist == "off")
@@ -317,6 +345,11 @@ class GeoClassifier:
         used = location is not None and self._location_matters
         return ClassificationResult(categories, used, filtered, self.model_version, location)
 
+    def _presence_logits(self, location) -> np.ndarray:
+        """The geo bundle's per-label presence logits at a known location."""
+        blank = np.zeros((1, *self._geo.input_size, 3), dtype=np.uint8)
+        return self._geo.model.run(blank, np.array([location], dtype=np.float32))["logits"].reshape(-1).astype(np.float64)
+
     def classify_batch(self, images, locations=None) -> list[ClassificationResult]:
         """Classify many images. `locations`: None, or one (lat, lon) pair or None per image."""
         images = list(images)
@@ -340,6 +373,7 @@ class GeoClassifier:
     def species_near(self, lat, lon, max_results: int | None = None) -> NearbySpecies:
         """Which labels are expected at this location: the whitelist, ranked by the geo network.
 
+        A geo bundle (alone or beside an image bundle) answers with its presence probabilities.
         The post-processing model's geo logits do not depend on the image (they are added to the
         image logits), so they are read from one run on a blank image. Other model kinds have no
         separable geo part: then the whitelist alone answers."""
@@ -353,7 +387,10 @@ class GeoClassifier:
         mask = self._whitelist_mask(location, off=self.options.use_whitelist is False)
         covered = mask is not None
         scores = None
-        if self._has_parts:
+        if self._geo is not None:
+            geo = self._presence_logits(location)
+            scores = 1.0 / (1.0 + np.exp(-geo))
+        elif self._has_parts:
             blank = np.zeros((1, *self._bundle.input_size, 3), dtype=np.uint8)
             geo = self._bundle.model.run(blank, np.array([location], dtype=np.float32))["geo_logits"].reshape(-1)
             scores = 1.0 / (1.0 + np.exp(-geo.astype(np.float64)))

@@ -15,7 +15,7 @@ import keras
 
 from mobile_sdk.encoding import DEFAULT_ENCODING, ENCODINGS
 from trainer.layers import DEFAULT_VARIANT, VARIANTS
-from trainer.models import BACKBONES, MIN_IMAGE_SIZE, MODEL_KINDS, default_modulated_layers
+from trainer.models import BACKBONES, DEFAULT_GEO_NET, GEO_NETS, MIN_IMAGE_SIZE, MODEL_KINDS, default_modulated_layers
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
@@ -67,6 +67,9 @@ class OptimizerConfig:
         if model == "postprocess":
             # Paper: LR 0.02 without decay; the optimizer is not stated, we use SGD + momentum.
             return cls(name="sgd", learning_rate=0.02, momentum=0.9)
+        if model == "geoprior":
+            # SINR's optimizer and rate (Cole et al. 2023) for its batch of 2048.
+            return cls(name="adam", learning_rate=5e-4)
         if model == "featuremod":
             # Paper: RMSprop 0.0045, x0.94 every 4 epochs; rho/momentum/epsilon are the TF-slim
             # settings of the iNat baseline it starts from. Ours (measured, docs/training.md): the
@@ -144,6 +147,11 @@ class TrainConfig:
     weights: str = "none"  # imagenet | none | PATH (backbone weights, used when not --init)
     init: str | None = None  # image-only RUN_DIR; required for postprocess, recommended for featuremod
     encoding: str = DEFAULT_ENCODING
+    geo_net: str = DEFAULT_GEO_NET  # paper (256-128-128 / 128-256) | residual (SINR); trainer.models.GEO_NETS
+    geo_init: str | None = None  # postprocess: a geoprior RUN_DIR whose geo net starts the head
+    # geoprior (presence-only, trainer.geoprior): the weight of an observation's own label against
+    # the 'assume negative' terms of every other label and of the random background points.
+    pos_weight: float = 2048.0
     modulated_layers: tuple[str, ...] | None = None
     variant: str = DEFAULT_VARIANT
     location_dropout: float | None = None
@@ -169,7 +177,12 @@ class TrainConfig:
         _require(isinstance(self.weights, str) and self.weights != "", "weights", "use imagenet, none or a PATH")
         _require(self.model != "postprocess" or self.init, "init",
                  "post-processing needs --init RUN_DIR of a trained image-only model")
-        _require(self.model != "image" or not self.init, "init", "applies to postprocess and featuremod only")
+        _require(self.model not in ("image", "geoprior") or not self.init, "init",
+                 "applies to postprocess and featuremod only")
+        _require(self.geo_net in GEO_NETS, "geo_net", f"{self.geo_net!r} is not one of {GEO_NETS}")
+        _require(self.geo_init is None or self.model == "postprocess", "geo_init", "applies to postprocess only")
+        _require(self.pos_weight > 0 and math.isfinite(self.pos_weight), "pos_weight",
+                 f"must be a positive finite number, got {self.pos_weight}")
         _require(self.encoding in ENCODINGS, "encoding", f"{self.encoding!r} is not one of {ENCODINGS}")
         _require(self.variant in VARIANTS, "variant", f"{self.variant!r} is not one of {sorted(VARIANTS)}")
         if self.modulated_layers is None:

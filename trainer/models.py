@@ -18,7 +18,12 @@ from trainer.layers import (DEFAULT_VARIANT, FeatureModulation, GateByKnown, Kno
                             LocationDropout, LocationEncoder, PixelScaling)
 
 BACKBONES = ("mobilenet_v2", "inception_v3")
-MODEL_KINDS = ("image", "postprocess", "featuremod")
+MODEL_KINDS = ("image", "postprocess", "featuremod", "geoprior")
+# The geo network: the paper's plain MLP, or SINR's residual net (Cole et al. 2023; iNaturalist's
+# geomodel): a wide first layer, then blocks of two layers with dropout added back to their input.
+GEO_NETS = ("paper", "residual")
+DEFAULT_GEO_NET = "paper"
+RESIDUAL_WIDTH, RESIDUAL_BLOCKS, RESIDUAL_DROPOUT = 256, 4, 0.5
 POSTPROCESS_GEO_UNITS = (256, 128, 128)
 FEATUREMOD_GEO_UNITS = (128, 256)
 # keras.applications refuses smaller inputs.
@@ -98,31 +103,87 @@ def build_image_model(num_classes: int, backbone: str = "mobilenet_v2", image_si
     return keras.Model(inputs, _named_outputs(logits), name="image_only")
 
 
-def _geo_net(location, encoding, units, location_dropout, seed, prefix):
-    """location -> (geo features, known flag [B, 1])."""
+def _geo_net(location, encoding, units, location_dropout, seed, prefix, geo_net=DEFAULT_GEO_NET):
+    """location -> (geo features, known flag [B, 1]). `units` applies to the paper's net only."""
+    if geo_net not in GEO_NETS:
+        raise ValueError(f"unknown geo net {geo_net!r}; choose one of {GEO_NETS}")
     location = LocationDropout(location_dropout, seed=seed, name=f"{prefix}_location_dropout")(location)
     encoded = LocationEncoder(encoding, name=f"{prefix}_location_encoder")(location)
     x = encoded
-    for i, n in enumerate(units):
-        x = keras.layers.Dense(n, activation="relu", name=f"{prefix}_fc{i + 1}")(x)
+    if geo_net == "paper":
+        for i, n in enumerate(units):
+            x = keras.layers.Dense(n, activation="relu", name=f"{prefix}_fc{i + 1}")(x)
+    else:
+        x = keras.layers.Dense(RESIDUAL_WIDTH, activation="relu", name=f"{prefix}_fc1")(x)
+        for b in range(RESIDUAL_BLOCKS):
+            y = keras.layers.Dense(RESIDUAL_WIDTH, activation="relu", name=f"{prefix}_res{b + 1}_fc1")(x)
+            y = keras.layers.Dropout(RESIDUAL_DROPOUT, seed=seed, name=f"{prefix}_res{b + 1}_dropout")(y)
+            y = keras.layers.Dense(RESIDUAL_WIDTH, activation="relu", name=f"{prefix}_res{b + 1}_fc2")(y)
+            x = keras.layers.Add(name=f"{prefix}_res{b + 1}")([x, y])
     return x, KnownFlag(name=f"{prefix}_known")(encoded)
 
 
+def _gated_geo_logits(location, num_classes, encoding, units, location_dropout, seed, geo_net):
+    """location -> per-label geo logits, exactly 0 for an unknown location (prefix `geo`, so a
+    presence-only geo model and a post-processing head share layer names and weights)."""
+    geo, known = _geo_net(location, encoding, units, location_dropout, seed, "geo", geo_net)
+    geo = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="geo_logits_dense")(geo)
+    return GateByKnown(name="geo_logits")([geo, known])
+
+
 def build_geo_head(num_classes: int, encoding: str = DEFAULT_ENCODING, units=POSTPROCESS_GEO_UNITS,
-                   location_dropout: float = 0.0, seed: int | None = None) -> keras.Model:
+                   location_dropout: float = 0.0, seed: int | None = None,
+                   geo_net: str = DEFAULT_GEO_NET) -> keras.Model:
     """The post-processing geo net on (vision_logits, location): logits = vision_logits + geo_logits.
 
     Trained alone on cached image logits. The geo logits layer starts at zero, so training starts
-    from exactly the image-only ranking; an unknown location keeps geo_logits exactly 0.
+    from exactly the image-only ranking (unless initialised from a geo model, init_geo_from); an
+    unknown location keeps geo_logits exactly 0.
     """
     vision = keras.Input((num_classes,), dtype="float32", name="vision_logits")
     location = keras.Input((2,), dtype="float32", name="location")
-    geo, known = _geo_net(location, encoding, units, location_dropout, seed, prefix="geo")
-    geo = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="geo_logits_dense")(geo)
-    geo = GateByKnown(name="geo_logits")([geo, known])
+    geo = _gated_geo_logits(location, num_classes, encoding, units, location_dropout, seed, geo_net)
     logits = keras.layers.Add(name="combined_logits")([vision, geo])
     return keras.Model({"vision_logits": vision, "location": location},
                        _named_outputs(logits, geo_logits=geo), name="geo_head")
+
+
+GEO_MODEL_IMAGE_SIZE = 1  # a geo model's image input is ignored: the smallest the contract allows
+
+
+def build_geo_model(num_classes: int, encoding: str = DEFAULT_ENCODING, geo_net: str = DEFAULT_GEO_NET,
+                    units=POSTPROCESS_GEO_UNITS, seed: int | None = None) -> keras.Model:
+    """A geo model on its own (presence-only training, trainer.geoprior): location ->
+    {"logits": per-label presence logit f (0 when the location is unknown),
+     "probabilities": sigmoid(f), each label's own presence probability (they do not sum to 1)}.
+
+    Like the image-only model, which takes the location and ignores it, this takes a (1x1) image
+    and ignores it, so it exports and loads through the one contract signature."""
+    inputs = _inputs(GEO_MODEL_IMAGE_SIZE)
+    logits = _gated_geo_logits(inputs["location"], num_classes, encoding, units, 0.0, seed, geo_net)
+    probs = keras.layers.Activation("sigmoid", name="probabilities")(logits)
+    return keras.Model(inputs, {"probabilities": probs, "logits": logits}, name="geo_model")
+
+
+def init_geo_from(head: keras.Model, geo_model: keras.Model) -> None:
+    """Copy a geo model's weights (build_geo_model, same encoding, net and labels) into a
+    post-processing head, layer by layer by name; raises ValueError when they do not fit."""
+    weighted = [layer for layer in geo_model.layers if layer.weights]
+    for layer in weighted:
+        try:
+            target = head.get_layer(layer.name)
+        except ValueError:
+            raise ValueError(f"the geo model's layer {layer.name!r} has no counterpart in the head: "
+                             "use the same --geo-net as the geo model") from None
+        shapes = [tuple(w.shape) for w in target.weights], [tuple(w.shape) for w in layer.weights]
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"layer {layer.name!r}: head weights {shapes[0]} vs geo model {shapes[1]} "
+                             "(another encoding, geo net or label count)")
+        target.set_weights(layer.get_weights())
+    head_weighted = {layer.name for layer in head.layers if layer.weights}
+    if head_weighted != {layer.name for layer in weighted}:
+        raise ValueError(f"the head has geo layers the geo model lacks: "
+                         f"{sorted(head_weighted - {layer.name for layer in weighted})}")
 
 
 def build_postprocess_model(image_model: keras.Model, geo_head: keras.Model) -> keras.Model:
@@ -139,7 +200,7 @@ def build_postprocess_model(image_model: keras.Model, geo_head: keras.Model) -> 
 def build_featuremod_model(image_model: keras.Model, encoding: str = DEFAULT_ENCODING,
                            modulated_layers=None, variant: str = DEFAULT_VARIANT,
                            location_dropout: float = 0.1, units=FEATUREMOD_GEO_UNITS,
-                           seed: int | None = None) -> keras.Model:
+                           seed: int | None = None, geo_net: str = DEFAULT_GEO_NET) -> keras.Model:
     """Rewire `image_model` (from build_image_model, possibly trained) with geo feature modulation.
 
     The backbone graph is rebuilt layer by layer from the same layer objects, so every image weight
@@ -161,7 +222,7 @@ def build_featuremod_model(image_model: keras.Model, encoding: str = DEFAULT_ENC
         raise ValueError("feature modulation needs at least one modulated layer")
 
     inputs = _inputs(image_model.input["image"].shape[1])
-    geo, known = _geo_net(inputs["location"], encoding, units, location_dropout, seed, prefix="fm")
+    geo, known = _geo_net(inputs["location"], encoding, units, location_dropout, seed, "fm", geo_net)
     tensors = {id(backbone.inputs[0]): image_model.get_layer("pixel_scaling")(inputs["image"])}
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.InputLayer):

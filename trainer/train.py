@@ -111,6 +111,20 @@ def _load_image_run(config: TrainConfig, labels: list[str]):
     return init.model
 
 
+def _init_geo_head(head, config: TrainConfig, labels: list[str]) -> None:
+    """Start the post-processing geo net from a presence-only geo model (trainer.geoprior)."""
+    geo = load_run(config.geo_init)
+    if geo.config.model != "geoprior":
+        raise RunError(f"--geo-init {config.geo_init} is a {geo.config.model} run; it must be a geoprior run")
+    if geo.labels != labels:
+        raise RunError(f"--geo-init {config.geo_init} has other labels than {config.data} "
+                       f"({len(geo.labels)} vs {len(labels)}, or another order)")
+    if (geo.config.encoding, geo.config.geo_net) != (config.encoding, config.geo_net):
+        raise RunError(f"--geo-init {config.geo_init} uses --encoding {geo.config.encoding} --geo-net "
+                       f"{geo.config.geo_net}; pass the same to this run")
+    models.init_geo_from(head, geo.model)
+
+
 def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
     """(model trained on logits, model saved as model.keras, train data, val data)."""
     num_classes = len(splits.labels)
@@ -123,7 +137,9 @@ def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
         train_cache = cached_logits(image_model, splits.train_eval, caches["train"], "image logits (train)")
         val_cache = cached_logits(image_model, splits.val, caches["val"], "image logits (val)")
         head = models.build_geo_head(num_classes, config.encoding, location_dropout=config.location_dropout,
-                                     seed=config.seed)
+                                     seed=config.seed, geo_net=config.geo_net)
+        if config.geo_init:
+            _init_geo_head(head, config, splits.labels)
         saved = models.build_postprocess_model(image_model, head)
         trained = keras.Model(head.input, head.output["logits"], name="geo_head_training")
         return (trained, saved, _logit_dataset(train_cache, config.batch_size, True, config.seed),
@@ -132,7 +148,7 @@ def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
         image_model = (_load_image_run(config, splits.labels) if config.init else models.build_image_model(
             num_classes, config.backbone, config.image_size, config.alpha, config.weights_arg, config.dropout))
         saved = models.build_featuremod_model(image_model, config.encoding, config.modulated_layers, config.variant,
-                                              config.location_dropout, seed=config.seed)
+                                              config.location_dropout, seed=config.seed, geo_net=config.geo_net)
     else:
         saved = models.build_image_model(num_classes, config.backbone, config.image_size, config.alpha,
                                          config.weights_arg, config.dropout)
@@ -184,6 +200,10 @@ def _epochs_done(state_dir: Path) -> int:
 
 def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
     """Train (or resume) the run in `run_dir`; returns the best validation metrics."""
+    if config.model == "geoprior":  # observations only: its own trainer
+        from trainer import geoprior
+
+        return geoprior.train(config, run_dir)
     run_dir = Path(run_dir)
     _check_existing_run(run_dir, config)
     strategy = make_strategy(config.strategy, config.tpu)
@@ -263,6 +283,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, help="default: the --init run's, else 224")
     p.add_argument("--alpha", type=float, help="MobileNet V2 width; default: the --init run's, else 1.0")
     p.add_argument("--encoding", default=DEFAULT_ENCODING, choices=ENCODINGS)
+    p.add_argument("--geo-net", default=models.DEFAULT_GEO_NET, choices=models.GEO_NETS,
+                   help="geo network: the paper's MLP or SINR's residual net")
+    p.add_argument("--geo-init", metavar="RUN_DIR",
+                   help="postprocess: start the geo net from this geoprior run (same labels, encoding, geo net)")
     p.add_argument("--variant", default="add", choices=sorted(VARIANTS),
                    help="feature modulation: " + ", ".join(f"{k} = {v}" for k, v in VARIANTS.items()))
     p.add_argument("--blocks", help="feature modulation: comma list of layer names (MobileNet V2: or block numbers)")
@@ -301,13 +325,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         alpha=args.alpha if args.alpha is not None else inherited.get("alpha", 1.0),
         image_size=args.image_size if args.image_size is not None else inherited.get("image_size", 224),
         weights=args.weights, init=str(Path(args.init).resolve()) if args.init else None,
-        encoding=args.encoding, modulated_layers=_parse_blocks(args.blocks, backbone), variant=args.variant,
+        encoding=args.encoding, geo_net=args.geo_net,
+        geo_init=str(Path(args.geo_init).resolve()) if args.geo_init else None, modulated_layers=_parse_blocks(args.blocks, backbone), variant=args.variant,
         location_dropout=args.location_dropout, dropout=args.dropout, optimizer=optimizer, epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, strategy=args.strategy, tpu=args.tpu,
         steps_per_epoch=args.steps_per_epoch)
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "geoprior" in {a.split("=", 1)[-1] for a in argv if a.startswith("--model")} | \
+            {argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--model"}:
+        from trainer import geoprior  # presence-only: observations, no images (its own trainer)
+
+        return geoprior.main(argv)
     args = parse_args(argv)
     try:
         config = config_from_args(args)

@@ -1,0 +1,160 @@
+"""trainer.geoprior: presence-only geo models from observations alone, and where they plug in."""
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from trainer import geoprior, models  # noqa: E402
+from trainer.config import OptimizerConfig, TrainConfig  # noqa: E402
+
+CENTRES = {"alpha": (45.0, 10.0), "beta": (-30.0, 140.0)}  # two disjoint ranges, ~15,000 km apart
+
+
+def _toy_observations(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    locs, labels = [], []
+    for i, (lat, lon) in enumerate(CENTRES.values()):
+        locs.append(np.stack([lat + rng.normal(0, 1.5, n), lon + rng.normal(0, 1.5, n)], axis=1))
+        labels.append(np.full(n, i))
+    return geoprior.Observations(np.concatenate(locs), np.concatenate(labels).astype(np.int32), list(CENTRES))
+
+
+def _toy_config(**changes):
+    values = dict(data="toy", model="geoprior", encoding="fourier", pos_weight=4.0, batch_size=64, epochs=6,
+                  optimizer=OptimizerConfig(name="adam", learning_rate=3e-3), seed=0)
+    return TrainConfig(**{**values, **changes})
+
+
+def _scores(model, latlon):
+    return 1.0 / (1.0 + np.exp(-geoprior.predict_logits(model, np.array(latlon, np.float32))))
+
+
+@pytest.mark.parametrize("geo_net", ["paper", pytest.param("residual", marks=pytest.mark.slow)])
+def test_presence_only_loss_learns_two_disjoint_ranges(geo_net):
+    model, history = geoprior.fit(_toy_observations(), _toy_config(geo_net=geo_net), log=lambda _: None)
+    assert history[-1]["loss"] < history[0]["loss"]
+    inside = _scores(model, list(CENTRES.values()))
+    assert inside[0, 0] > 0.5 and inside[1, 1] > 0.5  # each label high inside its own range
+    assert inside[0, 1] < 0.1 and inside[1, 0] < 0.1  # and low inside the other's
+    far = _scores(model, [[0.0, -60.0], [60.0, -100.0], [-70.0, 0.0], [10.0, 80.0]])
+    assert far.max() < 0.1  # background points teach "absent where never observed"
+
+
+def test_assume_negative_loss_terms():
+    logits = tf.constant([[2.0, -1.0]])
+    loss = geoprior.assume_negative_loss(logits, tf.constant([0]), tf.constant([[0.5, -3.0]]), 5.0)
+    softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
+    expected = (5.0 * softplus(-2.0) + softplus(-1.0)) / 2 + (softplus(0.5) + softplus(-3.0)) / 2
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+
+
+def test_background_points_are_uniform_on_the_sphere():
+    generator = tf.random.Generator.from_seed(0)
+    points = geoprior.random_sphere_points(20000, generator.uniform).numpy()
+    assert np.abs(points[:, 0]).max() <= 90 and np.abs(points[:, 1]).max() <= 180
+    # Uniform on the sphere: sin(lat) is uniform, so a quarter of the points have |lat| > 48.6°.
+    assert 0.24 < np.mean(np.abs(points[:, 0]) > 48.59) < 0.26
+
+
+def test_unknown_location_gives_zero_logits():
+    model = models.build_geo_model(3, "fourier", "residual")
+    _randomize(model)
+    out = model({"image": np.zeros((2, 1, 1, 3), np.uint8), "location": np.array([[np.nan, np.nan], [10.0, 20.0]], np.float32)})
+    assert np.all(out["logits"].numpy()[0] == 0.0) and np.any(out["logits"].numpy()[1] != 0.0)
+
+
+def _randomize(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights()])
+
+
+@pytest.mark.parametrize("geo_net", models.GEO_NETS)
+def test_post_processing_head_starts_from_a_geo_model(geo_net):
+    geo = models.build_geo_model(4, "fourier", geo_net)
+    _randomize(geo)
+    head = models.build_geo_head(4, "fourier", geo_net=geo_net)
+    models.init_geo_from(head, geo)
+    locs = np.array([[10.0, 20.0], [-40.0, 170.0], [np.nan, np.nan]], np.float32)
+    out = head({"vision_logits": np.zeros((3, 4), np.float32), "location": locs})
+    np.testing.assert_allclose(out["geo_logits"].numpy(), geoprior.predict_logits(geo, locs), atol=1e-6)
+    with pytest.raises(ValueError, match="another encoding, geo net or label count"):
+        models.init_geo_from(models.build_geo_head(4, "sincos", geo_net=geo_net), geo)
+
+
+def test_reads_npz_csv_and_names_bad_files(tmp_path):
+    npz = tmp_path / "obs.npz"
+    np.savez(npz, train_locs=np.array([[10.0, 20.0], [-5.0, 170.0], [np.nan, np.nan]], np.float32),
+             train_ids=np.array([7, 3, 3]), taxon_ids=np.array([3, 7]), taxon_names=np.array(["c", "g"]))
+    obs = geoprior.load_observations(str(npz))
+    assert obs.label_names == ["c", "g"] and obs.labels.tolist() == [1, 0] and len(obs) == 2  # NaN row skipped
+    np.testing.assert_allclose(obs.latlon, [[10.0, 20.0], [-5.0, 170.0]], atol=1e-5)
+    csv_file = tmp_path / "obs.csv"
+    csv_file.write_text("label,lat,lon\nb,1.5,2\na,-3,190\nb,,\n")
+    obs = geoprior.load_observations(str(csv_file))
+    assert obs.label_names == ["a", "b"] and obs.labels.tolist() == [1, 0]
+    np.testing.assert_allclose(obs.latlon, [[1.5, 2.0], [-3.0, -170.0]])  # longitudes wrap
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,lat,lon\nb,1,2\n")
+    with pytest.raises(geoprior.ObservationError, match="label, lat, lon"):
+        geoprior.load_observations(str(bad))
+    bad.write_text("label,lat,lon\nb,95,2\n")
+    with pytest.raises(geoprior.ObservationError, match="bad.csv"):
+        geoprior.load_observations(str(bad))
+
+
+def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path):
+    """`trainer.train --model geoprior` on a CSV of observations -> int8 geo bundle (location kept
+    float) -> GeoClassifier: species_near alone, and vision x geo beside an image-only bundle."""
+    from converters.export import export_bundle
+    from converters.verify import check_location_float
+    from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
+    from mobile_sdk.errors import GeoAwareError
+    from test_sdk import LABELS, NEW_YORK, PARIS, SIZE, SYDNEY, _tiny_tflite, _write_bundle
+    from trainer.train import main as train_main
+
+    rng = np.random.default_rng(0)
+    places = {"paris_a": [PARIS], "sydney_b": [SYDNEY], "both_c": [PARIS, SYDNEY], "newyork_d": [NEW_YORK]}
+    rows = [f"{label},{la + rng.normal(0, 1.0):.4f},{lo + rng.normal(0, 1.0):.4f}"
+            for label, centres in places.items() for la, lo in centres for _ in range(150)]
+    observations = tmp_path / "obs.csv"
+    observations.write_text("label,lat,lon\n" + "\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert train_main(["--model", "geoprior", "--observations", str(observations), "--out", str(run),
+                       "--encoding", "fourier", "--epochs", "6", "--batch-size", "64", "--lr", "3e-3",
+                       "--pos-weight", "4"]) == 0
+    manifest = export_bundle(run, tmp_path / "geo_bundle", "int8", calibration_samples=50, verify_samples=40)
+    assert manifest["model_kind"] == "geoprior" and manifest["location_encoding"] == "fourier"
+    check_location_float((tmp_path / "geo_bundle" / "model.tflite").read_bytes())
+    located = manifest["metrics"]["verification"]["located"]
+    # Paris holds two labels with near-equal presence: int8 may flip that tie, nothing else.
+    assert located["top1_agreement"] >= 0.8 and located["max_probability_diff"] < 0.15
+
+    with GeoClassifier.from_bundle(tmp_path / "geo_bundle") as geo_only:
+        near = geo_only.species_near(*SYDNEY)
+        assert near.geo_scored and {c.label for c in near.categories[:2]} == {"sydney_b", "both_c"}
+        assert near.categories[0].score > 0.5
+        with pytest.raises(GeoAwareError, match="geo model"):
+            geo_only.classify(np.zeros((*SIZE, 3), np.uint8), *SYDNEY)
+
+    labels = sorted(LABELS)  # the CSV reader orders labels by name
+    image_bundle = _write_bundle(tmp_path / "image_bundle", _tiny_tflite(tmp_path / "image.tflite", "image"), "image",
+                                 labels=labels)
+    photo = np.random.default_rng(1).integers(0, 255, (*SIZE, 3), dtype=np.uint8)
+    options = GeoClassifierOptions(geo_bundle_path=str(tmp_path / "geo_bundle"), use_whitelist=False)
+    with GeoClassifier.from_bundle(image_bundle, options) as fused, \
+            GeoClassifier.from_bundle(image_bundle, GeoClassifierOptions(use_whitelist=False)) as plain:
+        assert fused.labels == labels
+        at_new_york = fused.classify(photo, *NEW_YORK)
+        assert at_new_york.location_used and at_new_york.categories[0].label == "newyork_d"
+        top = at_new_york.categories[0]
+        # vision x geo: log P(vision) + log sigmoid(presence logit), renormalised.
+        assert top.geo_score < 0 and top.vision_score is not None
+        unknown, image_only = fused.classify(photo), plain.classify(photo)
+        assert [(c.label, round(c.score, 6)) for c in unknown.categories] == \
+               [(c.label, round(c.score, 6)) for c in image_only.categories]
+        assert fused.species_near(*PARIS).categories[0].label in ("paris_a", "both_c")
+    with pytest.raises(ValueError, match="image-only"):
+        GeoClassifier.from_bundle(tmp_path / "geo_bundle", options)
