@@ -34,11 +34,12 @@ PHOTO_SHAPE = (768, 1024)  # a phone photo scaled to 1024 px wide
 
 
 @functools.lru_cache(maxsize=None)
-def tflite_bytes(kind: str, image_size: int, alpha: float, num_classes: int = NUM_LABELS, seed: int = 0) -> bytes:
-    """An untrained model of `kind` converted to int8 TFLite (calibrated on random inputs: fine for
-    latency, which does not depend on the weights' values — only on which weights are equal: the
-    zero-initialised modulation kernels are randomised as training makes them, else the converter
-    merges the identical layers and times fewer ops than a trained model runs)."""
+def tflite_bytes(kind: str, image_size: int, alpha: float, num_classes: int = NUM_LABELS, seed: int = 0,
+                 encoding: str = "sincos", geo_net: str = "paper") -> bytes:
+    """An untrained model of `kind` (its geo net: `encoding`, `geo_net`) converted to int8 TFLite
+    (calibrated on random inputs: fine for latency, which does not depend on the weights' values —
+    only on which weights are equal: zero-initialised kernels are randomised as training makes them,
+    else the converter merges identical layers and times fewer ops than a trained model runs)."""
     import keras
 
     from converters.export import convert_model, representative_data
@@ -50,9 +51,12 @@ def tflite_bytes(kind: str, image_size: int, alpha: float, num_classes: int = NU
     if kind == "image":
         model = image_model
     elif kind == "postprocess":
-        model = models.build_postprocess_model(image_model, models.build_geo_head(num_classes, seed=seed))
+        head = models.build_geo_head(num_classes, encoding, seed=seed, geo_net=geo_net)
+        logits = head.get_layer("geo_logits_dense")
+        logits.kernel.assign(np.random.default_rng(seed).normal(0, 0.01, logits.kernel.shape).astype("float32"))
+        model = models.build_postprocess_model(image_model, head)
     else:
-        model = models.build_featuremod_model(image_model, seed=seed)
+        model = models.build_featuremod_model(image_model, encoding, seed=seed, geo_net=geo_net)
         rng = np.random.default_rng(seed)
         for modulation in models.modulation_layers(model).values():
             for dense in (modulation.gamma, modulation.beta):

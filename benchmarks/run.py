@@ -42,7 +42,10 @@ def run_section(name: str, args) -> Section:
     if name == "geography":
         from benchmarks import geography
 
-        return geography.run(max_test=500 if args.quick else 5000, geo_epochs=1 if args.quick else 10, seed=args.seed)
+        if args.quick:  # two nets, one epoch, no full-size timing
+            return geography.run(max_test=500, geo_epochs=1, seed=args.seed, variants=geography.VARIANTS[:2],
+                                 time_full_run=False, latency_repeats=5)
+        return geography.run(seed=args.seed)
     if name == "scale":
         from benchmarks import scale
 

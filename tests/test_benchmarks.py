@@ -36,7 +36,7 @@ def test_split_by_observation_is_a_disjoint_cover():
     train, test = geography.split_by_observation(100, 0.2, seed=3)
     assert len(test) == 20 and len(train) == 80
     assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(100))
-    with pytest.raises(ValueError, match="test_fraction"):
+    with pytest.raises(ValueError, match="fraction"):
         geography.split_by_observation(100, 1.0, seed=0)
 
 
@@ -212,3 +212,12 @@ def test_methods_table_over_seeds_is_mean_and_std():
 
     table = mean_std_table([report(0.5), report(0.6), report(0.7)])
     assert "| image only | 60.0 ± 10.0 | 50.0 ± 0.0 | 60.0 ± 10.0 |" in table
+
+
+def test_expected_nearby_thresholds_and_counts():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.7, 0.3, 0.5]])
+    labels = np.array([0, 1, 0])
+    thresholds = geography.expected_nearby_thresholds(scores, labels, 3, q=0.0)  # q=0: the minimum
+    np.testing.assert_allclose(thresholds, [0.7, 0.8, np.inf])  # label 2 never observed: never expected
+    stats = geography.nearby_stats(scores, labels, thresholds)
+    assert stats["nearby"] == pytest.approx(1.0) and stats["nearby_recall"] == 1.0

@@ -127,3 +127,29 @@ def test_examples_sheet_png(tmp_path):
     with pytest.raises(ValueError, match="no corrected"):
         draw_sheet(tmp_path / "empty.png", Val, [], ranges, "toy ranges")
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_geoprior_run_beside_observations_at_the_scale_of_the_range(tmp_path):
+    """A presence-only run's σ(f) panel next to the label's observations, zoomed to their box."""
+    from trainer.models import build_geo_model
+    from trainer.checkpoint import atomic_save_model, write_labels
+    from trainer.config import TrainConfig
+
+    rng = np.random.default_rng(0)
+    obs = tmp_path / "obs.csv"
+    rows = [f"small,{35 + rng.normal(0, 0.5):.3f},{139 + rng.normal(0, 0.5):.3f}" for _ in range(50)]
+    rows += [f"wide,{rng.uniform(-40, 60):.3f},{rng.uniform(-120, 120):.3f}" for _ in range(50)]
+    obs.write_text("label,lat,lon\n" + "\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(TrainConfig(data=str(obs), model="geoprior", encoding="fourier").to_json())
+    write_labels(run, ["small", "wide"])
+    atomic_save_model(build_geo_model(2, "fourier"), run / "model.keras")
+    out = rangemap.range_map(tmp_path / "map.png", "small", run_dir=run, observations=str(obs), zoom=True)
+    with Image.open(out) as image:
+        assert image.size[0] > image.size[1] * 1.5  # two panels side by side
+    grid = rangemap.region_grid(rangemap.observation_points(str(obs), "small"))
+    lon0, lon1, lat0, lat1 = grid.extent
+    assert 130 < lon0 < 139 < lon1 < 148 and 26 < lat0 < 35 < lat1 < 44  # the range's scale, not the world's
+    with pytest.raises(rangemap.RangeMapError, match="--zoom needs"):
+        rangemap.range_map(tmp_path / "x.png", "small", run_dir=run, zoom=True)

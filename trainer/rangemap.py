@@ -1,11 +1,18 @@
 """Range maps: one label's geo score over the world, with real coastlines (the paper's Figure 1).
 
     python -m trainer.rangemap --model RUN_DIR --label NAME --out PNG [--prior DATA_SPEC]
+        [--truth WORLD_DIR] [--observations FILE] [--zoom]
 
 Panels drawn (one PNG):
-- the post-processing run's geo logit for the label (the learned log P(G|L)/P(G|not L) residual);
+- the post-processing run's geo logit for the label (the learned log P(G|L)/P(G|not L) residual),
+  or a geoprior run's presence probability sigmoid(f) (trainer.geoprior);
 - with --prior, the Bayesian radius prior P(L|G) from the training observations of DATA_SPEC;
-- with --truth WORLD_DIR, the world generator's true range density for the label.
+- with --truth WORLD_DIR, the world generator's true range density for the label;
+- with --observations FILE (an observation file or data SPEC, as trainer.geoprior reads), the
+  label's observations as points.
+
+--zoom draws every panel at the scale of the range: the box around the label's observations (or,
+with --truth only, around its true range) instead of the whole world.
 
 A feature-modulation model has no per-label geo score (location shifts internal features, not
 label logits), so asking for its range map is an error that says to use --prior instead.
@@ -46,6 +53,32 @@ class Grid:
     def latlon(self) -> np.ndarray:
         lat, lon = np.meshgrid(self.lats, self.lons, indexing="ij")
         return np.stack([lat.ravel(), lon.ravel()], axis=-1).astype(np.float32)
+
+
+    @property
+    def extent(self) -> tuple[float, float, float, float]:
+        """(lon0, lon1, lat0, lat1) of the cell edges, imshow's order."""
+        half_lon = (self.lons[1] - self.lons[0]) / 2 if len(self.lons) > 1 else 0.5
+        half_lat = (self.lats[1] - self.lats[0]) / 2 if len(self.lats) > 1 else 0.5
+        return (self.lons[0] - half_lon, self.lons[-1] + half_lon, self.lats[0] - half_lat, self.lats[-1] + half_lat)
+
+
+def region_grid(latlon: np.ndarray, cells: int = 160, margin: float = 0.25, min_span_deg: float = 6.0) -> Grid:
+    """A grid over the box around points (the 1st-99th percentile, widened by `margin` on each side
+    and to at least `min_span_deg`), about `cells` cells across its longer side. Boxes do not wrap:
+    a range across the antimeridian is drawn on the whole-world grid instead."""
+    latlon = np.asarray(latlon, np.float64)
+    if len(latlon) == 0:
+        raise RangeMapError("no points to zoom to")
+    (lat0, lon0), (lat1, lon1) = np.percentile(latlon, 1, axis=0), np.percentile(latlon, 99, axis=0)
+    if lon1 - lon0 > 180:  # across the antimeridian or spread around the globe
+        return world_grid(max(360.0 / cells / 2, 0.05))
+    span = max(lat1 - lat0, lon1 - lon0, min_span_deg) * (1 + 2 * margin)
+    lat_c, lon_c = (lat0 + lat1) / 2, (lon0 + lon1) / 2
+    lat0, lat1 = max(-90.0, lat_c - span / 2), min(90.0, lat_c + span / 2)
+    lon0, lon1 = max(-180.0, lon_c - span / 2), min(180.0, lon_c + span / 2)
+    step = max(span / cells, 0.01)
+    return Grid(np.arange(lat0 + step / 2, lat1, step), np.arange(lon0 + step / 2, lon1, step))
 
 
 def world_grid(step_deg: float = DEFAULT_STEP_DEG) -> Grid:
@@ -137,22 +170,26 @@ def land_outline(step_deg: float = 0.25) -> tuple[np.ndarray, np.ndarray, np.nda
     return grid.lons, grid.lats, globe.is_land(lat, lon).astype(np.float32)
 
 
-def draw_panel(ax, grid: Grid, scores: np.ndarray, title: str, marker=None, cmap="viridis", colorbar=True):
-    """One map: scores [rows*cols] on the grid, coastlines, optional (lat, lon) marker."""
-    values = np.asarray(scores, np.float64).reshape(grid.shape)
-    extent = (-180, 180, -90, 90)
+def draw_panel(ax, grid: Grid, scores: np.ndarray | None, title: str, marker=None, cmap="viridis", colorbar=True,
+               points=None):
+    """One map: scores [rows*cols] on the grid (None: coastlines only), coastlines, optional
+    (lat, lon) marker, optional [N, 2] points (observations)."""
+    extent = grid.extent
+    values = np.full(grid.shape, np.nan) if scores is None else np.asarray(scores, np.float64).reshape(grid.shape)
     image = ax.imshow(np.ma.masked_invalid(values), origin="lower", extent=extent, cmap=cmap,
                       interpolation="nearest", aspect="auto")
     lons, lats, land = land_outline()
     ax.contour(lons, lats, land, levels=[0.5], colors="black", linewidths=0.4)
     if marker is not None:
         ax.plot(marker[1], marker[0], marker="*", color="red", markersize=10, markeredgecolor="white")
-    ax.set_xlim(-180, 180)
-    ax.set_ylim(-90, 90)
+    if points is not None:
+        ax.scatter(points[:, 1], points[:, 0], s=3, color="crimson", alpha=0.6, linewidths=0)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    if colorbar:
+    if colorbar and scores is not None:
         ax.figure.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
     return image
 
@@ -188,6 +225,23 @@ def geo_panel(model, labels, label: str, grid: Grid, source: str = "") -> tuple[
     return f"{label}: post-processing geo logit {source}".strip(), scores
 
 
+def presence_panel(model, labels, label: str, grid: Grid, source: str = "") -> tuple[str, np.ndarray]:
+    """A geoprior run's presence probability sigmoid(f) for the label."""
+    from trainer.geoprior import predict_logits
+
+    index = label_index(list(labels), label)
+    logits = predict_logits(model, grid.latlon)[:, index].astype(np.float64)
+    return f"{label}: presence-only geo net σ(f) {source}".strip(), 1.0 / (1.0 + np.exp(-logits))
+
+
+def observation_points(spec: str, label: str) -> np.ndarray:
+    """[N, 2] locations of the label's observations in an observation file or data SPEC."""
+    from trainer.geoprior import load_observations
+
+    obs = load_observations(spec)
+    return obs.latlon[obs.labels == label_index(obs.label_names, label)]
+
+
 def prior_panel(train_ds, label: str, grid: Grid, radius_miles: float) -> tuple[str, np.ndarray]:
     index = label_index(list(train_ds.label_names), label)
     return f"{label}: radius prior P(L|G), r = {radius_miles:g} mi", prior_scores(train_ds, index, grid.latlon, radius_miles)
@@ -198,14 +252,15 @@ def truth_panel(world, label: str, grid: Grid) -> tuple[str, np.ndarray]:
     return f"{label}: true range density (world)", np.asarray(world.density(grid.latlon))[:, index]
 
 
-def write_map(out_png, grid: Grid, panels: list[tuple[str, np.ndarray]]) -> Path:
-    """Draw the panels side by side into one PNG (atomically)."""
+def write_map(out_png, grid: Grid, panels: list[tuple]) -> Path:
+    """Draw the panels side by side into one PNG (atomically): (title, scores or None[, points])."""
     if not panels:
         raise RangeMapError("no panels to draw")
     plt, fig, axes = figure(len(panels))
     try:
-        for ax, (title, scores) in zip(axes[0], panels):
-            draw_panel(ax, grid, scores, title)
+        for ax, panel in zip(axes[0], panels):
+            title, scores, points = panel if len(panel) == 3 else (*panel, None)
+            draw_panel(ax, grid, scores, title, points=points)
         fig.tight_layout()
         return save_figure(fig, out_png)
     finally:
@@ -213,45 +268,66 @@ def write_map(out_png, grid: Grid, panels: list[tuple[str, np.ndarray]]) -> Path
 
 
 def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=None,
-              radius_miles: float = DEFAULT_RADIUS_MILES, step_deg: float = DEFAULT_STEP_DEG) -> Path:
+              radius_miles: float = DEFAULT_RADIUS_MILES, step_deg: float = DEFAULT_STEP_DEG,
+              observations=None, zoom: bool = False) -> Path:
     """Draw every panel that the given sources allow for one label into `out_png`."""
-    if run_dir is None and prior_spec is None and truth_world is None:
-        raise RangeMapError("nothing to draw: give --model RUN_DIR, --prior DATA_SPEC or --truth WORLD_DIR")
+    if run_dir is None and prior_spec is None and truth_world is None and observations is None:
+        raise RangeMapError("nothing to draw: give --model RUN_DIR, --prior DATA_SPEC, --truth WORLD_DIR "
+                            "or --observations FILE")
+    points = None if observations is None else observation_points(observations, label)
+    world = None
+    if truth_world is not None:
+        from trainer.world.load import load_world
+
+        world = load_world(truth_world)
     grid = world_grid(step_deg)
+    if zoom:
+        focus = points
+        if focus is None and world is not None:  # the true range: where its density is high
+            density = truth_panel(world, label, grid)[1]
+            focus = grid.latlon[density >= 0.2 * np.nanmax(density)]
+        if focus is None or not len(focus):
+            raise RangeMapError("--zoom needs the label's observations (--observations) or its true range (--truth)")
+        grid = region_grid(focus)
     panels = []
     if run_dir is not None:
         from trainer.checkpoint import load_run
 
         run = load_run(run_dir)
         try:
-            panels.append(geo_panel(run.model, run.labels, label, grid, f"({Path(run_dir).name})"))
+            draw = presence_panel if run.config.model == "geoprior" else geo_panel
+            panels.append(draw(run.model, run.labels, label, grid, f"({Path(run_dir).name})"))
         except RangeMapError as exc:
-            if prior_spec is None and truth_world is None:
+            if prior_spec is None and truth_world is None and observations is None:
                 raise
             print(f"rangemap: no panel for {run_dir}: {exc}", file=sys.stderr)
     if prior_spec is not None:
         from trainer.data import load_split
 
         panels.append(prior_panel(load_split(prior_spec, "train"), label, grid, radius_miles))
-    if truth_world is not None:
-        from trainer.world.load import load_world
-
-        panels.append(truth_panel(load_world(truth_world), label, grid))
+    if world is not None:
+        panels.append(truth_panel(world, label, grid))
+    if points is not None:
+        panels.append((f"{label}: {len(points):,} observations", None, points))
     return write_map(out_png, grid, panels)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.rangemap", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="post-processing RUN_DIR: draw its geo network's logit")
+    parser.add_argument("--model", help="post-processing or geoprior RUN_DIR: draw its geo network's score")
     parser.add_argument("--label", required=True, help="label name (or index)")
     parser.add_argument("--out", required=True, help="output PNG path")
     parser.add_argument("--prior", metavar="DATA_SPEC", help="also draw the radius prior from this dataset's train split")
     parser.add_argument("--truth", metavar="WORLD_DIR", help="also draw the world's true range density")
+    parser.add_argument("--observations", metavar="FILE",
+                        help="also draw the label's observations (.npz, .csv or data SPEC, as trainer.geoprior reads)")
+    parser.add_argument("--zoom", action="store_true", help="draw at the scale of the range, not the whole world")
     parser.add_argument("--radius-miles", type=float, default=DEFAULT_RADIUS_MILES)
     parser.add_argument("--step", type=float, default=DEFAULT_STEP_DEG, help="grid step in degrees")
     args = parser.parse_args(argv)
     try:
-        out = range_map(args.out, args.label, args.model, args.prior, args.truth, args.radius_miles, args.step)
+        out = range_map(args.out, args.label, args.model, args.prior, args.truth, args.radius_miles, args.step,
+                        args.observations, args.zoom)
     except RangeMapError as exc:
         parser.error(str(exc))
     print(f"range map written to {out}")
