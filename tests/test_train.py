@@ -363,3 +363,35 @@ def test_geo_lr_multiplier_scales_only_the_geo_updates(name):
     # The zero-initialised β kernels get a gradient at once; the geo net's only through them, so
     # it first moves on the second step (its gradient is W_β = 0 at initialisation).
     assert any(np.abs(s).max() > 0 for p, s in steps[1.0].items() if "modulate_" in p and p.endswith("kernel"))
+
+
+def _geoprior_run(run_dir, encoding="sincos", geo_net="residual"):
+    """A geoprior run folder as trainer.geoprior writes it, with random geo weights."""
+    from trainer.checkpoint import atomic_save_model, write_labels
+
+    run_dir.mkdir(parents=True)
+    geo = models.build_geo_model(CLASSES, encoding, geo_net)
+    rng = np.random.default_rng(0)
+    for layer in geo.layers:
+        if layer.weights:
+            layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights()])
+    (run_dir / "config.json").write_text(TrainConfig(data="obs.csv", model="geoprior", encoding=encoding,
+                                                     geo_net=geo_net).to_json())
+    write_labels(run_dir, LABELS)
+    atomic_save_model(geo, run_dir / "model.keras")
+    return geo
+
+
+def test_postprocess_geo_net_starts_from_a_geoprior_run(image_run, tmp_path):
+    from trainer.geoprior import predict_logits
+
+    image_dir, _, _ = image_run
+    geo = _geoprior_run(tmp_path / "geoprior")
+    config = tiny_config("postprocess", init=str(image_dir), geo_init=str(tmp_path / "geoprior"), geo_net="residual",
+                         optimizer=OptimizerConfig(name="sgd", learning_rate=1e-9))  # ~no update: see the start
+    train_mod.train(config, tmp_path / "post", synthetic_splits())
+    x, _ = _arrays(8, seed=7)
+    np.testing.assert_allclose(load_run(tmp_path / "post").model(x)["geo_logits"].numpy(),
+                               predict_logits(geo, x["location"]), atol=1e-4)
+    with pytest.raises(RunError, match="--encoding sincos --geo-net residual"):
+        train_mod.train(config.replace(encoding="fourier"), tmp_path / "other", synthetic_splits())
