@@ -263,8 +263,9 @@ def fit(obs: Observations, config, val: Observations | None = None, on_epoch=Non
 
 def train(config, run_dir, val_fraction: float = DEFAULT_VAL_FRACTION, log=print) -> dict:
     """Train the geoprior run `config` into run_dir; returns the best epoch's metrics."""
+    from mobile_sdk.fileio import atomic_write_text
     from trainer.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunError, atomic_save_model,
-                                    atomic_write_json, atomic_write_text, read_config, write_labels)
+                                    atomic_write_json, read_config, write_labels)
 
     if config.model != "geoprior":
         raise ValueError(f"trainer.geoprior trains model geoprior, got {config.model!r}")
