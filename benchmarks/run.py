@@ -43,8 +43,8 @@ def run_section(name: str, args) -> Section:
         from benchmarks import geography
 
         if args.quick:  # two nets, one epoch, no full-size timing
-            return geography.run(max_test=500, geo_epochs=1, seed=args.seed, variants=geography.VARIANTS[:2],
-                                 time_full_run=False, latency_repeats=5)
+            return geography.run(max_test=500, geo_epochs=1, geo_minutes=None, seed=args.seed,
+                                 variants=geography.VARIANTS[:2], time_full_run=False, latency_repeats=5)
         return geography.run(seed=args.seed)
     if name == "scale":
         from benchmarks import scale

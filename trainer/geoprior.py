@@ -200,14 +200,15 @@ def _with_blank_image(location):
 
 
 def fit(obs: Observations, config, val: Observations | None = None, on_epoch=None, log=print,
-        objective: str = "presence"):
+        objective: str = "presence", max_seconds: float | None = None):
     """Train a geo model on `obs` (config: a TrainConfig of model geoprior). Each epoch ends with
     on_epoch(epoch, model, metrics) when given; returns (model, [metrics per epoch]).
     Metrics: the mean training loss, the epoch's seconds and, with `val`, val_* label metrics.
 
     objective: `presence` (the assume-negative loss; probabilities are σ(f) renormalised) or
     `softmax` (cross-entropy of softmax(f) on the observations' labels, the paper's post-processing
-    loss with no image; for comparison in benchmarks.geography)."""
+    loss with no image; for comparison in benchmarks.geography).
+    max_seconds: stop after the first epoch that ends past this training time (config.epochs caps it)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     import keras
@@ -244,7 +245,7 @@ def fit(obs: Observations, config, val: Observations | None = None, on_epoch=Non
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    history, batches = [], iter(data)
+    history, batches, start = [], iter(data), time.monotonic()
     for epoch in range(config.epochs):
         begin, total = time.monotonic(), 0.0
         for _ in range(steps):
@@ -258,6 +259,8 @@ def fit(obs: Observations, config, val: Observations | None = None, on_epoch=Non
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, model, metrics)
+        if max_seconds is not None and time.monotonic() - start >= max_seconds:
+            break
     return model, history
 
 
