@@ -188,13 +188,15 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
 
             # Calibration and fusion are measured through the SDK on this very bundle, so
             # provisional manifests go in first; the final one (with both) replaces them, still last.
-            write_manifest(tmp, manifest_with(None))
-            stages.set_postfix_str("calibration and whitelist fusion on tuning images")
-            tune, _ = evaluation_rows(val, seed)
-            calibration = fit_calibration(tmp, tune)
-            write_manifest(tmp, manifest_with(None, calibration))  # the fusions are measured tempered
-            manifest = manifest_with(choose_fusion(measure_fusions(tmp, tune), len(tune)), calibration)
-            write_manifest(tmp, manifest)  # last: a folder without it is not a bundle
+            manifest = manifest_with(None)
+            write_manifest(tmp, manifest)
+            if run.config.model != "geoprior":  # a geo bundle classifies no image: nothing to fuse or calibrate
+                stages.set_postfix_str("calibration and whitelist fusion on tuning images")
+                tune, _ = evaluation_rows(val, seed)
+                calibration = fit_calibration(tmp, tune)
+                write_manifest(tmp, manifest_with(None, calibration))  # the fusions are measured tempered
+                manifest = manifest_with(choose_fusion(measure_fusions(tmp, tune), len(tune)), calibration)
+                write_manifest(tmp, manifest)  # last: a folder without it is not a bundle
         stages.update()
     finally:
         stages.close()
@@ -209,11 +211,13 @@ def _summary(out, manifest: dict) -> str:
             f"{located['top1_agreement']:.1%} (unknown location {unknown['top1_agreement']:.1%}), "
             f"max probability difference {located['max_probability_diff']:.2g}, "
             f"top-1 accuracy {located['tflite_top1_accuracy']:.1%} vs Keras {located['keras_top1_accuracy']:.1%} "
-            f"({100 * located['accuracy_change']:+.1f} points)\n"
-            f"  recommended fusion: whitelist {_fusion_text(manifest['recommended_fusion'])}\n"
-            f"  calibration: temperature {manifest['calibration']['temperature']:.2f} (fitted "
-            f"{manifest['calibration']['fitted_temperature']:.2f}; tuning ECE {manifest['calibration']['ece_tune_before']:.3f}"
-            f" -> {manifest['calibration']['ece_tune_after']:.3f}; kept only if lower)")
+            f"({100 * located['accuracy_change']:+.1f} points)"
+            + ("" if manifest.get("recommended_fusion") is None else
+               f"\n  recommended fusion: whitelist {_fusion_text(manifest['recommended_fusion'])}\n"
+               f"  calibration: temperature {manifest['calibration']['temperature']:.2f} (fitted "
+               f"{manifest['calibration']['fitted_temperature']:.2f}; tuning ECE "
+               f"{manifest['calibration']['ece_tune_before']:.3f} -> {manifest['calibration']['ece_tune_after']:.3f}; "
+               "kept only if lower)"))
 
 
 def _fusion_text(fusion: dict) -> str:
