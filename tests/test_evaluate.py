@@ -193,10 +193,16 @@ def test_evaluate_end_to_end_on_a_tiny_world(tiny_runs):
     assert "oracle: image × true range density" not in second["methods"]  # a CSV has no true ranges
     md = (root / "eval" / "report.md").read_text()
     assert "gap to oracle" in md and f"csv:{root / 'second.csv'}" in md
+    # Sizes stated; a temperature per run chosen on the tune rows; an ECE for every method.
+    assert report["sizes"] == {"train": len(load_split(str(root / "world"), "train")),
+                               "tune": len(val) - primary["n"], "reported": primary["n"]}
+    assert set(primary["temperatures"]) == {"image", "postprocess", "featuremod"}
+    assert all(0.0 <= m["ece"] <= 1.0 for m in methods.values()) and "Calibration" in md
 
     # Re-evaluating reuses every cached prediction and reproduces the report exactly.
     cached = sorted(p.name for p in (root / "eval" / "cache").iterdir())
-    assert len(cached) == 11  # image: tune, eval, second; post and fm: eval and second, with and without location
+    # image: tune, eval, second; post and fm: tune (their temperatures), eval and second with and without location
+    assert len(cached) == 13
     assert main(args) == report
     assert sorted(p.name for p in (root / "eval" / "cache").iterdir()) == cached
 
