@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast bench install clean
 
 # Create the virtual environment when missing and (re)install when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -20,6 +20,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The quick loop while editing (well under a minute on 2 cores): the parts without TensorFlow
+# models (geo maths, geohash, whitelist, priors, metrics, readers, the stage engine, docs and
+# architecture checks). `make test` before landing.
+FAST_TESTS := $(addprefix tests/test_,architecture docs demo benchmarks harness inference oracle geo geohash \
+	metrics priors whitelist data fileio)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(addsuffix .py,$(FAST_TESTS))
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --seeds 3 $(ARGS)

@@ -3,3 +3,9 @@
 The top of the import picture: `mobile_sdk <- trainer <- converters <- pipelines <- benchmarks`.
 `pipelines.stages` is the resumable stage engine; `pipelines.demo` is `make demo`.
 """
+import sys
+
+if sys.argv[:1] == ["-m"]:  # `python -m pipelines.X` is starting a command: quiet TensorFlow (trainer.console)
+    from trainer import console
+
+    console.install()

@@ -8,9 +8,6 @@ import pytest
 
 from benchmarks import common, geography, run
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "inat500_observations.npz"
-
-
 def test_timing_median_and_quantiles():
     t = common.timing_of([0.5, 0.1, 0.2, 0.3, 0.4])
     assert (t.median, t.p10, t.p90, t.repeats) == (0.3, 0.1, 0.5, 5)
@@ -73,9 +70,8 @@ def test_assemble_marks_missing_sections(tmp_path):
     assert "python -m benchmarks.run --only perf" in doc and "python -m benchmarks.run --only accuracy" in doc
 
 
-@pytest.mark.skipif(not DATA.exists(), reason="../shared/data/inat500_observations.npz is absent")
-def test_real_observations_load_with_consistent_labels():
-    latlon, labels, names = geography.load_observations(DATA)
+def test_real_observations_load_with_consistent_labels(inat500_observations):
+    latlon, labels, names = geography.load_observations(inat500_observations)
     assert latlon.shape == (272037, 2) and len(names) == 500
     assert labels.min() == 0 and labels.max() == 499
     assert np.abs(latlon[:, 0]).max() <= 90

@@ -62,3 +62,16 @@ def test_benchmarks_print_repository_paths():
 
     assert shown_path(BENCH_REPO / "out" / "bench" / "x.md") == "out/bench/x.md"
     assert shown_path("/somewhere/deep/out/bench/x.md") == ".../out/bench/x.md"
+
+
+def test_readme_commands_use_the_demo_preset():
+    """The README's step-by-step commands train what `make demo` trains (presets/demo.py)."""
+    run = presets.load("demo").RUN
+    readme = (REPO / "README.md").read_text()
+    steps = readme.split("## Using the parts")[1].split("```sh")[1].split("```")[0]
+    train = {re.search(r"--model (\w+)", line)[1]: line for line in steps.splitlines() if "trainer.train" in line}
+    assert {"image", "postprocess", "featuremod"} <= set(train)
+    for kind in ("image", "postprocess", "featuremod"):
+        assert f"--epochs {run.epochs(kind)} " in train[kind], train[kind]
+    assert f"--image-size {run.image_size} --alpha {run.alpha} " in train["image"]
+    assert f"--preset {run.world} " in steps

@@ -140,38 +140,22 @@ def test_cli_without_runs_is_a_clear_error(tmp_path):
         main(["--data", str(tmp_path), "--out", str(tmp_path / "eval")])
 
 
-@pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory):
-    """A tiny world and three tiny real runs trained by trainer.train (a few steps each)."""
-    from trainer import train
-    from trainer.world.build import write_world
-
-    root = tmp_path_factory.mktemp("eval_e2e")
-    write_world(root / "world", "tiny", seed=0, progress=False)
-    common = ["--data", str(root / "world"), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16"]
-    runs = {kind: root / kind for kind in ("image", "post", "fm")}
-    assert train.main([*common, "--model", "image", "--out", str(runs["image"]), "--image-size", "32", "--alpha", "0.35"]) == 0
-    assert train.main([*common, "--model", "postprocess", "--init", str(runs["image"]), "--out", str(runs["post"])]) == 0
-    assert train.main([*common, "--model", "featuremod", "--init", str(runs["image"]), "--out", str(runs["fm"])]) == 0
-    return root, runs
-
-
 @pytest.mark.slow
-def test_evaluate_end_to_end_on_a_tiny_world(tiny_runs):
+def test_evaluate_end_to_end_on_a_tiny_world(tiny_world, trained_runs, tmp_path):
     from trainer.data import load_split
     from trainer.evaluate import main
     from trainer.priors import SWEEP_RADII_MILES, select_radius
 
-    root, runs = tiny_runs
-    val = load_split(str(root / "world"), "val")
+    root, runs = tmp_path, trained_runs
+    val = load_split(tiny_world, "val")
     # Second data: 10 world images as a CSV manifest, plus a row with a label the runs never saw
     # and a row with an invalid latitude; both must be skipped and counted.
     lines = ["file,label,latitude,longitude"]
     lines += [f"{p},{val.label_names[l]},{la},{lo}" for p, l, la, lo in zip(val.paths[:10], val.labels[:10], val.lat[:10], val.lon[:10])]
     lines += [f"{val.paths[0]},Nonexistent species,10,10", f"{val.paths[1]},{val.label_names[0]},95,10"]
     (root / "second.csv").write_text("\n".join(lines) + "\n")
-    args = ["--data", str(root / "world"), "--image", str(runs["image"]), "--postprocess", str(runs["post"]),
-            "--featuremod", str(runs["fm"]), "--second-data", f"csv:{root / 'second.csv'}", "--out", str(root / "eval")]
+    args = ["--data", tiny_world, "--image", str(runs["image"]), "--postprocess", str(runs["postprocess"]),
+            "--featuremod", str(runs["featuremod"]), "--second-data", f"csv:{root / 'second.csv'}", "--out", str(root / "eval")]
     report = main(args)
 
     primary = report["primary"]
@@ -226,14 +210,14 @@ def test_combine_reports_makes_one_column_per_backbone(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_refuses_data_with_other_labels_than_the_runs(tiny_runs, tmp_path):
+def test_evaluate_refuses_data_with_other_labels_than_the_runs(tiny_world, trained_runs, tmp_path):
     from trainer.evaluate import main
     from trainer.world.build import write_world
     from trainer.world.load import load_world
 
-    _, runs = tiny_runs
+    runs = trained_runs
     other = write_world(tmp_path / "other", "tiny", seed=1, progress=False)
-    if load_world(other).label_names == load_world(runs["image"].parent / "world").label_names:
+    if load_world(other).label_names == load_world(tiny_world).label_names:
         pytest.skip("seed 1 happened to draw the same species names")
     with pytest.raises(SystemExit, match="labels the runs do not know"):
         main(["--data", str(other), "--image", str(runs["image"]), "--out", str(tmp_path / "eval")])

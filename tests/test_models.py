@@ -4,6 +4,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from harness import IMAGE_MODEL_KINDS  # noqa: E402
 from trainer import models  # noqa: E402
 from trainer.layers import VARIANTS, FeatureModulation  # noqa: E402
 
@@ -100,7 +101,7 @@ def test_featuremod_shares_image_weights(image_model):
     assert image_ids <= {id(w) for w in model.weights}
 
 
-@pytest.mark.parametrize("kind", ["image", "postprocess", "featuremod"])
+@pytest.mark.parametrize("kind", IMAGE_MODEL_KINDS)
 def test_save_load_round_trip(tmp_path, image_model, kind):
     if kind == "image":
         model = image_model
@@ -139,3 +140,22 @@ def test_inception_v3_modulates_every_inception_module():
         assert mod.channels == backbone.get_layer(name).output.shape[-1]
     batch = {"image": np.zeros((1, 75, 75, 3), np.uint8), "location": np.full((1, 2), np.nan, np.float32)}
     np.testing.assert_array_equal(model(batch)["logits"].numpy(), image(batch)["logits"].numpy())
+
+
+def test_imagenet_weights_offline_is_one_clear_error(monkeypatch, capsys, tmp_path, tiny_world):
+    """Without internet Keras raises a bare "URL fetch failure"; the CLI says what to do instead."""
+    from keras.src.utils import file_utils
+
+    from trainer import train
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] "
+                        "Temporary failure in name resolution")
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(models.WeightsUnavailableError, match="--weights PATH"):
+        models.build_backbone(image_size=32, alpha=0.35, weights="imagenet")
+    capsys.readouterr()
+    code = train.main(["--data", tiny_world, "--model", "image", "--out", str(tmp_path / "run"),
+                       "--image-size", "32", "--alpha", "0.35", "--weights", "imagenet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: could not download the ImageNet weights") and "\n" not in err

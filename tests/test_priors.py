@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -8,7 +6,6 @@ from mobile_sdk.geo import great_circle_km, miles_to_km
 from trainer import priors
 from trainer.priors import LabelHistogram, bayesian_prior_scores, sweep_prior, whitelist_scores
 
-OBSERVATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "inat500_observations.npz"
 
 
 def brute_force_counts(train_latlon, train_labels, num_labels, query_latlon, radius_miles):
@@ -173,9 +170,8 @@ def test_sweep_rejects_unknown_method():
         sweep_prior(LabelHistogram([[0, 0]], [0], 1), "oracle", (None, None, None), (None, None))
 
 
-@pytest.mark.skipif(not OBSERVATIONS.exists(), reason=f"{OBSERVATIONS} is absent")
-def test_real_observations_sample_matches_brute_force():
-    data = np.load(OBSERVATIONS)
+def test_real_observations_sample_matches_brute_force(inat500_observations):
+    data = np.load(inat500_observations)
     _, labels = np.unique(data["train_ids"], return_inverse=True)
     locs = data["train_locs"].astype(np.float64)
     rng = np.random.default_rng(0)

@@ -484,6 +484,28 @@ def test_sdk_never_imports_tensorflow(geo_bundle):
     assert "LOADED []" in proc.stdout
 
 
+def test_sdk_calls_print_no_runtime_info_line_unless_verbose(geo_bundle):
+    """LiteRT's "Created TensorFlow Lite XNNPACK delegate for CPU." INFO line (printed once per
+    process by a float model's first run) is filtered; GEOAWARE_VERBOSE=1 shows it again."""
+    code = ("import numpy as np\nfrom mobile_sdk import GeoClassifier\n"
+            f"with GeoClassifier.from_bundle({str(geo_bundle)!r}) as clf:\n"
+            "    print(clf.classify(np.zeros((20, 20, 3), np.uint8), 48.85, 2.35).categories[0].label)\n")
+    quiet, verbose = (subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                                     timeout=120, env={**os.environ, "GEOAWARE_VERBOSE": flag})
+                      for flag in ("0", "1"))
+    assert quiet.returncode == verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert quiet.stdout == verbose.stdout and quiet.stderr == ""
+    assert "XNNPACK" in verbose.stderr  # the line exists, so the quiet run really filtered it
+
+
+def test_filtered_native_stderr_keeps_every_other_line(capfd):
+    from mobile_sdk.quiet import drop_lines_with, filtered_native_stderr
+
+    with filtered_native_stderr(drop_lines_with("noise")):
+        os.write(2, b"INFO: some noise\nERROR: a real problem\n")
+    assert capfd.readouterr().err == "ERROR: a real problem\n"
+
+
 def test_runtime_falls_back_to_tflite_runtime_and_explains_when_none(geo_bundle):
     """With ai_edge_litert absent, a `tflite_runtime` install is used (simulated here by exposing
     LiteRT's Interpreter under that name); with neither, the error says what to install."""
@@ -605,3 +627,18 @@ def test_the_bundle_temperature_divides_the_logits(geo_bundle, tmp_path):
         manifest = json.loads((geo_bundle / bundle_mod.MANIFEST_FILE).read_text())
         with pytest.raises(BundleError, match="calibration"):
             bundle_mod.write_manifest(geo_bundle, {**manifest, "calibration": bad})
+
+
+def test_sdk_classifies_through_a_real_export(tiny_bundle, tiny_world):
+    """The shared int8 bundle of a MobileNet V2 post-processing run (tests/conftest.py), through
+    the SDK with a validation image of the world it came from."""
+    from trainer.data import load_split
+
+    val = load_split(tiny_world, "val")
+    row = int(np.flatnonzero(val.has_location)[0])
+    with GeoClassifier.from_bundle(tiny_bundle, GeoClassifierOptions(max_results=None)) as clf:
+        blind = clf.classify(val.paths[row])
+        located = clf.classify(val.paths[row], float(val.lat[row]), float(val.lon[row]))
+    assert [c.label for c in sorted(blind.categories, key=lambda c: c.index)] == list(val.label_names)
+    assert located.location_used and not blind.location_used
+    assert all(c.geo_score is not None for c in located.categories)

@@ -15,6 +15,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+from harness import IMAGE_MODEL_KINDS  # noqa: E402
 from trainer import models, train as train_mod  # noqa: E402
 from trainer.checkpoint import RunError, load_run  # noqa: E402
 from trainer.config import OptimizerConfig, TrainConfig  # noqa: E402
@@ -68,7 +69,7 @@ def image_run(tmp_path_factory):
 
 # --- config -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["image", "postprocess", "featuremod"])
+@pytest.mark.parametrize("kind", IMAGE_MODEL_KINDS)
 def test_config_json_round_trip(kind):
     config = TrainConfig(data="world", model=kind, init=None if kind == "image" else "/runs/image",
                          modulated_layers=("block_5_depthwise_relu",) if kind == "featuremod" else None)
@@ -294,15 +295,6 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "replicas 2" in out and "done epoch 1" in out
     assert load_run(tmp_path).config.strategy == "mirrored"
-
-
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world") / "tiny"
-    proc = _python(["-m", "trainer.world", "--preset", "tiny", "--out", str(out)])
-    log, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, log[-2000:]
-    return out
 
 
 @pytest.mark.slow

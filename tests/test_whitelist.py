@@ -2,7 +2,6 @@
 import gzip
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from mobile_sdk.whitelist.builder import build_whitelist, row_reach_km, write_wh
 from mobile_sdk.whitelist.codec import CRC_OFFSET, HEADER_SIZE
 from mobile_sdk.whitelist.reader import WhitelistTable, allowed_mask
 
-OBSERVATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "inat500_observations.npz"
 NAMES = [f"species_{i}" for i in range(6)]
 
 
@@ -197,21 +195,19 @@ def test_batch_lookup_equals_single_lookups(table_bytes):
             assert labels[i].tolist() == single.tolist()
 
 
-def _real_observations():
-    if not OBSERVATIONS.exists():
-        pytest.skip(f"{OBSERVATIONS} is absent")
-    data = np.load(OBSERVATIONS)
+def _real_observations(path):
+    data = np.load(path)
     _, labels = np.unique(data["train_ids"], return_inverse=True)
     return (data["train_locs"][:, 0].astype(np.float64), data["train_locs"][:, 1].astype(np.float64),
             labels.astype(np.int64), [str(n) for n in data["taxon_names"]])
 
 
 @pytest.mark.slow
-def test_real_observations_zero_false_negatives_and_compact():
+def test_real_observations_zero_false_negatives_and_compact(inat500_observations):
     """272,037 iNaturalist observations, 500 species, precision 4, 100 miles: held-out queries vs an
     exact cKDTree radius query; and the size target against gzip -9 of the naive JSON mapping."""
     spatial = pytest.importorskip("scipy.spatial")
-    lat, lon, labels, names = _real_observations()
+    lat, lon, labels, names = _real_observations(inat500_observations)
     rng = np.random.default_rng(0)
     held_out = rng.random(lat.size) < 0.02
     blob = build_whitelist(lat[~held_out], lon[~held_out], labels[~held_out], len(names), 100.0, 4, names)

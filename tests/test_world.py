@@ -2,7 +2,6 @@
 set fraction of images), sister ranges that abut or overlap, and a true range density that integrates to 1 and is the one the locations were drawn from."""
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from trainer.world.grid import RangeGrid
 from trainer.world.load import load_world
 from trainer.world.presets import PRESETS
 
-OBSERVATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "inat500_observations.npz"
 
 
 @pytest.fixture(scope="module")
@@ -275,9 +273,8 @@ def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(not OBSERVATIONS.exists(), reason="../shared/data/inat500_observations.npz is absent")
-def test_ranges_from_real_observations():
-    _, species, ranges, grid, records = build_world("tiny", seed=0, observations=OBSERVATIONS)
+def test_ranges_from_real_observations(inat500_observations):
+    _, species, ranges, grid, records = build_world("tiny", seed=0, observations=inat500_observations)
     taxa = [s["range"]["taxon"] for s in species]
     assert len(set(taxa)) == len(taxa)
     for r in ranges:

@@ -49,6 +49,10 @@ def check_backbone(backbone: str) -> None:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
 
 
+class WeightsUnavailableError(ValueError):
+    """`weights="imagenet"` could not be downloaded; the message says how to pass a local file."""
+
+
 def build_backbone(backbone: str = "mobilenet_v2", image_size: int = 224, alpha: float = 1.0,
                    weights: str | None = None, bn_momentum: float | None = None) -> keras.Model:
     """keras.applications feature extractor (no top) on float inputs in [-1, 1].
@@ -65,12 +69,18 @@ def build_backbone(backbone: str = "mobilenet_v2", image_size: int = 224, alpha:
     if weights not in (None, "imagenet") and not os.path.isfile(weights):
         raise ValueError(f"weights must be None, 'imagenet' or an existing file, got {weights!r}")
     shape = (image_size, image_size, 3)
-    if backbone == "mobilenet_v2":
-        model = keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=weights)
-    else:
-        if alpha != 1.0:
-            raise ValueError(f"alpha applies to mobilenet_v2 only; inception_v3 needs alpha=1.0, got {alpha}")
-        model = keras.applications.InceptionV3(input_shape=shape, include_top=False, weights=weights)
+    if backbone != "mobilenet_v2" and alpha != 1.0:
+        raise ValueError(f"alpha applies to mobilenet_v2 only; inception_v3 needs alpha=1.0, got {alpha}")
+    application = keras.applications.MobileNetV2 if backbone == "mobilenet_v2" else keras.applications.InceptionV3
+    options = dict(alpha=alpha) if backbone == "mobilenet_v2" else {}
+    try:
+        model = application(input_shape=shape, include_top=False, weights=weights, **options)
+    except Exception as exc:  # keras.utils.get_file raises a bare Exception("URL fetch failure on ...")
+        if weights == "imagenet" and "URL fetch failure" in str(exc):
+            raise WeightsUnavailableError(
+                f"could not download the ImageNet weights of {backbone} (no internet?): {exc}. Pass a local "
+                "weights file of the same backbone instead: --weights PATH") from None
+        raise
     model.name = _BACKBONE_NAME
     if bn_momentum is not None:
         for layer in model.layers:
