@@ -141,8 +141,8 @@ def report(results: list[dict]) -> str:
                      f"{r['build_seconds']:.0f}" + (f" ({r['build_cpu_seconds']:.0f} CPU)" if "build_cpu_seconds" in r else ""),
                      f"{r['build_rss_bytes'] / 2**30:.2f}",
                      f"{r['single_lookup_us']:.2f}", f"{r['batch_points_per_s'] / 1e6:.2f}",
-                     f"{r.get('priors_index_seconds', float('nan')):.1f}",
-                     f"{r.get('priors_query_seconds_per_1000', float('nan')):.2f}"])
+                     f"{r['priors_index_seconds']:.1f}" if "priors_index_seconds" in r else "not run",
+                     f"{r['priors_query_seconds_per_1000']:.2f}" if "priors_query_seconds_per_1000" in r else "not run"])
     lines = [markdown_table(["labels", "observations", "table bytes", "build s (wall)", "build peak RSS GiB",
                              "single lookup µs", "batch M points/s", "priors index s", "priors query s / 1,000"],
                             rows)]
@@ -150,7 +150,7 @@ def report(results: list[dict]) -> str:
     if len(ok) >= 2:
         sizes = ([r["labels"] for r in ok], [r["observations"] for r in ok])
         goal = DEFAULT_SIZES[-1]
-        lines += ["", f"Growth y = c · labels^a · observations^b, fitted in logs through the {len(ok)} measured "
+        lines += ["", f"Growth y = c · labels^a · observations^b, fitted in logs through the measured "
                       f"sizes (a = 0 where the sizes cannot separate the two), projected to the goal's "
                       f"{goal[0]:,} labels / {goal[1]:,} observations and to {PROJECT_TO[0]:,} taxa / "
                       f"{PROJECT_TO[1]:,} observations:", ""]
@@ -160,10 +160,10 @@ def report(results: list[dict]) -> str:
                                        ("single lookup", "single_lookup_us", 1, "µs"),
                                        ("priors index", "priors_index_seconds", 60, "min"),
                                        ("priors query, 1,000 points", "priors_query_seconds_per_1000", 60, "min")]:
-            ys = [r.get(key) for r in ok]
-            if any(y is None for y in ys):
+            have = [i for i, r in enumerate(ok) if r.get(key) is not None]
+            if len(have) < 2:
                 continue
-            a, b, c = fit_growth(*sizes, ys)
+            a, b, c = fit_growth([sizes[0][i] for i in have], [sizes[1][i] for i in have], [ok[i][key] for i in have])
             at = lambda size: c * size[0] ** a * size[1] ** b / scale  # noqa: E731
             lines.append(f"- {what}: a = {a:.2f}, b = {b:.2f}; {at(goal):,.1f} {unit} at the goal, "
                          f"{at(PROJECT_TO):,.1f} {unit} projected")
@@ -194,8 +194,9 @@ def targets(results: list[dict], memory_gb: float) -> list[Target]:
 def section(results: list[dict], memory_gb: float, timeout_min: float, seconds: float) -> Section:
     body = "\n".join([f"Machine: {machine()}", "",
                       f"Command: `python -m benchmarks.scale` (each build in a child process limited to "
-                      f"{memory_gb:g} GB of address space and {timeout_min:g} min; radius 100 mi, precision 4)", "",
-                      report(results)])
+                      f"{memory_gb:g} GB of address space and {timeout_min:g} min; radius 100 mi, precision 4). "
+                      "The build is single-threaded: its CPU time is the work, its wall time adds the waits for "
+                      "a core on a shared machine.", "", report(results)])
     return Section("Scale", body, targets(results, memory_gb), seconds)
 
 
