@@ -113,7 +113,10 @@ def encode_one(lat: float, lon: float, precision: int) -> int:
 
 def scalar_encoder(precision: int):
     """A function (lat, lon) -> key equal to `encode_one` at this precision, with the bit
-    interleaving precomputed as tables: the hot path of a single table lookup."""
+    interleaving precomputed as tables (2**(5p/2) entries, so precision <= 8): the hot path of a
+    single table lookup."""
+    if check_precision(precision) > 8:
+        raise ValueError(f"scalar_encoder precomputes tables: precision must be <= 8, got {precision}")
     n_rows, n_cols = grid_shape(precision)
     row_bits = _interleave(np.arange(n_rows, dtype=np.uint64), np.uint64(0), precision).tolist()
     col_bits = _interleave(np.uint64(0), np.arange(n_cols, dtype=np.uint64), precision).tolist()

@@ -98,3 +98,14 @@ def test_bad_precision(bad):
 def test_bad_strings(bad):
     with pytest.raises(ValueError, match="geohash"):
         geohash.from_string(bad)
+
+
+@pytest.mark.parametrize("precision", range(1, 9))
+def test_scalar_encoder_equals_encode(precision):
+    rng = np.random.default_rng(precision)
+    lat = np.r_[rng.uniform(-90, 90, 500), -90.0, 90.0, 0.0, 45.0]
+    lon = np.r_[rng.uniform(-180, 180, 500), -180.0, 180.0 - 1e-13, 179.999999, 0.0]
+    key = geohash.scalar_encoder(precision)
+    assert [key(a, b) for a, b in zip(lat.tolist(), lon.tolist())] == geohash.encode(lat, lon, precision).tolist()
+    with pytest.raises(ValueError):
+        geohash.scalar_encoder(9)
