@@ -3,6 +3,9 @@
     model.tflite    the exported model (signature in docs/CONTRACTS.md)
     labels.txt      one label per line, in output order
     whitelist.gwl   the geohash whitelist table (docs/whitelist-format.md), optional
+    taxonomy.json   the labels' taxonomy (`mobile_sdk.taxonomy`), optional
+    expected_nearby.json  per-label "expected nearby" thresholds (`mobile_sdk.nearby`), optional
+    geo.tflite, vision.tflite  the post-processing model's two parts (`mobile_sdk.split_runner`), optional
     manifest.json   see `manifest_for`
 
 The export writes it (`write_labels`, `mobile_sdk.whitelist.builder.write_whitelist`, then `manifest_for`
@@ -19,6 +22,7 @@ from .encoding import ENCODINGS
 from .errors import BundleError, BundleIntegrityError, WhitelistTableError
 from .runtime import TFLiteModel
 from .fileio import atomic_write_bytes, sha256_file
+from .taxonomy import Taxonomy
 from .whitelist.reader import WhitelistTable
 
 FORMAT_VERSION = 1
@@ -27,6 +31,14 @@ LABELS_FILE = "labels.txt"
 WHITELIST_FILE = "whitelist.gwl"
 FUSION_WHITELIST = ("off", "soft", "hard")  # how the whitelist joins the model's output (recommended_fusion)
 MANIFEST_FILE = "manifest.json"
+TAXONOMY_FILE = "taxonomy.json"
+NEARBY_FILE = "expected_nearby.json"
+GEO_MODEL_FILE = "geo.tflite"
+VISION_MODEL_FILE = "vision.tflite"
+OPTIONAL_FILES = (TAXONOMY_FILE, NEARBY_FILE, GEO_MODEL_FILE, VISION_MODEL_FILE)
+# Optional manifest sections, each naming the files it needs (checked against `files`).
+OPTIONAL_SECTIONS = {"taxonomy": (TAXONOMY_FILE,), "expected_nearby": (), "split_models": (GEO_MODEL_FILE,
+                                                                                          VISION_MODEL_FILE)}
 MODEL_KINDS = ("image", "postprocess", "featuremod", "geoprior")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
@@ -52,7 +64,8 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
                  location_encoding: str, outputs, whitelist_radius_miles: float | None = None,
                  whitelist_precision: int | None = None, training: dict | None = None,
                  metrics: dict | None = None, model_version: str | None = None,
-                 recommended_fusion: dict | None = None, calibration: dict | None = None) -> dict:
+                 recommended_fusion: dict | None = None, calibration: dict | None = None,
+                 sections: dict | None = None) -> dict:
     """The manifest of a bundle folder whose other files are already written: hashes them all.
 
     `outputs`: the model's output names; `training`: a JSON-able summary of the training config;
@@ -61,6 +74,7 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
     `recommended_fusion`: {"whitelist": "off"|"soft"|"hard", "floor": soft factor or None, ...}, the
     combination GeoClassifier applies unless its options say otherwise. `calibration`:
     {"temperature": T, ...}; GeoClassifier divides the model's logits by T.
+    `sections`: the optional manifest sections (`OPTIONAL_SECTIONS`) describing optional files.
     """
     bundle_dir = Path(bundle_dir)
     if model_kind not in MODEL_KINDS:
@@ -77,7 +91,7 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
     outputs = [str(o) for o in outputs]
     if "probabilities" not in outputs:
         raise ValueError(f"outputs must include 'probabilities', got {outputs}")
-    files = [MODEL_FILE, LABELS_FILE] + ([WHITELIST_FILE] if (bundle_dir / WHITELIST_FILE).exists() else [])
+    files = [MODEL_FILE, LABELS_FILE] + [f for f in (WHITELIST_FILE, *OPTIONAL_FILES) if (bundle_dir / f).exists()]
     missing = [f for f in files if not (bundle_dir / f).is_file()]
     if missing:
         raise ValueError(f"{bundle_dir}: missing {missing}; write them before the manifest")
@@ -102,6 +116,7 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
         "files": hashes,
         "training": training or {},
         "metrics": metrics or {},
+        **(sections or {}),
     }
     if recommended_fusion is not None:
         manifest["recommended_fusion"] = dict(recommended_fusion)
@@ -159,7 +174,16 @@ def _check_manifest(m, where) -> None:
         t = calibration.get("temperature") if isinstance(calibration, dict) else None
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             fail(f"calibration {calibration!r} (needs a positive, finite temperature)")
-    for name in [MODEL_FILE, LABELS_FILE] + ([WHITELIST_FILE] if wl else []):
+    needed = [MODEL_FILE, LABELS_FILE] + ([WHITELIST_FILE] if wl else [])
+    for section, section_files in OPTIONAL_SECTIONS.items():
+        if m.get(section) is not None:
+            if not isinstance(m[section], dict):
+                fail(f"{section!r} must be an object or null")
+            named = m[section].get("file")
+            if named is not None and named not in OPTIONAL_FILES:
+                fail(f"{section!r} names file {named!r}, expected one of {OPTIONAL_FILES}")
+            needed += list(section_files) + ([named] if named else [])
+    for name in needed:
         digest = m["files"].get(name)
         if not isinstance(digest, str) or len(digest) != 64:
             fail(f"no sha256 for {name}")
@@ -172,6 +196,7 @@ class Bundle:
     labels: list
     model: TFLiteModel
     whitelist: WhitelistTable | None
+    taxonomy: Taxonomy | None = None
 
     @property
     def model_version(self) -> str:
@@ -219,4 +244,5 @@ def open_bundle(path, num_threads: int | None = None, verify_hashes: bool = True
         if whitelist.precision != wl["precision"] or not math.isclose(whitelist.radius_miles, wl["radius_miles"]):
             raise WhitelistTableError(f"{path}: whitelist table (precision {whitelist.precision}, "
                                       f"{whitelist.radius_miles} mi) disagrees with the manifest {wl}")
-    return Bundle(path, manifest, labels, model, whitelist)
+    taxonomy = Taxonomy.read(path / TAXONOMY_FILE, labels) if manifest.get("taxonomy") else None
+    return Bundle(path, manifest, labels, model, whitelist, taxonomy)

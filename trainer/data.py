@@ -29,14 +29,16 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mobile_sdk.errors import InvalidLocationError
+from mobile_sdk.errors import BundleError, InvalidLocationError
 from mobile_sdk.geo import validate_location
+from mobile_sdk.taxonomy import LINNAEAN_RANKS, TAXONOMY_FORMAT, Taxonomy
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN_SUPERCATEGORY = "unknown"
 YFCC_MAX_PER_LABEL = 10  # the paper's cap for its YFCC100M evaluation set
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+CSV_TAXONOMY_FILE = "taxonomy.json"  # optional, next to a CSV manifest
 
 
 class DatasetError(ValueError):
@@ -57,6 +59,7 @@ class GeoDataset:
     label_names: list[str]
     supercategory_names: list[str]
     skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)  # rows dropped, by reason
+    taxonomy: dict | None = None  # the labels' taxonomy (mobile_sdk.taxonomy's document), when known
 
     def __post_init__(self):
         n = len(self.paths)
@@ -95,7 +98,8 @@ class GeoDataset:
             idx = idx.astype(np.int64)  # an empty list is float64 to numpy
         columns = {f: getattr(self, f)[idx] for f in
                    ("paths", "labels", "lat", "lon", "has_location", "dates", "supercategories")}
-        return GeoDataset(**columns, label_names=self.label_names, supercategory_names=self.supercategory_names)
+        return GeoDataset(**columns, label_names=self.label_names, supercategory_names=self.supercategory_names,
+                          taxonomy=self.taxonomy)
 
     def train_counts(self) -> np.ndarray:
         """int64 [num_labels]: images per label (head labels have >= 100)."""
@@ -106,8 +110,9 @@ class _Collector:
     """Accumulates kept rows and skip reasons; builds the dataset and logs the one summary line."""
 
     def __init__(self, source: str, label_names: Sequence[str], supercategory_names: Sequence[str],
-                 check_files: bool):
+                 check_files: bool, taxonomy: dict | None = None):
         self.source = source
+        self.taxonomy = taxonomy
         self.label_names = list(label_names)
         self.label_index = {name: i for i, name in enumerate(self.label_names)}
         self.supercategory_names = list(supercategory_names)
@@ -146,7 +151,7 @@ class _Collector:
         ds = GeoDataset(paths=np.asarray(cols[0], dtype=str), labels=cols[1], lat=cols[2], lon=cols[3],
                         has_location=cols[4], dates=np.asarray(cols[5], dtype=str), supercategories=cols[6],
                         label_names=self.label_names, supercategory_names=self.supercategory_names,
-                        skipped=dict(sorted(self.skipped.items())))
+                        skipped=dict(sorted(self.skipped.items())), taxonomy=self.taxonomy)
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
         unknown = int((~ds.has_location).sum())
         message = (f"{self.source}: kept {len(ds)} of {self.seen} rows ({unknown} without location); "
@@ -197,9 +202,24 @@ def _load_json(path) -> object:
         raise DatasetError(f"cannot read JSON {path}: {exc}") from None
 
 
+def _coco_taxonomy(categories: list, labels: Sequence[str]) -> dict | None:
+    """The categories' ranks as a taxonomy document: the Linnaean ranks the records carry (iNat
+    2018/2021: kingdom ... genus), plus the supercategory above them when there is no kingdom
+    (iNat 2017 and the generated worlds carry only a supercategory, the worlds also a genus)."""
+    ranks = [r for r in LINNAEAN_RANKS if any(c.get(r) for c in categories)]
+    if "kingdom" not in ranks and any(c.get("supercategory") for c in categories):
+        ranks.insert(0, "supercategory")
+    if not ranks:
+        return None
+    wanted = set(labels)
+    entries = {str(c["name"]): {r: str(c[r]) for r in ranks if c.get(r)} for c in categories
+               if str(c["name"]) in wanted}
+    return {"format": TAXONOMY_FORMAT, "ranks": ranks, "labels": entries}
+
+
 def _coco_categories(doc: dict, path, label_names: Sequence[str] | None):
     """Label names (categories sorted by id unless `label_names` is given), supercategories,
-    and maps category id -> (name, supercategory index)."""
+    maps category id -> (name, supercategory index), and the taxonomy document (or None)."""
     try:
         categories = sorted(doc["categories"], key=lambda c: c["id"])
         names = {c["id"]: str(c["name"]) for c in categories}
@@ -210,7 +230,7 @@ def _coco_categories(doc: dict, path, label_names: Sequence[str] | None):
     super_index = {s: i for i, s in enumerate(supercategory_names)}
     by_id = {cid: (names[cid], super_index[supers_of[cid]]) for cid in names}
     labels = list(label_names) if label_names is not None else [names[c["id"]] for c in categories]
-    return labels, supercategory_names, by_id
+    return labels, supercategory_names, by_id, _coco_taxonomy(categories, labels)
 
 
 def _coco_rows(doc: dict, path) -> tuple[list, dict]:
@@ -227,10 +247,10 @@ def _read_coco(json_path, image_root, label_names, source, location_of) -> GeoDa
     doc = _load_json(json_path)
     if not isinstance(doc, dict):
         raise DatasetError(f"{json_path}: expected a JSON object with images/annotations/categories")
-    labels, supercategory_names, by_id = _coco_categories(doc, json_path, label_names)
+    labels, supercategory_names, by_id, taxonomy = _coco_categories(doc, json_path, label_names)
     images, label_of = _coco_rows(doc, json_path)
     root = Path(image_root) if image_root is not None else Path(json_path).parent
-    out = _Collector(source, labels, supercategory_names, check_files=True)
+    out = _Collector(source, labels, supercategory_names, check_files=True, taxonomy=taxonomy)
     for image in images:
         if not isinstance(image, dict) or "file_name" not in image or "id" not in image:
             out.skip("malformed_row")
@@ -290,17 +310,33 @@ def _supercategories_of(rows: list[dict]) -> tuple[list[str], dict]:
     return names, {s: i for i, s in enumerate(names)}
 
 
+def _csv_taxonomy(csv_path, labels: Sequence[str]) -> dict | None:
+    """`taxonomy.json` next to the CSV (mobile_sdk.taxonomy's document), restricted to `labels`."""
+    path = Path(csv_path).parent / CSV_TAXONOMY_FILE
+    if not path.is_file():
+        return None
+    doc = _load_json(path)
+    entries = doc.get("labels") if isinstance(doc, dict) else None
+    if isinstance(entries, dict):
+        doc = {**doc, "labels": {k: v for k, v in entries.items() if k in set(labels)}}
+    try:
+        return Taxonomy(doc, labels, source=str(path)).doc
+    except BundleError as exc:
+        raise DatasetError(str(exc)) from None
+
+
 def read_csv_manifest(csv_path, image_root=None, label_names: Sequence[str] | None = None) -> GeoDataset:
     """CSV with header `file,label,latitude,longitude[,date][,supercategory]`.
 
     `label` is a label name; without `label_names` the labels are the sorted distinct names.
     Relative `file` paths resolve against image_root (default: the CSV's folder).
-    Empty latitude and longitude cells mean an unknown location."""
+    Empty latitude and longitude cells mean an unknown location. A `taxonomy.json` next to the CSV
+    (format in docs/datasets.md) gives the labels' ranks."""
     rows = _read_csv_rows(csv_path, ("file", "label", "latitude", "longitude"))
     root = Path(image_root) if image_root is not None else Path(csv_path).parent
     labels = list(label_names) if label_names is not None else sorted({(r["label"] or "").strip() for r in rows} - {""})
     supers, super_index = _supercategories_of(rows)
-    out = _Collector(f"csv {csv_path}", labels, supers, check_files=True)
+    out = _Collector(f"csv {csv_path}", labels, supers, check_files=True, taxonomy=_csv_taxonomy(csv_path, labels))
     for r in rows:
         if not (r.get("file") or "").strip():
             out.skip("malformed_row")

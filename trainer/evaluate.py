@@ -31,7 +31,8 @@ from typing import Mapping
 import numpy as np
 
 from mobile_sdk.fileio import atomic_write_bytes
-from trainer import metrics
+from mobile_sdk.taxonomy import Taxonomy
+from trainer import metrics, rollup
 from trainer.data import GeoDataset, load_split
 from trainer.inference import predict
 from trainer.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, product_scores, sweep_prior
@@ -213,6 +214,11 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"“{NAMES['image_control']}”: the feature-modulation recipe from the same image run for the "
                       "same epochs with every training location dropped, evaluated without location: what the "
                       "extra training alone gives. Location's gain is feature modulation minus this row."]
+    if "rollup" in primary:
+        lines += ["", "## Roll-up: species or the lowest taxon reaching the threshold", "",
+                  rollup.table(primary["rollup"], primary["rollup_ranks"]), "",
+                  f"Each threshold is the lowest whose answers contain the true label at least "
+                  f"{rollup.TARGET_PRECISION:.0%} of the time on the tuning images (mobile_sdk's rollup_threshold)."]
     lines += ["", "## Table 4: top-1 per supercategory (labels in the evaluated images)", "",
               metrics.table_supercategories(primary["methods"])]
     lines += ["", "## Table 5: top-1 by image backbone", "",
@@ -325,6 +331,11 @@ def run_evaluation(args) -> dict:
     primary = evaluate_methods(train, evalset, probs, tune=tune, density=density, radii=args.radii,
                                tune_probs=tune_probs)
     primary["n"] = len(evalset)
+    if evalset.taxonomy:  # roll-up: each run's threshold chosen on the tuning rows, reported here
+        primary["rollup"] = rollup.evaluation_section(
+            {NAMES[k]: (tune_probs[k], probs[k]) for k in runs if k in tune_probs and k in probs},
+            tuneset.labels, evalset.labels, Taxonomy(evalset.taxonomy, labels))
+        primary["rollup_ranks"] = list(evalset.taxonomy["ranks"])
     first_config = next(iter(runs.values())).config
     report = {
         "version": REPORT_VERSION,

@@ -103,7 +103,8 @@ def _coco_doc(species, rows):
         "info": {"description": "geoaware benchmark world", "version": WORLD_VERSION},
         "images": [{k: r[k] for k in ("id", "file_name", "latitude", "longitude", "date")} for r in rows],
         "annotations": [{"id": r["id"], "image_id": r["id"], "category_id": r["label"]} for r in rows],
-        "categories": [{"id": sp["id"], "name": sp["name"], "supercategory": sp["supercategory"]} for sp in species],
+        "categories": [{"id": sp["id"], "name": sp["name"], "supercategory": sp["supercategory"], "genus": sp["genus"]}
+                       for sp in species],
     }
 
 
