@@ -6,8 +6,9 @@
 
 Keras model -> SavedModel with one batch-1 signature -> TFLiteConverter (quantized per
 converters.quantization) -> signature and location-path checks -> LiteRT vs Keras on validation
-samples -> bundle folder (model.tflite, labels.txt, whitelist.gwl, manifest.json last), written in
-a hidden temporary folder next to BUNDLE_DIR and renamed into place. The manifest's
+samples -> bundle folder (model.tflite, labels.txt, whitelist.gwl, the optional files of
+converters.extras, manifest.json last), written in a hidden temporary folder next to BUNDLE_DIR and
+renamed into place. The manifest's
 `recommended_fusion` (whitelist off / soft / hard) is the best one measured through the SDK on the
 tuning part of `val` (converters.fusion); GeoClassifier applies it unless its options say otherwise.
 Its `calibration` temperature is fitted on the same images (kept when it lowers their ECE) and
@@ -30,6 +31,7 @@ from mobile_sdk.bundle import (MANIFEST_FILE, MODEL_FILE, WHITELIST_FILE, manife
 from mobile_sdk.fileio import atomic_write_bytes, staged_folder
 from mobile_sdk.whitelist.builder import write_whitelist
 
+from .extras import write_extras
 from .fusion import choose_fusion, evaluation_rows, fit_calibration, measure_fusions
 from .quantization import MODES, QuantizationConfig
 from .verify import check_location_float, check_signature, compare, expected_signature, load_samples
@@ -176,6 +178,7 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
             stages.update()
             write_whitelist(tmp / WHITELIST_FILE, train.lat, train.lon, train.labels, len(run.labels),
                             whitelist_radius, whitelist_precision, label_names=run.labels)
+            sections = write_extras(tmp, run, train, val, content, config, (images, locations))
 
             def manifest_with(recommended_fusion, calibration=None):
                 return manifest_for(
@@ -184,7 +187,7 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
                     outputs=expected.outputs, whitelist_radius_miles=whitelist_radius,
                     whitelist_precision=whitelist_precision, training=_training_summary(run),
                     metrics={"validation": run.metrics, "verification": verification},
-                    recommended_fusion=recommended_fusion, calibration=calibration)
+                    recommended_fusion=recommended_fusion, calibration=calibration, sections=sections)
 
             # Calibration and fusion are measured through the SDK on this very bundle, so
             # provisional manifests go in first; the final one (with both) replaces them, still last.

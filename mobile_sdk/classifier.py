@@ -24,10 +24,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import answers, nearby
+from .accuracy import validate_accuracy_m, widened_whitelist
+from .answers import Excluded
 from .bundle import Bundle, open_bundle
 from .errors import GeoAwareError, InvalidLocationError
 from .geo import validate_location
 from .preprocess import prepare_image
+from .split_runner import open_split_models
+from .taxonomy import Taxon
+
+# Measured on the demo world's tuning split (docs/sdk.md, "Roll-up"): the most specific threshold
+# whose answers (species or roll-up taxon) contain the true label at least 90% of the time.
+DEFAULT_ROLLUP_THRESHOLD = 0.8
 
 WHITELIST_MODES = ("hard", "soft")
 GEO_MODEL_KIND = "geoprior"
@@ -48,6 +57,11 @@ class GeoClassifierOptions:
     use_whitelist: bool | None = None
     whitelist_mode: str | None = None
     whitelist_floor: float | None = None  # soft mode: the factor applied to labels outside the whitelist
+    rollup_threshold: float | None = DEFAULT_ROLLUP_THRESHOLD  # None: never roll up
+    excluded_top_k: int = 5  # `excluded` explains the vision part's top k (0: never)
+    always_allow: tuple[str, ...] | None = None  # labels geography never removes
+    label_thresholds: dict | None = None  # label name -> minimum score
+    split_models: bool | None = None  # run geo.tflite + vision.tflite; None: as the manifest recommends
 
     def __post_init__(self):
         for name in ("bundle_path", "geo_bundle_path"):
@@ -79,6 +93,7 @@ class GeoClassifierOptions:
                 isinstance(self.whitelist_floor, bool) or not isinstance(self.whitelist_floor, (int, float))
                 or not 0.0 < self.whitelist_floor <= 1.0):
             raise ValueError(f"whitelist_floor must be in (0, 1] or None, got {self.whitelist_floor!r}")
+        answers.check_options(self)
 
 
 DEFAULT_SOFT_FLOOR = 0.01
@@ -119,6 +134,7 @@ class Category:
     score: float  # the final score: the model's fused probability after the whitelist, renormalised
     vision_score: float | None = None  # image-only probability, where the model exposes vision_logits
     geo_score: float | None = None  # the geo network's logit added to the vision logit (0 = no evidence)
+    expected_nearby: bool | None = None  # flagged expected at this location (None: unknown, see nearby.py)
 
 
 class Categories(Sequence):
@@ -183,6 +199,9 @@ class ClassificationResult:
     whitelist_filtered: bool  # the whitelist removed or down-weighted at least one label
     model_version: str
     location: tuple[float, float] | None = None  # (lat, wrapped lon) as used
+    rollup: Taxon | None = None  # the lowest taxon reaching rollup_threshold; None: the top label does
+    excluded: tuple[Excluded, ...] = ()  # vision top-k labels removed or demoted, with reasons
+    accuracy_m: float | None = None  # the location accuracy used
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(dataclasses.replace(self, categories=tuple(self.categories)))
@@ -196,6 +215,7 @@ class NearbySpecies:
     whitelist_covered: bool  # the table has training data near this point
     geo_scored: bool  # scores come from the model's geo network
     location: tuple[float, float] = field(default=(math.nan, math.nan))
+    accuracy_m: float | None = None
 
 
 def _tempered(out: dict, temperature: float) -> dict:
@@ -249,6 +269,9 @@ class GeoClassifier:
                 chosen = np.zeros(len(self.labels), dtype=bool)
                 chosen[[index[n] for n in names]] = True
                 self._category_mask = chosen if keep else ~chosen
+        self._overrides = answers.Overrides(options, self.labels)
+        self._split = open_split_models(bundle, options.split_models, options.num_threads)
+        self._nearby_thresholds = nearby.open_thresholds(bundle)
 
     @classmethod
     def create_from_options(cls, options: GeoClassifierOptions) -> "GeoClassifier":
@@ -285,28 +308,48 @@ class GeoClassifier:
         if self._closed.is_set():
             raise GeoAwareError("this GeoClassifier is closed")
 
-    def _whitelist_mask(self, location, off: bool) -> np.ndarray | None:
-        """bool [L] of labels the whitelist allows, or None when it does not apply here (or `off`)."""
+    def _whitelist_allowed(self, location, accuracy_m, off: bool) -> np.ndarray | None:
+        """Label indices the table allows (widened by the accuracy), or None where it has no say (or `off`)."""
         table = self._bundle.whitelist
         if location is None or table is None or off:
             return None
-        allowed = table.lookup_validated(*location)  # validated once, in classify/species_near
+        return widened_whitelist(table, location, accuracy_m)
+
+    def _whitelist_mask(self, location, accuracy_m, off: bool) -> np.ndarray | None:
+        """bool [L] of labels the whitelist allows (always_allow included), or None when it does not apply here."""
+        allowed = self._whitelist_allowed(location, accuracy_m, off)
         if allowed is None:
             return None
         mask = np.zeros(len(self.labels), dtype=bool)
         mask[allowed] = True
-        return mask
+        return self._overrides.allow(mask)
 
-    def classify(self, image, lat=None, lon=None) -> ClassificationResult:
-        """Classify one image; lat/lon in degrees, both or neither (None = location unknown)."""
+    def _nearby_flags(self, location, accuracy_m, geo_logits) -> np.ndarray | None:
+        """object [L] expected-nearby flags (True/False/None), or None without a location."""
+        if location is None:
+            return None
+        if self._nearby_thresholds is not None and geo_logits is not None:
+            return nearby.flags_from_logits(geo_logits, self._nearby_thresholds)
+        allowed = self._whitelist_allowed(location, accuracy_m, off=self.options.use_whitelist is False)
+        return nearby.flags_from_whitelist(allowed, len(self.labels))
+
+    def _run(self, pixels, location) -> dict:
+        if self._split is not None:
+            return self._split.run(pixels, location)
+        loc = _UNKNOWN_LOCATION if location is None else np.array([location], dtype=np.float32)
+        return self._bundle.model.run(pixels, loc)
+
+    def classify(self, image, lat=None, lon=None, accuracy_m=None) -> ClassificationResult:
+        """Classify one image; lat/lon in degrees, both or neither (None = location unknown);
+        accuracy_m: how far (metres) the true point may lie from (lat, lon), None = exact."""
         self._check_open()
         if self._geo_only:
             raise GeoAwareError("this bundle is a geo model (location -> per-label presence): use species_near, "
                                 "or pass it as geo_bundle_path beside an image-only bundle")
         location = validate_location(lat, lon)
+        accuracy_m = validate_accuracy_m(accuracy_m)
         pixels = prepare_image(image, self._bundle.input_size)
-        loc = _UNKNOWN_LOCATION if location is None else np.array([location], dtype=np.float32)
-        out = self._bundle.model.run(pixels, loc)
+        out = self._run(pixels, location)
         if self._temperature != 1.0:  # the bundle's calibration (fitted at export on tuning images)
             out = _tempered(out, self._temperature)
         probs = out["probabilities"].reshape(-1).astype(np.float64)
@@ -323,7 +366,7 @@ class GeoClassifier:
             probs = _softmax(out["logits"])
 
         scores, filtered = probs, False
-        mask = self._whitelist_mask(location, off=self.fusion.whitelist == "off")
+        mask = self._whitelist_mask(location, accuracy_m, off=self.fusion.whitelist == "off")
         if mask is not None and not mask.all() and mask.any():
             hard = self.fusion.whitelist == "hard"
             weight = mask.astype(np.float64) if hard else np.where(mask, 1.0, self.fusion.floor)
@@ -337,65 +380,90 @@ class GeoClassifier:
                 filtered = True
             elif (probs * weight).sum() > 0:  # else the model gave the allowed labels nothing: keep it
                 scores, filtered = probs * weight / (probs * weight).sum(), True
-        keep = self._category_mask & (scores >= self.options.score_threshold)
+        keep = self._category_mask & (scores >= self.options.score_threshold) & (scores >= self._overrides.min_score)
         if mask is not None and self.fusion.whitelist == "hard" and filtered:
             keep &= mask
+        flags = self._nearby_flags(location, accuracy_m, geo)
         categories = Categories(_ranked(scores, keep, self.options.max_results), self.labels,
-                                score=scores, vision_score=vision, geo_score=geo)
+                                score=scores, vision_score=vision, geo_score=geo, expected_nearby=flags)
         used = location is not None and self._location_matters
-        return ClassificationResult(categories, used, filtered, self.model_version, location)
+        taxonomy, threshold = self._bundle.taxonomy, self.options.rollup_threshold
+        rollup = None if taxonomy is None or threshold is None else taxonomy.rollup(
+            np.where(self._category_mask, scores, 0.0), threshold)
+        excluded = answers.excluded_labels(
+            self.labels, probs if vision is None else vision, scores, keep, self.options.excluded_top_k,
+            category_mask=self._category_mask, whitelist=mask, whitelisted_out=filtered, nearby=flags,
+            min_score=self._overrides.min_score, score_threshold=self.options.score_threshold)
+        return ClassificationResult(categories, used, filtered, self.model_version, location, rollup, excluded,
+                                    None if location is None else accuracy_m)
 
     def _presence_logits(self, location) -> np.ndarray:
         """The geo bundle's per-label presence logits at a known location."""
         blank = np.zeros((1, *self._geo.input_size, 3), dtype=np.uint8)
         return self._geo.model.run(blank, np.array([location], dtype=np.float32))["logits"].reshape(-1).astype(np.float64)
 
-    def classify_batch(self, images, locations=None) -> list[ClassificationResult]:
-        """Classify many images. `locations`: None, or one (lat, lon) pair or None per image."""
+    def classify_batch(self, images, locations=None, accuracy_m=None) -> list[ClassificationResult]:
+        """Classify many images. `locations`: None, or one (lat, lon) pair or None per image;
+        `accuracy_m`: None, one value for all, or one value (or None) per image."""
         images = list(images)
         if locations is None:
             locations = [None] * len(images)
         locations = list(locations)
         if len(locations) != len(images):
             raise InvalidLocationError(f"{len(images)} images but {len(locations)} locations")
+        accuracies = list(accuracy_m) if isinstance(accuracy_m, (list, tuple)) else [accuracy_m] * len(images)
+        if len(accuracies) != len(images):
+            raise InvalidLocationError(f"{len(images)} images but {len(accuracies)} accuracies")
         results = []
-        for image, location in zip(images, locations):
+        for image, location, accuracy in zip(images, locations, accuracies):
             if location is None:
-                results.append(self.classify(image))
+                results.append(self.classify(image, accuracy_m=accuracy))
                 continue
             try:
                 lat, lon = location
             except (TypeError, ValueError):
                 raise InvalidLocationError(f"each location must be a (lat, lon) pair or None, got {location!r}") from None
-            results.append(self.classify(image, lat, lon))
+            results.append(self.classify(image, lat, lon, accuracy))
         return results
 
-    def species_near(self, lat, lon, max_results: int | None = None) -> NearbySpecies:
-        """Which labels are expected at this location: the whitelist, ranked by the geo network.
+    def _geo_logits(self, location) -> np.ndarray | None:
+        """The post-processing model's geo logits at a point. They do not depend on the image (they
+        are added to the image logits), so the single model gives them from a blank image."""
+        if self._geo is not None:
+            return self._presence_logits(location)
+        if not self._has_parts:
+            return None
+        if self._split is not None:
+            return self._split.geo_logits(location)
+        blank = np.zeros((1, *self._bundle.input_size, 3), dtype=np.uint8)
+        return self._bundle.model.run(blank, np.array([location], dtype=np.float32))["geo_logits"].reshape(-1)
 
-        A geo bundle (alone or beside an image bundle) answers with its presence probabilities.
-        The post-processing model's geo logits do not depend on the image (they are added to the
-        image logits), so they are read from one run on a blank image. Other model kinds have no
-        separable geo part: then the whitelist alone answers."""
+    def species_near(self, lat, lon, max_results: int | None = None, accuracy_m=None) -> NearbySpecies:
+        """The labels expected nearby at this location (nearby.py: the geo network's per-label
+        thresholds, or the whitelist), ranked by sigmoid(geo logit) where there is a separable geo
+        network: a geo bundle (alone or beside an image bundle) answers with its presence
+        probabilities, a post-processing model with sigmoid of its geo logits. Without thresholds or
+        table data here, every label is ranked by the geo network; without one, the whitelist alone
+        answers."""
         self._check_open()
         location = validate_location(lat, lon)
         if location is None:
             raise InvalidLocationError("species_near needs a location: lat and lon are both None")
+        accuracy_m = validate_accuracy_m(accuracy_m)
         if max_results is not None and (not isinstance(max_results, int) or max_results < 1):
             raise ValueError(f"max_results must be a positive int or None, got {max_results!r}")
         # The table answers "what lives here" whatever the fusion, unless the options turned it off.
-        mask = self._whitelist_mask(location, off=self.options.use_whitelist is False)
+        mask = self._whitelist_mask(location, accuracy_m, off=self.options.use_whitelist is False)
         covered = mask is not None
-        scores = None
-        if self._geo is not None:
-            geo = self._presence_logits(location)
-            scores = 1.0 / (1.0 + np.exp(-geo))
-        elif self._has_parts:
-            blank = np.zeros((1, *self._bundle.input_size, 3), dtype=np.uint8)
-            geo = self._bundle.model.run(blank, np.array([location], dtype=np.float32))["geo_logits"].reshape(-1)
-            scores = 1.0 / (1.0 + np.exp(-geo.astype(np.float64)))
-        allowed = (mask if covered else np.full(len(self.labels), scores is not None)) & self._category_mask
-        ranking = _ranked(np.zeros(len(self.labels)) if scores is None else scores, allowed, max_results)
+        geo = self._geo_logits(location)
+        flags = self._nearby_flags(location, accuracy_m, geo)
+        scores = None if geo is None else 1.0 / (1.0 + np.exp(-geo.astype(np.float64)))
+        if self._nearby_thresholds is not None and geo is not None:
+            listed = flags == True  # noqa: E712 -- elementwise over an object array of True/False/None
+        else:
+            listed = mask if covered else np.full(len(self.labels), scores is not None)
+        ranking = _ranked(np.zeros(len(self.labels)) if scores is None else scores, listed & self._category_mask,
+                          max_results)
         categories = Categories(ranking, self.labels, score=np.ones(len(self.labels)) if scores is None else scores,
-                                geo_score=None if scores is None else geo)
-        return NearbySpecies(categories, covered, scores is not None, location)
+                                geo_score=None if scores is None else geo, expected_nearby=flags)
+        return NearbySpecies(categories, covered, scores is not None, location, accuracy_m)

@@ -35,3 +35,7 @@ class WhitelistTableError(GeoAwareError, OSError):
 
 class LabelSetMismatchError(GeoAwareError, ValueError):
     """A whitelist table built for another label set than the model's."""
+
+
+class InvalidOptionsError(GeoAwareError, ValueError):
+    """A GeoClassifierOptions field or call argument (max_results, label names) that is not allowed."""

@@ -56,7 +56,9 @@ class TFLiteModel:
             raise ModelError(f"{self.source}: model file is empty")
         self._num_threads = num_threads
         self._local = threading.local()
-        runner = self._runner()  # validates the file on this thread
+        self._check_signature(self._runner())  # the first runner validates the file on this thread
+
+    def _check_signature(self, runner) -> None:
         inputs = runner.get_input_details()
         if set(inputs) != {IMAGE_INPUT, LOCATION_INPUT}:
             raise ModelError(f"{self.source}: signature {SIGNATURE_KEY!r} has inputs {sorted(inputs)}, "

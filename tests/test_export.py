@@ -27,6 +27,7 @@ from converters.verify import (ExpectedSignature, SignatureError, VerificationEr
 from mobile_sdk.bundle import MANIFEST_FILE, open_bundle  # noqa: E402
 from mobile_sdk.fileio import staged_folder  # noqa: E402
 from trainer import models  # noqa: E402
+from mobile_sdk.runtime import TFLiteModel  # noqa: E402
 from trainer.data import load_split  # noqa: E402
 from harness import EXPORT_SAMPLES, IMAGE_MODEL_KINDS, SIZE, assert_close, check_litert_export, randomize_geo_weights  # noqa: E402
 
@@ -191,8 +192,15 @@ def test_manifest_hashes_and_fields(tiny_bundles, random_runs, kind, mode):
     out, manifest = tiny_bundles(kind, mode)
     on_disk = json.loads((out / MANIFEST_FILE).read_text())
     assert on_disk == manifest
-    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "manifest.json", "model.tflite", "whitelist.gwl"]
-    assert manifest["files"] == {name: _sha256(out / name) for name in ("model.tflite", "labels.txt", "whitelist.gwl")}
+    files = ["labels.txt", "model.tflite", "taxonomy.json", "whitelist.gwl"]  # the world has a taxonomy
+    if kind == "postprocess":  # its two parts, and expected-nearby thresholds from the geo part
+        files += ["expected_nearby.json", "geo.tflite", "vision.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files + ["manifest.json"])
+    assert manifest["files"] == {name: _sha256(out / name) for name in files}
+    assert manifest["taxonomy"] == {"file": "taxonomy.json", "ranks": ["supercategory", "genus"]}
+    nearby = manifest["expected_nearby"]
+    assert nearby["method"] == ("lpt_r" if kind == "postprocess" else "whitelist")
+    assert 0.0 <= nearby["validation"]["recall"] <= 1.0 and nearby["validation"]["rows"] > 0
     assert (manifest["model_kind"], manifest["quantization"], manifest["input_size"]) == (kind, mode, [SIZE, SIZE])
     assert manifest["num_labels"] == 8 and (out / "labels.txt").read_text().splitlines() == random_runs[kind].labels
     assert manifest["whitelist"] == {"file": "whitelist.gwl", "radius_miles": 100.0, "precision": 4}
@@ -200,7 +208,25 @@ def test_manifest_hashes_and_fields(tiny_bundles, random_runs, kind, mode):
     assert manifest["metrics"]["validation"] == {"top1": 0.5}
     assert manifest["metrics"]["verification"]["file_bytes"] == (out / "model.tflite").stat().st_size
     bundle = open_bundle(out)  # the SDK reads what the export wrote
-    assert bundle.labels == random_runs[kind].labels and bundle.whitelist is not None
+    assert bundle.labels == random_runs[kind].labels and bundle.whitelist is not None and bundle.taxonomy is not None
+
+
+@pytest.mark.parametrize("kind, mode", [_param("postprocess", "float32")])
+def test_split_parts_reproduce_the_single_model(tiny_bundles, tiny_world, kind, mode):
+    """geo.tflite + vision.tflite, fused as the SDK fuses them, give model.tflite's probabilities."""
+    from mobile_sdk.split_runner import SplitModels
+    out, manifest = tiny_bundles(kind, mode)
+    split = manifest["split_models"]
+    assert split["recommended"] is False and split["verification"]["located"]["top1_agreement"] == 1.0
+    assert split["verification"]["located"]["max_probability_diff"] < 1e-5
+    images, locations, _ = _val_samples(tiny_world, 8)
+    parts, single = SplitModels(out), TFLiteModel(out / "model.tflite")
+    for i in range(len(images)):
+        location = tuple(float(v) for v in locations[i])
+        expected = single.run(images[i:i + 1], locations[i:i + 1])
+        got = parts.run(images[i:i + 1], location)
+        assert np.abs(got["probabilities"] - expected["probabilities"]).max() < 1e-5
+        assert np.abs(got["geo_logits"] - expected["geo_logits"]).max() < 1e-5
 
 
 @pytest.mark.parametrize("kind, mode", ALL)
@@ -233,6 +259,7 @@ def _fast_export(monkeypatch, tiny_bundles, out, **kwargs):
     about the folder, not the converter."""
     source, _ = tiny_bundles("postprocess", "int8")
     monkeypatch.setattr(export_mod, "convert_model", lambda model, config: (source / "model.tflite").read_bytes())
+    monkeypatch.setattr(export_mod, "write_extras", lambda *args: {})
     return export_bundle(kwargs.pop("run"), out, "int8", **EXPORT_SAMPLES, **kwargs)
 
 
@@ -372,6 +399,7 @@ def test_export_cli_writes_a_bundle(tiny_bundles, random_runs, tmp_path, monkeyp
 
     source, _ = tiny_bundles("postprocess", "int8")
     monkeypatch.setattr(export_mod, "convert_model", lambda model, config: (source / "model.tflite").read_bytes())
+    monkeypatch.setattr(export_mod, "write_extras", lambda *args: {})
     args = ["--model", str(random_runs["postprocess"].path), "--out", str(tmp_path / "b"), "--quantize", "int8",
             "--calibration-samples", "4", "--verify-samples", "4", "--whitelist-radius", "50",
             "--whitelist-precision", "3"]

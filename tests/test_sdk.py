@@ -29,11 +29,10 @@ PARIS, SYDNEY, NEW_YORK, PACIFIC = (48.85, 2.35), (-33.87, 151.21), (40.71, -74.
 OUTPUTS = ["probabilities", "logits", "vision_logits", "geo_logits"]
 
 
-def _tiny_tflite(out_path, kind, input_names=("image", "location")):
-    """A tiny Keras model with the contract signature, exported by the GUIDE's path.
+def _tiny_keras(kind, input_names=("image", "location")):
+    """A tiny Keras model with the contract signature.
     kind "postprocess": vision + geo logits (geo gated by the known flag); "image": image only."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    tf = pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")
     from keras import layers, ops
     keras.utils.set_random_seed(0)
@@ -54,16 +53,25 @@ def _tiny_tflite(out_path, kind, input_names=("image", "location")):
     else:
         logits = vision
     outputs.update(probabilities=ops.softmax(logits), logits=logits)
-    model = keras.Model({input_names[0]: image, input_names[1]: location}, outputs)
+    return keras.Model({input_names[0]: image, input_names[1]: location}, outputs)
+
+
+def _tiny_tflite(out_path, kind, input_names=("image", "location")):
+    """_tiny_keras exported by the GUIDE's path."""
+    tf = pytest.importorskip("tensorflow")
+    model = _tiny_keras(kind, input_names)
     with tempfile.TemporaryDirectory() as tmp:
         model.export(f"{tmp}/saved", format="tf_saved_model", verbose=False)
         Path(out_path).write_bytes(tf.lite.TFLiteConverter.from_saved_model(f"{tmp}/saved").convert())
     return out_path
 
 
-def _write_bundle(folder, model_file, kind, labels=LABELS):
+def _write_bundle(folder, model_file, kind, labels=LABELS, files=None, sections=None):
+    """`files`: {name: bytes} of optional files, described by the manifest `sections`."""
     folder.mkdir(parents=True)
     shutil.copy(model_file, folder / bundle_mod.MODEL_FILE)
+    for name, content in (files or {}).items():
+        (folder / name).write_bytes(content)
     bundle_mod.write_labels(folder, labels)
     rng = np.random.default_rng(0)
     centres = {0: [PARIS], 1: [SYDNEY], 2: [PARIS, SYDNEY], 3: [NEW_YORK]}
@@ -77,7 +85,8 @@ def _write_bundle(folder, model_file, kind, labels=LABELS):
     manifest = bundle_mod.manifest_for(
         folder, model_kind=kind, backbone="tiny", input_size=SIZE, num_labels=len(labels), quantization="float32",
         location_encoding="sincos", outputs=OUTPUTS if kind == "postprocess" else ["probabilities", "logits"],
-        whitelist_radius_miles=100.0, whitelist_precision=4, training={"epochs": 0}, metrics={"top1": 0.25})
+        whitelist_radius_miles=100.0, whitelist_precision=4, training={"epochs": 0}, metrics={"top1": 0.25},
+        sections=sections)
     bundle_mod.write_manifest(folder, manifest)
     return folder
 

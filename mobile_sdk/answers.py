@@ -1,0 +1,123 @@
+"""What a result explains beyond the ranking: per-label overrides, and why a label was excluded.
+
+The classifier (mobile_sdk.classifier) calls these; they hold no model state, only label arrays.
+
+- `always_allow`: labels that geography never removes (the whitelist keeps them, in either mode).
+- `label_thresholds`: a per-label minimum score, on top of the global `score_threshold`.
+- `excluded`: the labels the vision part ranked in its top k that the final answer does not rank
+  in its top k, each with its vision score and the first reason that applies, in this order:
+
+  | reason | meaning |
+  | --- | --- |
+  | `denylist` | removed by `category_denylist` / not in `category_allowlist` |
+  | `no_observation_within_radius` | the whitelist removed it (hard) or down-weighted it (soft) |
+  | `below_label_threshold` | its final score is below its `label_thresholds` entry |
+  | `below_score_threshold` | its final score is below `score_threshold` |
+  | `below_expected_nearby_threshold` | demoted, and not expected nearby here (mobile_sdk.nearby) |
+  | `geo_down_weighted` | the location evidence lowered it out of the top k (no rule removed it) |
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidOptionsError
+
+REASONS = ("denylist", "no_observation_within_radius", "below_label_threshold", "below_score_threshold",
+           "below_expected_nearby_threshold", "geo_down_weighted")
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """A label the vision part ranked in its top k that geography (or a rule) removed or demoted."""
+    index: int
+    label: str
+    vision_score: float  # image-only probability (the model's output where it has no vision part)
+    reason: str  # one of REASONS
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def check_options(options) -> None:
+    """Validate (and normalise) the options this module owns; InvalidOptionsError names the field."""
+    threshold = options.rollup_threshold
+    if threshold is not None and (not _is_number(threshold) or not 0.0 < threshold <= 1.0):
+        raise InvalidOptionsError(f"rollup_threshold must be a number in (0, 1] or None, got {threshold!r}")
+    k = options.excluded_top_k
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise InvalidOptionsError(f"excluded_top_k must be an int >= 0, got {k!r}")
+    allow = options.always_allow
+    if allow is not None:
+        if isinstance(allow, str) or not all(isinstance(v, str) for v in allow):
+            raise InvalidOptionsError(f"always_allow must be a sequence of label names, got {allow!r}")
+        object.__setattr__(options, "always_allow", tuple(allow))
+    thresholds = options.label_thresholds
+    if thresholds is not None:
+        if not isinstance(thresholds, Mapping):
+            raise InvalidOptionsError(f"label_thresholds must map label names to scores, got {thresholds!r}")
+        for name, value in thresholds.items():
+            if not isinstance(name, str):
+                raise InvalidOptionsError(f"label_thresholds keys must be label names, got {name!r}")
+            if not _is_number(value) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+                raise InvalidOptionsError(f"label_thresholds[{name!r}] must be a number in [0, 1], got {value!r}")
+        object.__setattr__(options, "label_thresholds", dict(thresholds))
+    if options.split_models is not None and not isinstance(options.split_models, bool):
+        raise InvalidOptionsError(f"split_models must be a bool or None (the manifest's recommendation), "
+                                  f"got {options.split_models!r}")
+
+
+class Overrides:
+    """`always_allow` and `label_thresholds` resolved against a bundle's labels."""
+
+    def __init__(self, options, labels):
+        index = {label: i for i, label in enumerate(labels)}
+        named = list(options.always_allow or ()) + list(options.label_thresholds or {})
+        unknown = [n for n in named if n not in index]
+        if unknown:
+            raise InvalidOptionsError(f"always_allow/label_thresholds name labels not in this bundle: {unknown[:5]}")
+        self.always_allow = np.zeros(len(labels), dtype=bool)
+        self.always_allow[[index[n] for n in options.always_allow or ()]] = True
+        self.min_score = np.zeros(len(labels), dtype=np.float64)
+        for name, value in (options.label_thresholds or {}).items():
+            self.min_score[index[name]] = float(value)
+
+    def allow(self, mask: np.ndarray | None) -> np.ndarray | None:
+        """The whitelist mask with the always-allowed labels let through."""
+        return None if mask is None else mask | self.always_allow
+
+
+def excluded_labels(labels, vision: np.ndarray, scores: np.ndarray, kept: np.ndarray, k: int, *,
+                    category_mask: np.ndarray, whitelist: np.ndarray | None, whitelisted_out: bool,
+                    nearby: np.ndarray | None, min_score: np.ndarray, score_threshold: float) -> tuple[Excluded, ...]:
+    """The vision top-k labels missing from the final top-k (ranked over the `kept` labels).
+
+    `vision`: image-only probabilities [L]; `scores`: final scores [L]; `whitelist`: the mask the
+    whitelist applied (None when it did not filter); `nearby`: expected-nearby flags (None: unknown)."""
+    if k == 0:
+        return ()
+    top_vision = np.argsort(-vision, kind="stable")[:k]
+    final = np.flatnonzero(kept)
+    top_final = set(final[np.argsort(-scores[final], kind="stable")[:k]].tolist())
+    out = []
+    for i in top_vision.tolist():
+        if i in top_final:
+            continue
+        if not category_mask[i]:
+            reason = "denylist"
+        elif whitelisted_out and whitelist is not None and not whitelist[i]:
+            reason = "no_observation_within_radius"
+        elif scores[i] < min_score[i]:
+            reason = "below_label_threshold"
+        elif scores[i] < score_threshold:
+            reason = "below_score_threshold"
+        elif nearby is not None and nearby[i] is False:
+            reason = "below_expected_nearby_threshold"
+        else:
+            reason = "geo_down_weighted"
+        out.append(Excluded(i, labels[i], float(vision[i]), reason))
+    return tuple(out)

@@ -1,0 +1,106 @@
+""""Expected nearby": which labels are expected at a place, per label, as iNaturalist's app flags them.
+
+Two methods, chosen by the export and recorded in the manifest's `expected_nearby` section:
+
+- `lpt_r` (models with a separable geo network, i.e. post-processing): a label is expected at a
+  point when its geo logit there reaches the label's threshold: the `percentile` (default 5) of its
+  geo logit over the distinct cells (geohash, `cell_precision`) where it was observed in training
+  ("lowest presence threshold, robust", as in iNaturalist's make_thresholds.py). The thresholds live
+  in `expected_nearby.json`; a label never observed with a location has none (flag None).
+- `whitelist` (other models): a label is expected where the whitelist table allows it, i.e. it was
+  observed within the table's radius (widened by the location accuracy). Where the table has no
+  data nearby the flags are None (unknown).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import geohash
+from .errors import BundleError
+
+NEARBY_FORMAT = 1
+METHODS = ("lpt_r", "whitelist")
+DEFAULT_PERCENTILE = 5.0  # iNaturalist's LPT-R
+DEFAULT_CELL_PRECISION = 4  # geohash cells of ~20-40 km, close to the H3 resolution-4 cells iNaturalist uses
+
+
+def observed_cells(lat, lon, labels, precision: int = DEFAULT_CELL_PRECISION):
+    """Distinct (label, cell) pairs of the located rows -> (labels [P], cell centre lat [P], lon [P])."""
+    lat, lon, labels = (np.asarray(a) for a in (lat, lon, labels))
+    known = np.isfinite(lat) & np.isfinite(lon)
+    keys = geohash.encode(lat[known], lon[known], precision).astype(np.int64)
+    pairs = np.unique(np.stack([labels[known].astype(np.int64), keys], axis=1), axis=0)
+    centre_lat, centre_lon = geohash.decode_centres(pairs[:, 1].astype(np.uint64), precision)
+    return pairs[:, 0], centre_lat, centre_lon
+
+
+def lpt_r_thresholds(geo_logits, lat, lon, labels, num_labels: int, percentile: float = DEFAULT_PERCENTILE,
+                     precision: int = DEFAULT_CELL_PRECISION, chunk: int = 4096) -> list[float | None]:
+    """Per label: the `percentile` of its geo logit over the distinct cells where it was observed.
+
+    `geo_logits(latlon float32 [N, 2]) -> [N, num_labels]` is the model's geo part."""
+    pair_labels, centre_lat, centre_lon = observed_cells(lat, lon, labels, precision)
+    cells, cell_of_pair = np.unique(np.stack([centre_lat, centre_lon], axis=1), axis=0, return_inverse=True)
+    values = np.empty(pair_labels.size, dtype=np.float64)
+    for start in range(0, len(cells), chunk):
+        logits = np.asarray(geo_logits(cells[start:start + chunk].astype(np.float32)), dtype=np.float64)
+        sel = np.flatnonzero((cell_of_pair >= start) & (cell_of_pair < start + chunk))
+        values[sel] = logits[cell_of_pair[sel] - start, pair_labels[sel]]
+    out: list[float | None] = [None] * num_labels
+    for label in np.unique(pair_labels):
+        out[int(label)] = float(np.percentile(values[pair_labels == label], percentile))
+    return out
+
+
+def write_thresholds(path, thresholds, percentile: float, precision: int) -> Path:
+    from .fileio import atomic_write_bytes
+
+    doc = {"format": NEARBY_FORMAT, "method": "lpt_r", "percentile": float(percentile), "cell_precision": int(precision),
+           "thresholds": [None if t is None else float(t) for t in thresholds]}
+    return atomic_write_bytes(Path(path), (json.dumps(doc, allow_nan=False) + "\n").encode("utf-8"))
+
+
+def read_thresholds(path, num_labels: int) -> np.ndarray:
+    """float64 [L] thresholds; NaN where a label has none."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        values = doc["thresholds"]
+        if doc.get("format") != NEARBY_FORMAT or not isinstance(values, list) or len(values) != num_labels:
+            raise ValueError(f"expected format {NEARBY_FORMAT} with {num_labels} thresholds")
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"cannot read expected-nearby thresholds {path}: {exc}") from None
+
+
+def open_thresholds(bundle) -> np.ndarray | None:
+    """The bundle's LPT-R thresholds ([L], NaN = none), or None when its method is not `lpt_r`."""
+    section = bundle.manifest.get("expected_nearby")
+    if not section or section.get("method") != "lpt_r":
+        return None
+    return read_thresholds(bundle.path / section["file"], len(bundle.labels))
+
+
+def flags_from_logits(geo_logits: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """object [L] of True / False / None (no threshold) from one point's geo logits."""
+    flags = np.asarray(geo_logits, dtype=np.float64) >= thresholds
+    return np.where(np.isnan(thresholds), None, flags).astype(object)
+
+
+def flags_from_whitelist(allowed: np.ndarray | None, num_labels: int) -> np.ndarray:
+    """object [L]: whitelisted labels True, others False; all None where the table has no data."""
+    if allowed is None:
+        return np.full(num_labels, None, dtype=object)
+    flags = np.zeros(num_labels, dtype=bool)
+    flags[allowed] = True
+    return flags.astype(object)
+
+
+def recall_and_count(flags: np.ndarray, truth: np.ndarray) -> dict:
+    """flags bool [N, L] at each row's own location, truth int [N] -> how often the true label is
+    flagged (recall) and the mean number of labels flagged (the whitelist table's two numbers)."""
+    flags = np.asarray(flags, dtype=bool)
+    return {"rows": int(len(truth)), "recall": float(flags[np.arange(len(truth)), truth].mean()),
+            "mean_flagged": float(flags.sum(axis=1).mean())}
