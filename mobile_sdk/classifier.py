@@ -315,22 +315,20 @@ class GeoClassifier:
             return None
         return widened_whitelist(table, location, accuracy_m)
 
-    def _whitelist_mask(self, location, accuracy_m, off: bool) -> np.ndarray | None:
-        """bool [L] of labels the whitelist allows (always_allow included), or None when it does not apply here."""
-        allowed = self._whitelist_allowed(location, accuracy_m, off)
+    def _whitelist_mask(self, allowed) -> np.ndarray | None:
+        """bool [L] of the `allowed` labels and always_allow, or None when the whitelist does not apply here."""
         if allowed is None:
             return None
         mask = np.zeros(len(self.labels), dtype=bool)
         mask[allowed] = True
         return self._overrides.allow(mask)
 
-    def _nearby_flags(self, location, accuracy_m, geo_logits) -> np.ndarray | None:
+    def _nearby_flags(self, location, allowed, geo_logits) -> np.ndarray | None:
         """object [L] expected-nearby flags (True/False/None), or None without a location."""
         if location is None:
             return None
         if self._nearby_thresholds is not None and geo_logits is not None:
             return nearby.flags_from_logits(geo_logits, self._nearby_thresholds)
-        allowed = self._whitelist_allowed(location, accuracy_m, off=self.options.use_whitelist is False)
         return nearby.flags_from_whitelist(allowed, len(self.labels))
 
     def _run(self, pixels, location) -> dict:
@@ -366,7 +364,10 @@ class GeoClassifier:
             probs = _softmax(out["logits"])
 
         scores, filtered = probs, False
-        mask = self._whitelist_mask(location, accuracy_m, off=self.fusion.whitelist == "off")
+        # One table lookup: what lives here (for expected_nearby, unless the options turned the table
+        # off) is also what the fusion filters by, unless the fusion is off.
+        allowed = self._whitelist_allowed(location, accuracy_m, off=self.options.use_whitelist is False)
+        mask = None if self.fusion.whitelist == "off" else self._whitelist_mask(allowed)
         if mask is not None and not mask.all() and mask.any():
             hard = self.fusion.whitelist == "hard"
             weight = mask.astype(np.float64) if hard else np.where(mask, 1.0, self.fusion.floor)
@@ -383,7 +384,7 @@ class GeoClassifier:
         keep = self._category_mask & (scores >= self.options.score_threshold) & (scores >= self._overrides.min_score)
         if mask is not None and self.fusion.whitelist == "hard" and filtered:
             keep &= mask
-        flags = self._nearby_flags(location, accuracy_m, geo)
+        flags = self._nearby_flags(location, allowed, geo)
         categories = Categories(_ranked(scores, keep, self.options.max_results), self.labels,
                                 score=scores, vision_score=vision, geo_score=geo, expected_nearby=flags)
         used = location is not None and self._location_matters
@@ -453,10 +454,11 @@ class GeoClassifier:
         if max_results is not None and (not isinstance(max_results, int) or max_results < 1):
             raise ValueError(f"max_results must be a positive int or None, got {max_results!r}")
         # The table answers "what lives here" whatever the fusion, unless the options turned it off.
-        mask = self._whitelist_mask(location, accuracy_m, off=self.options.use_whitelist is False)
+        allowed = self._whitelist_allowed(location, accuracy_m, off=self.options.use_whitelist is False)
+        mask = self._whitelist_mask(allowed)
         covered = mask is not None
         geo = self._geo_logits(location)
-        flags = self._nearby_flags(location, accuracy_m, geo)
+        flags = self._nearby_flags(location, allowed, geo)
         scores = None if geo is None else 1.0 / (1.0 + np.exp(-geo.astype(np.float64)))
         if self._nearby_thresholds is not None and geo is not None:
             listed = flags == True  # noqa: E712 -- elementwise over an object array of True/False/None
