@@ -1,6 +1,6 @@
 """`make bench`: the paper's results and our performance numbers -> docs/benchmarks.md.
 
-    python -m benchmarks.run [--only accuracy,geography,perf,scale] [--budget-min 45] [--seeds 3] [--quick]
+    python -m benchmarks.run [--only accuracy,geography,perf,scale,split] [--budget-min 45] [--seeds 3] [--quick]
 
 Sections:
 - accuracy: the `bench` world, every method (image only, priors with radius sweep, post-processing,
@@ -10,6 +10,7 @@ Sections:
   table (benchmarks.bench_whitelist), lookup throughput, training images/s vs plain model.fit;
 - scale: the whitelist table and the priors index from 500 to 50,000 labels and 270k to 30M
   observations (benchmarks.scale), growth fitted and projected.
+- split: per-frame latency of the split geo/vision models (geo cached) vs the single model.
 
 Each section is cached in out/bench/sections/NAME.md with its own command and date, so
 `--only perf` reruns one section and docs/benchmarks.md is rebuilt from the latest of each.
@@ -28,7 +29,7 @@ from pathlib import Path
 from benchmarks.common import Section, machine
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("accuracy", "geography", "perf", "scale")
+SECTIONS = ("accuracy", "geography", "perf", "scale", "split")
 DOC = REPO / "docs" / "benchmarks.md"
 JSON_DOC = REPO / "docs" / "benchmarks.json"
 
@@ -50,6 +51,10 @@ def run_section(name: str, args) -> Section:
         from benchmarks import scale
 
         return scale.run(scale.QUICK_SIZES if args.quick else scale.DEFAULT_SIZES)
+    if name == "split":
+        from benchmarks import split
+
+        return split.run(repeats=20 if args.quick else 4 * args.repeats, quick=args.quick)
     from benchmarks import perf
 
     return perf.run(args.out / "perf", repeats=5 if args.quick else args.repeats, quick=args.quick,

@@ -18,7 +18,7 @@ from mobile_sdk.bundle import GEO_MODEL_FILE, NEARBY_FILE, TAXONOMY_FILE, VISION
 from mobile_sdk.fileio import atomic_write_bytes
 from mobile_sdk.split_runner import PartModel
 from mobile_sdk.taxonomy import Taxonomy
-from mobile_sdk.whitelist import WhitelistTable
+from mobile_sdk.whitelist.reader import WhitelistTable
 
 from .geo_parts import PARTS, convert_part, has_parts, verify_split
 

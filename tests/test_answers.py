@@ -16,7 +16,7 @@ from mobile_sdk.errors import BundleError, InvalidLocationError, InvalidOptionsE
 from mobile_sdk.geo import great_circle_km
 from mobile_sdk.split_runner import PartModel
 from mobile_sdk.taxonomy import Taxon, Taxonomy
-from mobile_sdk.whitelist import write_whitelist
+from mobile_sdk.whitelist.builder import write_whitelist
 
 from test_sdk import IMAGE, LABELS, OUTPUTS, PACIFIC, PARIS, SIZE, SYDNEY, _raw, _tiny_keras, _write_bundle
 

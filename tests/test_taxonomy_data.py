@@ -7,7 +7,7 @@ import pytest
 
 from mobile_sdk.taxonomy import Taxonomy
 from trainer.data import DatasetError, load_split, read_inat2021
-from trainer.world import write_world
+from trainer.world.build import write_world
 
 from test_data import write_image
 

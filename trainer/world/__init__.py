@@ -4,7 +4,7 @@
 
 writes, in the iNaturalist 2021 layout (so `trainer.data` reads it with no special case):
     DIR/train.json, DIR/val.json    images[{id, file_name, latitude, longitude, date}],
-                                    annotations[{image_id, category_id}], categories[{id, name, supercategory}]
+                                    annotations[{image_id, category_id}], categories[{id, name, supercategory, genus}]
     DIR/train/LLLL/IIIIII.jpg ...   the images (JPEG)
     DIR/world.json                  preset, seed, species (genus, supercategory, counts, range parameters)
     DIR/ranges.npz                  each species' TRUE range density (see `load.World.density`)
