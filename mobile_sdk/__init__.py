@@ -2,6 +2,7 @@
 
 Never imports TensorFlow (tests/test_sdk.py checks it in a subprocess).
 """
+from .answers import Excluded  # noqa: F401
 from .bundle import Bundle, open_bundle  # noqa: F401
 from .classifier import (  # noqa: F401
     Category,
@@ -16,10 +17,12 @@ from .errors import (  # noqa: F401
     GeoAwareError,
     InvalidImageError,
     InvalidLocationError,
+    InvalidOptionsError,
     LabelSetMismatchError,
     ModelError,
     WhitelistTableError,
 )
 from .preprocess import load_image, resize_image  # noqa: F401
+from .taxonomy import Taxon, Taxonomy  # noqa: F401
 from .whitelist.builder import build_whitelist, write_whitelist  # noqa: F401
 from .whitelist.reader import WhitelistTable  # noqa: F401

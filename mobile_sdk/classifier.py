@@ -36,7 +36,7 @@ from .taxonomy import Taxon
 
 # Measured on the demo world's tuning split (docs/sdk.md, "Roll-up"): the most specific threshold
 # whose answers (species or roll-up taxon) contain the true label at least 90% of the time.
-DEFAULT_ROLLUP_THRESHOLD = 0.8
+DEFAULT_ROLLUP_THRESHOLD = 0.55
 
 WHITELIST_MODES = ("hard", "soft")
 GEO_MODEL_KIND = "geoprior"
@@ -209,8 +209,8 @@ class ClassificationResult:
 
 @dataclass(frozen=True)
 class NearbySpecies:
-    """species_near's answer. `categories` are sorted by score: sigmoid(geo logit) where the model has
-    a separable geo network, else 1.0 for each whitelisted label."""
+    """species_near's answer: the labels expected nearby, sorted by score: sigmoid(geo logit) where the
+    model has a separable geo network, else 1.0 for each whitelisted label."""
     categories: Sequence[Category]  # a Categories, like ClassificationResult's
     whitelist_covered: bool  # the table has training data near this point
     geo_scored: bool  # scores come from the model's geo network
