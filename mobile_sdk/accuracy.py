@@ -69,11 +69,11 @@ def widened_whitelist(table, location, accuracy_m: float | None) -> np.ndarray |
     """Sorted label indices the table allows at `location` widened by `accuracy_m` (see the module
     docstring), or None when the table does not filter there (no data nearby, or a disc too big)."""
     if not accuracy_m:
-        return table.lookup(*location)
+        return table.lookup_validated(*location)  # validated once, by the caller
     centres = disc_cells(location[0], location[1], accuracy_m / 1000.0, table.precision)
     if centres is None:
         return None
-    allowed, covered = table.lookup_batch(*centres)
+    labels, covered = table.lookup_batch(*centres)
     if not covered.any():
         return None
-    return np.flatnonzero(allowed[covered].any(axis=0))
+    return np.unique(np.concatenate(list(labels[covered])))

@@ -13,6 +13,7 @@ from mobile_sdk.__main__ import main as cli_main
 from mobile_sdk.accuracy import disc_cells, validate_accuracy_m
 from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.errors import BundleError, InvalidLocationError, InvalidOptionsError
+from mobile_sdk.fileio import sha256_file
 from mobile_sdk.geo import great_circle_km
 from mobile_sdk.split_runner import PartModel
 from mobile_sdk.taxonomy import Taxon, Taxonomy
@@ -242,7 +243,7 @@ def test_accuracy_widens_the_whitelist_to_radius_plus_accuracy(tmp_path, parts):
     lat, lon, lab = [query[0], far[0]], [query[1], far[1]], [0, 3]
     write_whitelist(bundle / bundle_mod.WHITELIST_FILE, lat, lon, lab, len(LABELS), 100.0, 4, LABELS)
     manifest = json.loads((bundle / bundle_mod.MANIFEST_FILE).read_text())
-    manifest["files"][bundle_mod.WHITELIST_FILE] = bundle_mod.sha256_file(bundle / bundle_mod.WHITELIST_FILE)
+    manifest["files"][bundle_mod.WHITELIST_FILE] = sha256_file(bundle / bundle_mod.WHITELIST_FILE)
     (bundle / bundle_mod.MANIFEST_FILE).write_text(json.dumps(manifest))
     with GeoClassifier.from_bundle(bundle) as clf:
         exact = clf.classify(IMAGE, *query)

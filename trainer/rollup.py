@@ -95,7 +95,8 @@ def table(section: dict, ranks) -> str:
 def main(argv=None) -> dict:
     from trainer.checkpoint import load_run
     from trainer.data import load_split
-    from trainer.evaluate import predict, tuning_split
+    from trainer.evaluate import tuning_split
+    from trainer.inference import predict
 
     parser = argparse.ArgumentParser(prog="python -m trainer.rollup", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
