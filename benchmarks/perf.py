@@ -294,7 +294,8 @@ def training_throughput(root: Path, steps: int, batch_size: int = 32, image_size
     config = TrainConfig(data=str(root / "world"), image_size=image_size, alpha=alpha, batch_size=batch_size)
     splits = load_splits(config)
     x_images, x_locations, y = [], [], []
-    for features, labels in splits.train.take(steps):
+    train = splits.dataset("train", batch_size, training=True)
+    for features, labels in train.take(steps):
         x_images.append(features["image"].numpy())
         x_locations.append(features["location"].numpy())
         y.append(labels.numpy())
@@ -310,7 +311,7 @@ def training_throughput(root: Path, steps: int, batch_size: int = 32, image_size
         fit(model, 1)
         return time.perf_counter() - begin
 
-    pipeline = fit_seconds(lambda m, e: m.fit(splits.train, steps_per_epoch=steps, epochs=e, verbose=0))
+    pipeline = fit_seconds(lambda m, e: m.fit(train, steps_per_epoch=steps, epochs=e, verbose=0))
     memory = fit_seconds(lambda m, e: m.fit(*arrays, batch_size=batch_size, epochs=e, shuffle=True, verbose=0))
     images = steps * batch_size
     return images / pipeline, images / memory

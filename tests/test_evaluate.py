@@ -11,7 +11,6 @@ from trainer.evaluate import (
     EvaluationError,
     evaluate_methods,
     render_markdown,
-    tuning_split,
     without_locations,
     write_report,
 )
@@ -89,19 +88,6 @@ def test_bad_inputs_are_evaluation_errors():
         evaluate_methods(TRAIN, evalset, {"postprocess": np.ones((1, 3)) / 3}, density=np.ones((1, 3)))
     with pytest.raises(EvaluationError, match="nothing to evaluate"):
         evaluate_methods(TRAIN, evalset, {})
-
-
-def test_tuning_split_is_disjoint_stratified_and_seeded():
-    labels = np.repeat(np.arange(4), 10)
-    tune, report = tuning_split(labels, 0.3, seed=1)
-    assert len(np.intersect1d(tune, report)) == 0 and len(tune) + len(report) == 40
-    assert np.bincount(labels[tune]).tolist() == [3, 3, 3, 3]
-    np.testing.assert_array_equal(tuning_split(labels, 0.3, seed=1)[0], tune)
-    assert not np.array_equal(tuning_split(labels, 0.3, seed=2)[0], tune)
-    with pytest.raises(EvaluationError, match="fraction"):
-        tuning_split(labels, 1.0)
-    with pytest.raises(EvaluationError, match="cannot split"):
-        tuning_split(np.arange(3), 0.3)  # one image per label: nothing left to tune on
 
 
 def test_without_locations_keeps_rows_and_makes_every_location_unknown():

@@ -10,6 +10,7 @@ from PIL import Image
 import trainer.prepare as prepare
 from trainer.data import load_split
 from trainer.pipeline import make_dataset, make_dataset_from_tfrecords, read_tfrecord_index
+from trainer.splits import tuning_split
 
 
 @pytest.fixture
@@ -39,11 +40,11 @@ def _by_location_then_label(images, locations, labels):
 
 @pytest.mark.parametrize("image_size", [None, 16])
 def test_prepare_round_trip_matches_make_dataset(manifest, tmp_path, image_size, capsys):
-    args = ["--data", manifest, "--split", "train", "--out", str(tmp_path / "rec"), "--shards", "3"]
+    args = ["--data", manifest, "--split", "val", "--out", str(tmp_path / "rec"), "--shards", "3"]
     if image_size:
         args += ["--image-size", str(image_size)]
     prepare.main(args)
-    split_dir = tmp_path / "rec" / "train"
+    split_dir = tmp_path / "rec" / "val"
     index = read_tfrecord_index(split_dir)
     ds = load_split(manifest, "train")
     assert index["num_examples"] == len(ds) == 11
@@ -60,8 +61,8 @@ def test_prepare_round_trip_matches_make_dataset(manifest, tmp_path, image_size,
 
 
 def test_tfrecord_training_path_shuffles_and_repeats(manifest, tmp_path):
-    prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "2"])
-    ds = make_dataset_from_tfrecords(tmp_path / "rec" / "train", 8, batch_size=5, training=True, repeat=True,
+    prepare.main(["--data", manifest, "--split", "val", "--out", str(tmp_path / "rec"), "--shards", "2"])
+    ds = make_dataset_from_tfrecords(tmp_path / "rec" / "val", 8, batch_size=5, training=True, repeat=True,
                                      shuffle_seed=1, drop_remainder=True)
     labels = np.concatenate([y.numpy() for _, y in ds.take(6)])
     assert len(labels) == 30
@@ -69,14 +70,28 @@ def test_tfrecord_training_path_shuffles_and_repeats(manifest, tmp_path):
     assert x["image"].shape == (5, 8, 8, 3) and x["image"].dtype.name == "uint8"
 
 
+def test_train_split_holds_out_the_tuning_rows_of_trainer_splits(manifest, tmp_path):
+    prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "2", "--tune-fraction", "0.3"])
+    train, tune = (read_tfrecord_index(tmp_path / "rec" / part) for part in ("train", "tune"))
+    expected_tune, expected_train = tuning_split(load_split(manifest, "train").labels, 0.3)
+    assert (train["num_examples"], tune["num_examples"]) == (len(expected_train), len(expected_tune)) == (8, 3)
+    assert tune["tune_fraction"] == 0.3 and train["tune_fraction"] is None
+    # Two workers each read their own file of a split: together they read every row once.
+    shards = [_collect(make_dataset_from_tfrecords(tmp_path / "rec" / "train", 8, 4, training=False, shard=(2, i)))
+              for i in range(2)]
+    assert sorted(len(s[2]) for s in shards) == [4, 4]
+    with pytest.raises(ValueError, match="at least the worker count"):
+        make_dataset_from_tfrecords(tmp_path / "rec" / "train", 8, 4, training=False, shard=(3, 2))
+
+
 def test_existing_output_needs_force(manifest, tmp_path):
-    prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "1"])
+    prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "1", "--tune-fraction", "0.3"])
     before = (tmp_path / "rec" / "train" / "index.json").read_bytes()
     with pytest.raises(SystemExit) as exc:
-        prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "2"])
+        prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "2", "--tune-fraction", "0.3"])
     assert exc.value.code == 2
     assert (tmp_path / "rec" / "train" / "index.json").read_bytes() == before
-    prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "2", "--force"])
+    prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "2", "--tune-fraction", "0.3", "--force"])
     assert len(json.loads((tmp_path / "rec" / "train" / "index.json").read_text())["shards"]) == 2
 
 

@@ -37,12 +37,16 @@ def _arrays(n, seed):
 
 
 def synthetic_splits(n=24, seed=0) -> train_mod.Splits:
-    x, y = _arrays(n, seed)
-    xv, yv = _arrays(12, seed + 1)
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    return train_mod.Splits(
-        train=ds.shuffle(n, seed=seed).repeat().batch(BATCH), train_eval=ds.batch(BATCH),
-        val=tf.data.Dataset.from_tensor_slices((xv, yv)).batch(BATCH), labels=LABELS, train_size=n)
+    """In-memory train and tuning rows; an input shard is every count-th row, like geo_splits."""
+    parts = {"train": _arrays(n, seed), "tune": _arrays(12, seed + 1)}
+
+    def dataset(part, batch_size, training, shard=(1, 0), seed=seed):
+        ds = tf.data.Dataset.from_tensor_slices(parts[part]).shard(*shard)
+        if training:
+            ds = ds.shuffle(n, seed=seed).repeat()
+        return ds.batch(batch_size)
+
+    return train_mod.Splits(dataset, labels=LABELS, train_size=n, tune_size=12)
 
 
 def tiny_config(model="image", **changes) -> TrainConfig:
@@ -129,7 +133,9 @@ def test_image_run_trains_and_writes_the_run_folder(image_run):
         assert (run_dir / name).is_file(), name
     run = load_run(run_dir)
     assert run.labels == LABELS and run.config == tiny_config(epochs=2)
-    assert run.metrics == metrics and 1 <= metrics["epoch"] <= 2 and 0 <= metrics["val_accuracy"] <= 1
+    assert run.metrics == metrics and 1 <= metrics["epoch"] <= 2 and 0 <= metrics["tune_accuracy"] <= 1
+    assert (metrics["train_size"], metrics["tune_size"], metrics["epochs_done"]) == (24, 12, 2)
+    assert metrics["stop_reason"].startswith("cap") and [h["epoch"] for h in metrics["history"]] == [1, 2]
     x, y = _arrays(16, seed=5)
     assert _loss(run.model, x, y) != pytest.approx(_loss(initial, x, y), abs=1e-6)
     assert not list(run_dir.glob(".*tmp*"))  # no temporary files left behind
@@ -166,10 +172,10 @@ def test_postprocess_never_reruns_the_cnn_during_training(image_run, tmp_path, m
         return original(image_model, dataset, cache_path, desc)
 
     monkeypatch.setattr(train_mod, "cached_logits", counting)
-    trained, saved, train_data, _ = train_mod.build_models(
+    trained, saved, data = train_mod.build_models(
         tiny_config("postprocess", init=str(image_dir)), synthetic_splits(), tmp_path)
-    assert len(calls) == 2  # train and val, once each
-    assert set(train_data.element_spec[0]) == {"vision_logits", "location"}  # no images in training
+    assert len(calls) == 2  # train and tune, once each
+    assert set(data.dataset("train", 4, True).element_spec[0]) == {"vision_logits", "location"}  # no images
     assert not any(layer.name == "backbone" for layer in trained._flatten_layers())
 
 
@@ -195,10 +201,14 @@ def test_resume_after_a_crash_mid_epoch(image_run, tmp_path, monkeypatch, capsys
     class Crash(Exception):
         pass
 
-    def crash_in_second_epoch(self, batch, logs=None):
-        if int(self.epoch_var.numpy()) == 1 and batch == 1:
-            raise Crash  # like kill -9 in the middle of epoch 2: its work is lost
-    monkeypatch.setattr(train_mod.EpochCheckpoint, "on_train_batch_end", crash_in_second_epoch, raising=False)
+    real_epoch = train_mod._train_epoch
+
+    def crash_in_second_epoch(step, iterator, steps, epoch, config):
+        if epoch == 2:
+            real_epoch(step, iterator, 1, epoch, config)  # one step of epoch 2, then the process dies
+            raise Crash
+        return real_epoch(step, iterator, steps, epoch, config)
+    monkeypatch.setattr(train_mod, "_train_epoch", crash_in_second_epoch)
     with pytest.raises(Crash):
         train_mod.train(config, tmp_path, splits)
     assert json.loads((tmp_path / "metrics.json").read_text())["epoch"] == 1
@@ -219,6 +229,68 @@ def test_resume_after_a_crash_mid_epoch(image_run, tmp_path, monkeypatch, capsys
     assert load_run(tmp_path).config.epochs == 2  # config.json still says what the run did
     with pytest.raises(RunError, match="another config"):
         train_mod.train(config.replace(seed=1), tmp_path, synthetic_splits())
+
+
+def test_early_stopping_on_a_plateau_of_the_tuning_metric_and_its_resume(image_run, tmp_path, capsys):
+    # A learning rate of ~0: the tuning top-1 never improves after epoch 1, a plateau by construction.
+    config = tiny_config("postprocess", init=str(image_run[0]), epochs=10, patience=2,
+                         optimizer=OptimizerConfig(name="sgd", learning_rate=1e-30))
+    metrics = train_mod.train(config, tmp_path, synthetic_splits())
+    assert (metrics["epoch"], metrics["epochs_done"]) == (1, 3)
+    assert metrics["stop_reason"].startswith("plateau") and "stopped after epoch 3: plateau" in capsys.readouterr().out
+    # The stop is part of the resume state: the same command has nothing to do ...
+    train_mod.train(config, tmp_path, synthetic_splits())
+    assert "nothing to do after epoch 3" in capsys.readouterr().out
+    # ... and more patience continues from epoch 3 with the restored best epoch.
+    metrics = train_mod.train(config.replace(patience=3), tmp_path, synthetic_splits())
+    assert "resuming after epoch 3 of 10" in capsys.readouterr().out
+    assert (metrics["epoch"], metrics["epochs_done"]) == (1, 4)
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
+
+
+def _write_csv_world(root: Path, shuffle_val_labels: bool) -> str:
+    """train.csv and val.csv of small PNGs (a data SPEC with {split}); val labels optionally shuffled."""
+    from PIL import Image
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", 40, 0), ("val", 12, 1)):
+        x, y = _arrays(n, seed)
+        if split == "val" and shuffle_val_labels:
+            y = np.random.default_rng(3).permutation(y)
+        lines = ["file,label,latitude,longitude"]
+        for i in range(n):
+            name = f"{split}-{i}.png"
+            Image.fromarray(x["image"][i]).save(root / name)
+            lat, lon = ("", "") if np.isnan(x["location"][i, 0]) else x["location"][i]
+            lines.append(f"{name},{LABELS[y[i]]},{lat},{lon}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return f"csv:{root}/{{split}}.csv"
+
+
+def _untimed(metrics: dict) -> dict:
+    timing = ("train_seconds", "images_per_second")
+    out = {k: v for k, v in metrics.items() if k not in timing}
+    out["history"] = [{k: v for k, v in h.items() if k not in timing} for h in metrics["history"]]
+    return out
+
+
+def test_shuffling_the_reported_labels_changes_no_choice(tmp_path):
+    """Selection reads only the tuning rows (held out of train): val, the reported split, is never read."""
+    from trainer.data import load_split
+    from trainer.splits import tuning_split
+
+    results = []
+    for shuffled in (False, True):
+        spec = _write_csv_world(tmp_path / f"world-{shuffled}", shuffled)
+        config = tiny_config(data=spec, epochs=3, patience=1, steps_per_epoch=2)
+        metrics = train_mod.train(config, tmp_path / f"run-{shuffled}")
+        weights = [w.numpy() for w in load_run(tmp_path / f"run-{shuffled}").model.weights]
+        results.append((metrics, weights))
+    (plain, plain_weights), (shuffled, shuffled_weights) = results
+    tune_rows, train_rows = tuning_split(load_split(spec, "train").labels, 0.1)
+    assert (plain["train_size"], plain["tune_size"]) == (len(train_rows), len(tune_rows)) == (37, 3)
+    assert _untimed(plain) == _untimed(shuffled)  # chosen epoch, stop, every tuning and training metric
+    for a, b in zip(plain_weights, shuffled_weights):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -270,8 +342,8 @@ def test_strategy_errors(monkeypatch):
 
 # --- subprocesses: MirroredStrategy on 2 logical CPUs, kill -9, the CLI on a world ---------------
 
-def _python(code_or_args, **kw):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+def _python(code_or_args, env=None, **kw):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.Popen([sys.executable, *code_or_args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
@@ -302,13 +374,12 @@ def test_cli_on_a_tiny_world_and_resume_after_kill_9(tiny_world, tmp_path):
     image = tmp_path / "image"
     base = ["-m", "trainer.train", "--data", str(tiny_world), "--image-size", "32", "--alpha", "0.35",
             "--batch-size", "8", "--steps-per-epoch", "40"]
-    cmd = base + ["--model", "image", "--epochs", "2", "--out", str(image)]
+    cmd = base + ["--model", "image", "--epochs", "4", "--patience", "1", "--out", str(image)]
     proc = _python(cmd)
-    # Kill -9 once epoch 1 is checkpointed and epoch 2 is under way.
+    # Kill -9 as soon as the run's event file says epoch 1 is checkpointed (epoch 2 is starting).
     deadline = time.time() + 500
     while not (image / "state" / "checkpoint").is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    time.sleep(1)
+        time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be killed in epoch 2"
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -317,8 +388,18 @@ def test_cli_on_a_tiny_world_and_resume_after_kill_9(tiny_world, tmp_path):
     proc = _python(cmd)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    assert "resuming after epoch 1 of 2" in out
-    assert json.loads((image / "metrics.json").read_text())["epoch"] in (1, 2)
+    assert "resuming after epoch 1 of 4" in out
+    # Early stopping survived the kill: the kept epoch is the first best on the tuning rows over the
+    # whole history, and the run stopped exactly `patience` epochs after it (or at the cap).
+    metrics = json.loads((image / "metrics.json").read_text())
+    curve = [h["tune_accuracy"] for h in metrics["history"]]
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, metrics["epochs_done"] + 1))
+    assert metrics["epoch"] == 1 + int(np.argmax(curve))
+    if metrics["stop_reason"].startswith("plateau"):
+        assert metrics["epochs_done"] - metrics["epoch"] == 1
+    else:
+        assert metrics["epochs_done"] == 4 and metrics["stop_reason"].startswith("cap")
+    assert f"stopped after epoch {metrics['epochs_done']}" in out
     pp = _python(base + ["--model", "postprocess", "--init", str(image), "--epochs", "1", "--out", str(tmp_path / "pp")])
     out, _ = pp.communicate(timeout=600)
     assert pp.returncode == 0, out[-3000:]

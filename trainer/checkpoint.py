@@ -1,6 +1,6 @@
 """Training runs on disk (docs/CONTRACTS.md): atomic writes and `load_run`.
 
-RUN_DIR/model.keras (best on validation), config.json, labels.txt, metrics.json, state/ (resume).
+RUN_DIR/model.keras (best on the tuning rows), config.json, labels.txt, metrics.json, state/ (resume).
 Every file is written to a temporary name in the same folder and renamed, so a reader, or a
 crashed writer, never sees a half-written file.
 """

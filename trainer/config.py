@@ -16,6 +16,7 @@ import keras
 from mobile_sdk.encoding import DEFAULT_ENCODING, ENCODINGS
 from trainer.layers import DEFAULT_VARIANT, VARIANTS
 from trainer.models import BACKBONES, DEFAULT_GEO_NET, GEO_NETS, MIN_IMAGE_SIZE, MODEL_KINDS, default_modulated_layers
+from trainer.splits import DEFAULT_TUNE_FRACTION
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
@@ -157,7 +158,13 @@ class TrainConfig:
     location_dropout: float | None = None
     dropout: float = 0.2
     optimizer: OptimizerConfig | None = None
-    epochs: int = 10
+    epochs: int = 10  # the cap: training stops earlier on a plateau of the tuning top-1
+    patience: int = 3  # epochs without a better tuning top-1 before stopping
+    # Tuning rows pick the epoch and stop training; they are never trained on nor reported. By
+    # default a seeded, label-stratified tune_fraction of train (trainer.splits); `tune` names a
+    # data SPEC whose split "tune" is used instead.
+    tune: str | None = None
+    tune_fraction: float = DEFAULT_TUNE_FRACTION
     batch_size: int = 32
     seed: int = 0
     strategy: str = "default"
@@ -202,7 +209,10 @@ class TrainConfig:
         elif isinstance(self.optimizer, dict):
             object.__setattr__(self, "optimizer", OptimizerConfig(**self.optimizer))
         _require(isinstance(self.optimizer, OptimizerConfig), "optimizer", "must be an OptimizerConfig")
-        for name in ("epochs", "batch_size"):
+        _require(self.tune is None or (isinstance(self.tune, str) and self.tune != ""), "tune",
+                 "must be None or a data SPEC")
+        _require(0 < self.tune_fraction < 1, "tune_fraction", f"must be in (0, 1), got {self.tune_fraction}")
+        for name in ("epochs", "batch_size", "patience"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, name, f"must be an int >= 1, got {value!r}")
         _require(self.steps_per_epoch is None or (isinstance(self.steps_per_epoch, int) and self.steps_per_epoch >= 1),

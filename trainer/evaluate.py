@@ -36,6 +36,7 @@ from trainer import metrics, rollup
 from trainer.data import GeoDataset, load_split
 from trainer.inference import predict
 from trainer.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, product_scores, sweep_prior
+from trainer.splits import tuning_split
 from trainer.world.oracle import world_density
 
 
@@ -68,24 +69,6 @@ def without_locations(ds: GeoDataset) -> GeoDataset:
 
 
 # ---- the numpy core: probabilities in, report sections out -------------------------------------
-
-def tuning_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(tune, report) row indices: a seeded `fraction` of each label's rows chooses the prior radius,
-    the rest are reported. Stratified so both halves keep the label mix."""
-    if not 0.0 < fraction < 1.0:
-        raise EvaluationError(f"tune fraction must be in (0, 1), got {fraction}")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    tune = []
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
-        tune.append(rows[: int(round(fraction * len(rows)))])
-    tune = np.sort(np.concatenate(tune)) if tune else np.zeros(0, dtype=np.int64)
-    report = np.setdiff1d(np.arange(len(labels)), tune)
-    if len(tune) == 0 or len(report) == 0:
-        raise EvaluationError(f"cannot split {len(labels)} images into tuning and reported parts at fraction {fraction}")
-    return tune, report
-
 
 def evaluate_methods(
     train: GeoDataset,

@@ -164,14 +164,20 @@ def read_tfrecord_index(path) -> dict:
 
 
 def make_dataset_from_tfrecords(path, image_size, batch_size: int, training: bool, shuffle_seed: int = 0,
-                                repeat: bool = False, drop_remainder: bool = False, shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+                                repeat: bool = False, drop_remainder: bool = False, shuffle_buffer: int = 10_000,
+                                shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
     """Like make_dataset, from a split folder written by trainer.prepare (same element structure).
 
     Training shuffles the shard order and a `shuffle_buffer` of records; evaluation reads the
-    shards in order, deterministically."""
+    shards in order, deterministically. `shard=(count, index)` reads only every count-th file from
+    the index-th on: one input pipeline's share in multi-worker training."""
     _check_args(batch_size)
     index = read_tfrecord_index(path)
-    files = [os.path.join(str(path), s) for s in index["shards"]]
+    count, first = shard
+    files = [os.path.join(str(path), s) for s in index["shards"]][first::count]
+    if not files:
+        raise ValueError(f"{path} has {len(index['shards'])} TFRecord files, fewer than the {count} input "
+                         "pipelines (workers) reading it: prepare it with --shards of at least the worker count")
     shards = tf.data.Dataset.from_tensor_slices(files)
     if training:
         shards = shards.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)

@@ -1,9 +1,10 @@
 """Convert any supported dataset split into sharded TFRecords, for iNaturalist-scale input.
 
     python -m trainer.prepare --data SPEC --split train --out DIR [--shards N] [--image-size H]
-                              [--label-names FILE] [--seed N] [--force]
+                              [--label-names FILE] [--seed N] [--tune-fraction F] [--force]
 
-writes DIR/SPLIT/ atomically (a temp folder renamed into place):
+writes DIR/SPLIT/ atomically (a temp folder renamed into place); `--split train` writes DIR/train/
+and DIR/tune/, the held-out tuning rows of trainer.splits (`trainer.train --data tfrecords:DIR`):
     shard-00000-of-0000N.tfrecord ...   tf.train.Example records: image (encoded bytes), label,
                                         lat, lon (NaN when unknown), has_location, supercategory
     index.json                          format, split, label and supercategory names, counts per
@@ -28,6 +29,11 @@ from mobile_sdk.fileio import staged_folder
 
 from .data import DatasetError, GeoDataset, load_split
 from .pipeline import TFRECORD_FORMAT, TFRECORD_INDEX, decode_image, resize_image
+from .splits import DEFAULT_TUNE_FRACTION, tuning_split
+
+# Files per split: each worker of multi-worker training reads its own files, so this is the most
+# workers a prepared dataset serves (prepare with more --shards for more workers).
+DEFAULT_SHARDS = 8
 
 
 def _example(image_bytes: bytes, label: int, lat: float, lon: float, has_location: bool, supercategory: int):
@@ -44,9 +50,10 @@ def _example(image_bytes: bytes, label: int, lat: float, lon: float, has_locatio
     })).SerializeToString()
 
 
-def write_tfrecords(ds: GeoDataset, out_dir, split: str, shards: int = 8, image_size: int | None = None,
-                    seed: int = 0, force: bool = False, progress: bool = True) -> Path:
-    """Write `ds` as `out_dir/split/` (see module docstring). Returns that folder."""
+def write_tfrecords(ds: GeoDataset, out_dir, split: str, shards: int = DEFAULT_SHARDS, image_size: int | None = None,
+                    seed: int = 0, force: bool = False, progress: bool = True, tune_fraction: float | None = None) -> Path:
+    """Write `ds` as `out_dir/split/` (see module docstring). Returns that folder. `tune_fraction` is
+    recorded in the index of a tuning split (what part of train it holds)."""
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     if image_size is not None and image_size < 1:
@@ -74,7 +81,8 @@ def write_tfrecords(ds: GeoDataset, out_dir, split: str, shards: int = 8, image_
                 w.close()
         index = {"format": TFRECORD_FORMAT, "version": 1, "split": split, "num_examples": len(ds),
                  "image_size": image_size, "shards": names, "label_names": ds.label_names,
-                 "supercategory_names": ds.supercategory_names, "counts": ds.train_counts().tolist()}
+                 "supercategory_names": ds.supercategory_names, "counts": ds.train_counts().tolist(),
+                 "tune_fraction": tune_fraction}
         (tmp / TFRECORD_INDEX).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     return final
 
@@ -84,7 +92,11 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="data SPEC (docs/datasets.md)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", required=True, help="output folder; the split goes to OUT/SPLIT/")
-    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
+                        help="TFRecord files per split; multi-worker training needs at least one per worker")
+    parser.add_argument("--tune-fraction", type=float, default=DEFAULT_TUNE_FRACTION,
+                        help="with --split train: also write OUT/tune/, this seeded label-stratified part of "
+                             "train that trainer.train tunes on (and not OUT/train/)")
     parser.add_argument("--image-size", type=int, default=None, help="resize to HxH (PNG) before writing")
     parser.add_argument("--label-names", help="text file, one label per line: align labels with a training set")
     parser.add_argument("--seed", type=int, default=0, help="seed of the row order across shards")
@@ -95,10 +107,16 @@ def main(argv=None):
         if args.label_names:
             label_names = [line for line in Path(args.label_names).read_text(encoding="utf-8").splitlines() if line]
         ds = load_split(args.data, args.split, label_names=label_names)
-        out = write_tfrecords(ds, args.out, args.split, args.shards, args.image_size, args.seed, args.force)
+        parts = {args.split: (ds, None)}
+        if args.split == "train":
+            tune_rows, train_rows = tuning_split(ds.labels, args.tune_fraction)
+            parts = {"train": (ds.subset(train_rows), None), "tune": (ds.subset(tune_rows), args.tune_fraction)}
+        for name, (rows, fraction) in parts.items():
+            out = write_tfrecords(rows, args.out, name, args.shards, args.image_size, args.seed, args.force,
+                                  tune_fraction=fraction)
+            print(f"wrote {len(rows)} examples of split {name!r} to {out}")
     except (DatasetError, FileExistsError, ValueError, OSError) as exc:
         parser.exit(2, f"error: {exc}\n")
-    print(f"wrote {len(ds)} examples of split {args.split!r} to {out}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
         [--backbone mobilenet_v2|inception_v3] [--init RUN_DIR] [--weights imagenet|PATH|none]
         [--strategy default|mirrored|multiworker|tpu] [--epochs N] [--image-size N] [--alpha A] ...
 
-RUN_DIR gets model.keras (best on validation), config.json, labels.txt, metrics.json and state/
-(docs/CONTRACTS.md). Every epoch ends with an atomic checkpoint, so after a crash or kill -9 the
-same command continues from the last completed epoch. docs/training.md has the details.
+RUN_DIR gets model.keras (the epoch with the best top-1 on the tuning rows, a held-out part of
+train that is never reported), config.json, labels.txt, metrics.json and state/ (docs/CONTRACTS.md).
+Training stops when the tuning top-1 plateaus (--patience) or at --epochs. Every epoch ends with an
+atomic checkpoint, so after a crash or kill -9 the same command continues from the last completed
+epoch. docs/training.md has the details.
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ import math
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -33,59 +37,81 @@ from trainer.checkpoint import (CONFIG_FILE, LABELS_FILE, METRICS_FILE, MODEL_FI
 from trainer.config import GEO_LR_MULTIPLIER, OPTIMIZERS, STRATEGIES, OptimizerConfig, TrainConfig
 from trainer.inference import cached_logits
 from trainer.layers import VARIANTS
+from trainer.splits import DEFAULT_TUNE_FRACTION, tuning_split
 from trainer.strategy import is_chief, make_strategy
 
-VALIDATION_METRIC = "val_accuracy"  # top-1 on the validation split picks model.keras
+TUNE_METRIC = "tune_accuracy"  # top-1 on the tuning rows picks model.keras and stops training
+LOG_EVERY_S = 30.0  # progress line interval within an epoch
 
 
 @dataclass
 class Splits:
-    """Batched ({"image", "location"}, label) datasets. `train` is shuffled, augmented and repeats
-    forever; `train_eval` is the training set with evaluation preprocessing, in order, once."""
-    train: tf.data.Dataset
-    train_eval: tf.data.Dataset
-    val: tf.data.Dataset
+    """The training and tuning rows, and `dataset(part, batch_size, training, shard)` that reads one
+    input shard of a part as batched ({"image", "location"}, label) elements. training=True shuffles
+    (seeded), augments and repeats forever; training=False reads the rows once, in order."""
+    dataset: Callable[..., tf.data.Dataset]
     labels: list[str]
     train_size: int
+    tune_size: int
 
 
 TFRECORDS_PREFIX = "tfrecords:"
 
 
 def _load_tfrecord_splits(config: TrainConfig) -> Splits:
-    """`tfrecords:DIR`: DIR/train and DIR/val written by `python -m trainer.prepare`."""
+    """`tfrecords:DIR`: DIR/train and DIR/tune written by `python -m trainer.prepare --split train`."""
     from trainer.pipeline import make_dataset_from_tfrecords, read_tfrecord_index
 
     root = Path(config.data[len(TFRECORDS_PREFIX):])
-    train_index, val_index = read_tfrecord_index(root / "train"), read_tfrecord_index(root / "val")
-    if val_index["label_names"] != train_index["label_names"]:
-        raise ValueError(f"{root}/val was prepared with other labels than {root}/train; "
-                         "prepare val with --label-names of the training labels")
-    size, batch = config.image_size, config.batch_size
-    return Splits(
-        train=make_dataset_from_tfrecords(root / "train", size, batch, training=True, shuffle_seed=config.seed,
-                                          repeat=True),
-        train_eval=make_dataset_from_tfrecords(root / "train", size, batch, training=False),
-        val=make_dataset_from_tfrecords(root / "val", size, batch, training=False),
-        labels=list(train_index["label_names"]), train_size=int(train_index["num_examples"]))
+    index = {part: read_tfrecord_index(root / part) for part in ("train", "tune")}
+    if index["tune"]["label_names"] != index["train"]["label_names"]:
+        raise ValueError(f"{root}/tune was prepared with other labels than {root}/train")
+    fraction = index["tune"].get("tune_fraction")
+    if config.tune is not None or fraction != config.tune_fraction:
+        raise ValueError(f"{root}/tune holds a tune fraction of {fraction} of the training rows; with tfrecords "
+                         "the tuning split is the one trainer.prepare wrote: pass its --tune-fraction and no --tune")
+
+    def dataset(part, batch_size, training, shard=(1, 0), seed=config.seed):
+        return make_dataset_from_tfrecords(root / part, config.image_size, batch_size, training=training,
+                                           shuffle_seed=seed, repeat=training, shard=shard)
+
+    return Splits(dataset, labels=list(index["train"]["label_names"]),
+                  train_size=int(index["train"]["num_examples"]), tune_size=int(index["tune"]["num_examples"]))
+
+
+def geo_splits(train, tune, image_size) -> Splits:
+    """Splits over two trainer.data.GeoDatasets; an input shard is every count-th row."""
+    from trainer.pipeline import make_dataset
+
+    parts = {"train": train, "tune": tune}
+
+    def dataset(part, batch_size, training, shard=(1, 0), seed=0):
+        rows = parts[part]
+        count, index = shard
+        if count > 1:
+            rows = rows.subset(np.arange(index, len(rows), count))
+        # Location dropout happens inside the geo models (LocationDropout), not in the pipeline.
+        return make_dataset(rows, image_size, batch_size, training=training, shuffle_seed=seed, repeat=training)
+
+    return Splits(dataset, labels=list(train.label_names), train_size=len(train), tune_size=len(tune))
 
 
 def load_splits(config: TrainConfig) -> Splits:
-    """The config's data SPEC through trainer.data and trainer.pipeline (or `tfrecords:DIR`)."""
+    """The config's data SPEC through trainer.data and trainer.pipeline (or `tfrecords:DIR`), with its
+    tuning rows: `--tune SPEC`'s split "tune", else a seeded label-stratified part of train."""
     if config.data.startswith(TFRECORDS_PREFIX):
         return _load_tfrecord_splits(config)
     from trainer.data import load_split
-    from trainer.pipeline import make_dataset
 
     train = load_split(config.data, "train")
-    val = load_split(config.data, "val", label_names=train.label_names)
-    size, batch = config.image_size, config.batch_size
-    return Splits(
-        # Location dropout happens inside the geo models (LocationDropout), not in the pipeline.
-        train=make_dataset(train, size, batch, training=True, shuffle_seed=config.seed, repeat=True),
-        train_eval=make_dataset(train, size, batch, training=False),
-        val=make_dataset(val, size, batch, training=False),
-        labels=list(train.label_names), train_size=len(train))
+    if config.tune is not None:
+        tune = load_split(config.tune, "tune", label_names=train.label_names)
+    else:
+        tune_rows, train_rows = tuning_split(train.labels, config.tune_fraction)
+        train, tune = train.subset(train_rows), train.subset(tune_rows)
+    if len(tune) == 0:
+        raise ValueError(f"the tuning split of {config.tune or config.data} has no usable rows")
+    return geo_splits(train, tune, config.image_size)
 
 
 def _steps_per_epoch(config: TrainConfig, train_size: int) -> int:
@@ -93,12 +119,20 @@ def _steps_per_epoch(config: TrainConfig, train_size: int) -> int:
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
 
 
-def _logit_dataset(cache: dict, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices(
-        ({"vision_logits": cache["vision_logits"], "location": cache["location"]}, cache["label"]))
-    if training:
-        ds = ds.shuffle(len(cache["label"]), seed=seed, reshuffle_each_iteration=True).repeat()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def _logit_splits(caches: dict, splits: Splits) -> Splits:
+    """Splits over cached (vision_logits, location, label) arrays; an input shard is every count-th row."""
+
+    def dataset(part, batch_size, training, shard=(1, 0), seed=0):
+        cache = caches[part]
+        rows = np.arange(shard[1], len(cache["label"]), shard[0])
+        ds = tf.data.Dataset.from_tensor_slices(
+            ({"vision_logits": cache["vision_logits"][rows], "location": cache["location"][rows]},
+             cache["label"][rows]))
+        if training:
+            ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True).repeat()
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    return dataclasses.replace(splits, dataset=dataset)
 
 
 def _load_image_run(config: TrainConfig, labels: list[str]):
@@ -108,6 +142,9 @@ def _load_image_run(config: TrainConfig, labels: list[str]):
     if init.labels != labels:
         raise RunError(f"--init {config.init} was trained on other labels than {config.data} "
                        f"({len(init.labels)} vs {len(labels)} labels, or another order)")
+    if (init.config.tune, init.config.tune_fraction) != (config.tune, config.tune_fraction):
+        raise RunError(f"--init {config.init} held out other tuning rows (--tune/--tune-fraction differ): "
+                       "its backbone would have trained on this run's tuning rows")
     return init.model
 
 
@@ -126,24 +163,24 @@ def _init_geo_head(head, config: TrainConfig, labels: list[str]) -> None:
 
 
 def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
-    """(model trained on logits, model saved as model.keras, train data, val data)."""
+    """(model trained on logits, model saved as model.keras, the Splits it trains on)."""
     num_classes = len(splits.labels)
     if config.model == "postprocess":
         image_model = _load_image_run(config, splits.labels)
         # The CNN runs once per image, here; the geo net trains on the cached logits. The cache is
         # keyed by the image model's file, so a retrained --init run is never served stale logits.
         key = sha256_file(Path(config.init) / MODEL_FILE)[:16]
-        caches = {split: state_dir / f"logits-{split}-{key}.npz" if state_dir else None for split in ("train", "val")}
-        train_cache = cached_logits(image_model, splits.train_eval, caches["train"], "image logits (train)")
-        val_cache = cached_logits(image_model, splits.val, caches["val"], "image logits (val)")
+        caches = {part: cached_logits(image_model, splits.dataset(part, config.batch_size, training=False),
+                                       state_dir / f"logits-{part}-{key}.npz" if state_dir else None,
+                                       f"image logits ({part})")
+                  for part in ("train", "tune")}
         head = models.build_geo_head(num_classes, config.encoding, location_dropout=config.location_dropout,
                                      seed=config.seed, geo_net=config.geo_net)
         if config.geo_init:
             _init_geo_head(head, config, splits.labels)
         saved = models.build_postprocess_model(image_model, head)
         trained = keras.Model(head.input, head.output["logits"], name="geo_head_training")
-        return (trained, saved, _logit_dataset(train_cache, config.batch_size, True, config.seed),
-                _logit_dataset(val_cache, config.batch_size, False, config.seed))
+        return trained, saved, _logit_splits(caches, splits)
     if config.model == "featuremod":
         image_model = (_load_image_run(config, splits.labels) if config.init else models.build_image_model(
             num_classes, config.backbone, config.image_size, config.alpha, config.weights_arg, config.dropout))
@@ -153,42 +190,93 @@ def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
         saved = models.build_image_model(num_classes, config.backbone, config.image_size, config.alpha,
                                          config.weights_arg, config.dropout)
     trained = keras.Model(saved.input, saved.output["logits"], name=f"{saved.name}_training")
-    return trained, saved, splits.train, splits.val
+    return trained, saved, splits
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """After each epoch: the best model so far -> model.keras + metrics.json, then the resume state.
+class DistributedSteps:
+    """The one training and evaluation step for every --strategy (docs/training.md): `strategy.run`
+    over `distribute_datasets_from_function`, in place of Keras 3's model.fit, which fails under
+    MultiWorkerMirroredStrategy. Each replica's loss is its summed cross-entropy over the GLOBAL
+    batch, so the gradients the optimizer all-reduces (SUM) are the global-batch mean: the same
+    --batch-size and --lr train alike on one device or many."""
 
-    Order matters for crash safety: the resume state is written last, so after a crash the run
-    redoes at most the epoch in progress; every file is replaced atomically."""
+    # Per-replica sums, reduced over replicas: loss, top-1 hits, top-k hits, examples.
+    COUNTS = ("loss", "accuracy", "top5", "examples")
 
-    def __init__(self, run_dir: Path, saved_model, manager, epoch_var, best_var, chief: bool):
-        super().__init__()
-        self.run_dir, self.saved_model, self.manager = run_dir, saved_model, manager
-        self.epoch_var, self.best_var, self.chief = epoch_var, best_var, chief
+    def __init__(self, strategy, model, optimizer, global_batch: int, top_k: int):
+        self.strategy, self.model, self.optimizer = strategy, model, optimizer
+        replicas = strategy.num_replicas_in_sync
+        if global_batch % replicas:
+            raise ValueError(f"--batch-size {global_batch} is the global batch; it must split evenly over the "
+                             f"{replicas} replicas")
+        self.global_batch, self.top_k = global_batch, top_k
+        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        self._train_step = tf.function(self._train_step_fn)
+        self._eval_step = tf.function(self._eval_step_fn)
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if VALIDATION_METRIC not in logs:
-            raise RuntimeError(f"training logged no {VALIDATION_METRIC}; got {sorted(logs)}")
-        score = float(logs[VALIDATION_METRIC])
-        if score > float(self.best_var.numpy()):
-            if self.chief:
-                atomic_save_model(self.saved_model, self.run_dir / MODEL_FILE)
-                atomic_write_json(self.run_dir / METRICS_FILE,
-                                  {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
-            self.best_var.assign(score)
-        self.epoch_var.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
+    def distribute(self, make_dataset) -> tf.distribute.DistributedDataset:
+        """`make_dataset(per_replica_batch, shard=(count, index))` per input pipeline (one per worker)."""
+
+        def fn(context: tf.distribute.InputContext):
+            return make_dataset(context.get_per_replica_batch_size(self.global_batch),
+                                (context.num_input_pipelines, context.input_pipeline_id))
+
+        return self.strategy.distribute_datasets_from_function(fn)
+
+    def _counts(self, y, logits):
+        y = tf.cast(y, tf.int32)
+        per_example = self.loss(y, logits)
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+        top_k = tf.cast(tf.math.in_top_k(y, logits, self.top_k), tf.float32)
+        counts = tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(hits), tf.reduce_sum(top_k),
+                           tf.cast(tf.size(y), tf.float32)])
+        return per_example, counts
+
+    def _replica_train(self, x, y):
+        with tf.GradientTape() as tape:
+            logits = self.model(x, training=True)
+            per_example, counts = self._counts(y, logits)
+            loss = tf.reduce_sum(per_example) / self.global_batch
+            if self.model.losses:  # weight regularisers: once per global step, split over replicas
+                loss += tf.add_n(self.model.losses) / self.strategy.num_replicas_in_sync
+        variables = self.model.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return counts
+
+    def _train_step_fn(self, iterator):
+        counts = self.strategy.run(self._replica_train, args=next(iterator))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None)
+
+    def _eval_step_fn(self, x, y):
+        counts = self.strategy.run(lambda a, b: self._counts(b, self.model(a, training=False))[1], args=(x, y))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None)
+
+    def train_step(self, iterator) -> np.ndarray:
+        """One global step; the counts summed over all replicas."""
+        return self._train_step(iterator).numpy()
+
+    def evaluate(self, dataset) -> np.ndarray:
+        """Counts over a finite distributed dataset (its last, partial batch may leave replicas empty)."""
+        totals = np.zeros(len(self.COUNTS))
+        for x, y in dataset:
+            totals += self._eval_step(x, y).numpy()
+        return totals
+
+    @classmethod
+    def metrics(cls, totals, prefix: str = "") -> dict:
+        values = dict(zip(cls.COUNTS, np.asarray(totals, dtype=np.float64).tolist()))
+        n = max(values.pop("examples"), 1.0)
+        return {f"{prefix}{k}": v / n for k, v in values.items()}
 
 
 def _check_existing_run(run_dir: Path, config: TrainConfig) -> None:
-    """The same command may continue a run (also with more --epochs); anything else is refused."""
+    """The same command may continue a run (also with more --epochs or --patience); anything else is refused."""
     if not (run_dir / CONFIG_FILE).is_file():
         return
     old = read_config(run_dir)
-    if old.replace(epochs=config.epochs) != config:
-        changed = sorted(k for k, v in config.to_dict().items() if old.to_dict()[k] != v and k != "epochs")
+    if old.replace(epochs=config.epochs, patience=config.patience) != config:
+        changed = sorted(k for k, v in config.to_dict().items()
+                         if old.to_dict()[k] != v and k not in ("epochs", "patience"))
         raise RunError(f"{run_dir} holds a run with another config (differs in {changed}); "
                        "rerun the same command to resume it, or choose another --out")
 
@@ -198,8 +286,26 @@ def _epochs_done(state_dir: Path) -> int:
     return int(tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE")) if latest else 0
 
 
+def _previous_history(run_dir: Path, epochs_done: int) -> list:
+    """Per-epoch metrics of the epochs the resume state holds (an epoch redone after a crash is dropped)."""
+    path = run_dir / METRICS_FILE
+    history = json.loads(path.read_text(encoding="utf-8")).get("history", []) if path.is_file() else []
+    return history[:epochs_done]
+
+
+def _stop_reason(epoch: int, best_epoch: int, config: TrainConfig) -> str | None:
+    if epoch - best_epoch >= config.patience:
+        return (f"plateau: {TUNE_METRIC} has not improved for {config.patience} epochs since epoch {best_epoch} "
+                f"(--patience {config.patience})")
+    if epoch >= config.epochs:
+        return f"cap: reached --epochs {config.epochs}"
+    return None
+
+
 def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
-    """Train (or resume) the run in `run_dir`; returns the best validation metrics."""
+    """Train (or resume) the run in `run_dir` until the tuning top-1 plateaus or --epochs; returns
+    metrics.json: the chosen (best on the tuning rows) epoch's metrics, the split sizes, why
+    training stopped and the per-epoch history."""
     if config.model == "geoprior":  # observations only: its own trainer
         from trainer import geoprior
 
@@ -224,35 +330,84 @@ def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
     steps = _steps_per_epoch(config, splits.train_size)
 
     with strategy.scope():
-        trained, saved, train_data, val_data = build_models(config, splits, state_dir if chief else None)
+        trained, saved, data = build_models(config, splits, state_dir if chief else None)
         optimizer = config.optimizer.build(
             steps, models.geo_variables(trained) if config.model == "featuremod" else ())
-        trained.compile(
-            optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                     keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, len(splits.labels)), name="top5")])
+        optimizer.build(trained.trainable_variables)  # slots exist before a restore and outside strategy.run
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        best_var = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_val_accuracy")
-        checkpoint = tf.train.Checkpoint(model=trained, optimizer=optimizer, epoch=epoch_var, best=best_var)
+        best_var = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_tune_accuracy")
+        best_epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+        checkpoint = tf.train.Checkpoint(model=trained, optimizer=optimizer, epoch=epoch_var, best=best_var,
+                                         best_epoch=best_epoch_var)
         manager = tf.train.CheckpointManager(checkpoint, state_dir, max_to_keep=1)
         if manager.latest_checkpoint:
-            optimizer.build(trained.trainable_variables)  # slots must exist before they are restored
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        step = DistributedSteps(strategy, trained, optimizer, config.batch_size, min(5, len(splits.labels)))
 
     start = int(epoch_var.numpy())
-    if start >= config.epochs:
-        print(f"{run_dir}: all {config.epochs} epochs are done already")
-    else:
-        if start:
-            print(f"{run_dir}: resuming after epoch {start} of {config.epochs}")
-        trained.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=start,
-                    steps_per_epoch=steps, shuffle=False,  # the datasets shuffle themselves
-                    verbose=1 if sys.stdout.isatty() else 2,
-                    callbacks=[EpochCheckpoint(run_dir, saved, manager, epoch_var, best_var, chief)])
+    history = _previous_history(run_dir, start) if chief else []
+    reason = _stop_reason(start, int(best_epoch_var.numpy()), config) if start else None
+    if reason:
+        print(f"{run_dir}: all {config.epochs} epochs are done already" if start >= config.epochs
+              else f"{run_dir}: nothing to do after epoch {start}, it stopped on a {reason}")
+    elif start:
+        print(f"{run_dir}: resuming after epoch {start} of {config.epochs}")
+    if not reason:
+        tune_data = step.distribute(lambda batch, shard: data.dataset("tune", batch, False, shard))
+        for epoch in range(start + 1, config.epochs + 1):
+            # Each epoch's order and augmentation follow from (seed, epoch) alone, so a resumed run
+            # sees the data an uninterrupted one would have seen.
+            train_data = step.distribute(
+                lambda batch, shard: data.dataset("train", batch, True, shard, config.seed + epoch))
+            logs = _train_epoch(step, iter(train_data), steps, epoch, config)
+            logs.update(DistributedSteps.metrics(step.evaluate(tune_data), "tune_"))
+            improved = logs[TUNE_METRIC] > float(best_var.numpy())
+            history.append({"epoch": epoch, **logs})
+            print(f"epoch {epoch}/{config.epochs}: " + " ".join(f"{k} {v:.4g}" for k, v in logs.items())
+                  + (" (best so far)" if improved else ""), flush=True)
+            if improved:
+                best_var.assign(logs[TUNE_METRIC])
+                best_epoch_var.assign(epoch)
+            reason = _stop_reason(epoch, int(best_epoch_var.numpy()), config)
+            # Crash safety: model.keras, then metrics.json, then the resume state, each atomic;
+            # after a crash the run redoes at most the epoch in progress.
+            if chief:
+                if improved:
+                    atomic_save_model(saved, run_dir / MODEL_FILE)
+                atomic_write_json(run_dir / METRICS_FILE, _run_metrics(history, int(best_epoch_var.numpy()),
+                                                                       splits, reason))
+            epoch_var.assign(epoch)
+            manager.save(checkpoint_number=epoch)
+            if reason:
+                print(f"stopped after epoch {epoch}: {reason}; kept epoch {int(best_epoch_var.numpy())} "
+                      f"({TUNE_METRIC} {float(best_var.numpy()):.4f})", flush=True)
+                break
     if not chief:
         shutil.rmtree(state_dir, ignore_errors=True)
     metrics = run_dir / METRICS_FILE
     return json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else {}
+
+
+def _train_epoch(step: DistributedSteps, iterator, steps: int, epoch: int, config: TrainConfig) -> dict:
+    """`steps` global steps, a progress line every LOG_EVERY_S; the epoch's training metrics."""
+    begin = last_log = time.perf_counter()
+    totals = np.zeros(len(DistributedSteps.COUNTS))
+    for done in range(1, steps + 1):
+        totals += step.train_step(iterator)
+        if time.perf_counter() - last_log > LOG_EVERY_S and done < steps:
+            last_log = time.perf_counter()
+            print(f"epoch {epoch}: step {done}/{steps}, loss {totals[0] / totals[-1]:.4f}", flush=True)
+    seconds = time.perf_counter() - begin
+    return {**DistributedSteps.metrics(totals), "train_seconds": seconds,
+            "images_per_second": steps * config.batch_size / seconds}
+
+
+def _run_metrics(history: list, best_epoch: int, splits: Splits, stop_reason: str | None) -> dict:
+    """metrics.json: the kept epoch's metrics at the top level (as load_run and export read them)."""
+    chosen = history[best_epoch - 1] if 0 < best_epoch <= len(history) else {}
+    return {**chosen, "epoch": best_epoch, "selected_on": f"{TUNE_METRIC} (tuning rows, never reported)",
+            "train_size": splits.train_size, "tune_size": splits.tune_size, "epochs_done": len(history),
+            "stop_reason": stop_reason, "history": history}
 
 
 def _parse_blocks(text: str | None, backbone: str):
@@ -277,7 +432,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default="none", help="backbone weights when not --init: imagenet|PATH|none")
     p.add_argument("--strategy", default="default", choices=STRATEGIES)
     p.add_argument("--tpu", default="", help="TPU name or grpc:// address for --strategy tpu")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="the most epochs; training stops earlier on a plateau")
+    p.add_argument("--patience", type=int, default=3,
+                   help="stop after this many epochs without a better top-1 on the tuning rows")
+    p.add_argument("--tune", help="data SPEC whose split 'tune' picks the epoch (default: hold out --tune-fraction "
+                                  "of train, seeded and label-stratified); never trained on nor reported")
+    p.add_argument("--tune-fraction", type=float, default=DEFAULT_TUNE_FRACTION)
     p.add_argument("--steps-per-epoch", type=int, help="cap the steps per epoch (smoke runs)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, help="default: the --init run's, else 224")
@@ -328,6 +488,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         encoding=args.encoding, geo_net=args.geo_net,
         geo_init=str(Path(args.geo_init).resolve()) if args.geo_init else None, modulated_layers=_parse_blocks(args.blocks, backbone), variant=args.variant,
         location_dropout=args.location_dropout, dropout=args.dropout, optimizer=optimizer, epochs=args.epochs,
+        patience=args.patience, tune=args.tune, tune_fraction=args.tune_fraction,
         batch_size=args.batch_size, seed=args.seed, strategy=args.strategy, tpu=args.tpu,
         steps_per_epoch=args.steps_per_epoch)
 
@@ -346,8 +507,9 @@ def main(argv=None) -> int:
     except ValueError as exc:  # config, data, run-folder and strategy errors are all ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"best {VALIDATION_METRIC} {metrics.get(VALIDATION_METRIC, float('nan')):.4f} "
-          f"(epoch {metrics.get('epoch')}); run in {args.out}")
+    print(f"kept epoch {metrics.get('epoch')} of {metrics.get('epochs_done')} "
+          f"({TUNE_METRIC} {metrics.get(TUNE_METRIC, float('nan')):.4f} on {metrics.get('tune_size')} tuning rows); "
+          f"run in {args.out}")
     return 0
 
 
