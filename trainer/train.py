@@ -248,15 +248,15 @@ class DistributedSteps:
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None)
 
     def _eval_step_fn(self, x, y):
-        counts = self.strategy.run(lambda a, b: self._counts(b, self.model(a, training=False))[1], args=(x, y))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None)
+        return self._counts(y, self.model(x, training=False))[1]
 
     def train_step(self, iterator) -> np.ndarray:
         """One global step; the counts summed over all replicas."""
         return self._train_step(iterator).numpy()
 
     def evaluate(self, dataset) -> np.ndarray:
-        """Counts over a finite distributed dataset (its last, partial batch may leave replicas empty)."""
+        """Counts over a finite, plain (not distributed) dataset, on this worker: a distributed last,
+        partial batch leaves some replicas an empty batch, which MobileNet V2's graph rejects."""
         totals = np.zeros(len(self.COUNTS))
         for x, y in dataset:
             totals += self._eval_step(x, y).numpy()
@@ -353,7 +353,7 @@ def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
     elif start:
         print(f"{run_dir}: resuming after epoch {start} of {config.epochs}")
     if not reason:
-        tune_data = step.distribute(lambda batch, shard: data.dataset("tune", batch, False, shard))
+        tune_data = data.dataset("tune", config.batch_size, False)
         for epoch in range(start + 1, config.epochs + 1):
             # Each epoch's order and augmentation follow from (seed, epoch) alone, so a resumed run
             # sees the data an uninterrupted one would have seen.
