@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -468,3 +469,19 @@ def test_postprocess_geo_net_starts_from_a_geoprior_run(image_run, tmp_path):
                                predict_logits(geo, x["location"]), atol=1e-3, rtol=1e-3)
     with pytest.raises(RunError, match="--encoding sincos --geo-net residual"):
         train_mod.train(config.replace(encoding="fourier"), tmp_path / "other", synthetic_splits())
+
+
+@pytest.mark.slow
+def test_a_reachable_address_that_is_no_tpu_fails_within_bounded_time(tmp_path):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)  # accepts TCP connections but speaks no gRPC
+    code = ("import sys, trainer.strategy as s; s.TPU_CONNECT_TIMEOUT_S = 5; from trainer import train; "
+            f"sys.exit(train.main(['--data', 'nowhere', '--model', 'image', '--out', {str(tmp_path / 'r')!r}, "
+            f"'--strategy', 'tpu', '--tpu', 'grpc://127.0.0.1:{server.getsockname()[1]}']))")
+    proc = _python(["-c", code])
+    try:
+        out, _ = proc.communicate(timeout=300)  # importing TensorFlow dominates; the wait is 5 s
+    finally:
+        server.close()
+    assert proc.returncode == 2 and "did not answer within 5 s" in out, out[-2000:]

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import tensorflow as tf
+
+
+TPU_CONNECT_TIMEOUT_S = 60.0
 
 
 class StrategyError(ValueError):
@@ -33,6 +37,32 @@ def _check_tf_config() -> dict:
     return config
 
 
+def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:
+    """TPUStrategy, or a StrategyError within TPU_CONNECT_TIMEOUT_S: a reachable address that is not a
+    TPU (or a TPU that never answers) would otherwise block in initialize_tpu_system forever."""
+    outcome = {}
+
+    def connect():
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            outcome["resolver"] = resolver
+        except (ValueError, RuntimeError, tf.errors.OpError) as exc:
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    # A daemon thread: a connection that hangs must not keep the process alive after the error.
+    thread = threading.Thread(target=connect, name="tpu-connect", daemon=True)
+    thread.start()
+    thread.join(TPU_CONNECT_TIMEOUT_S)
+    if thread.is_alive():
+        outcome["error"] = f"{tpu or 'the default TPU'} did not answer within {TPU_CONNECT_TIMEOUT_S:g} s"
+    if "resolver" not in outcome:
+        raise StrategyError(f"--strategy tpu: no TPU could be reached ({outcome['error']}); "
+                            "run on a TPU VM or pass --tpu NAME|grpc://ADDRESS")
+    return tf.distribute.TPUStrategy(outcome["resolver"])
+
+
 def make_strategy(name: str = "default", tpu: str = "") -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
@@ -42,14 +72,7 @@ def make_strategy(name: str = "default", tpu: str = "") -> tf.distribute.Strateg
         _check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, RuntimeError, tf.errors.OpError) as exc:
-            raise StrategyError(f"--strategy tpu: no TPU could be reached ({type(exc).__name__}: {exc}); "
-                                "run on a TPU VM or pass --tpu NAME|grpc://ADDRESS") from None
-        return tf.distribute.TPUStrategy(resolver)
+        return _tpu_strategy(tpu)
     raise StrategyError(f"unknown strategy {name!r}; choose default, mirrored, multiworker or tpu")
 
 
