@@ -164,7 +164,7 @@ def test_evaluate_end_to_end_on_a_tiny_world(tiny_world, trained_runs, tmp_path)
     md = (root / "eval" / "report.md").read_text()
     assert "gap to oracle" in md and f"csv:{root / 'second.csv'}" in md
     # Sizes stated; a temperature per run chosen on the tune rows; an ECE for every method.
-    assert report["sizes"] == {"train": len(load_split(str(root / "world"), "train")),
+    assert report["sizes"] == {"train": len(load_split(tiny_world, "train")),
                                "tune": len(val) - primary["n"], "reported": primary["n"]}
     assert set(primary["temperatures"]) == {"image", "postprocess", "featuremod"}
     assert all(0.0 <= m["ece"] <= 1.0 for m in methods.values()) and "Calibration" in md
