@@ -350,6 +350,37 @@ def _python(code_or_args, env=None, **kw):
 
 
 @pytest.mark.slow
+def test_replica_local_statistics_are_averaged_and_the_chief_state_broadcast():
+    """Keras 3 BatchNorm statistics have no aggregation, so each replica updates its own copy:
+    replica_averager makes them one; sync_from_chief hands replica 0's resume state to all."""
+    code = textwrap.dedent("""
+        import tensorflow as tf, keras
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from trainer.strategy import replica_averager, sync_from_chief
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            layer = keras.layers.BatchNormalization()
+            layer.build((None, 3))
+        mean = layer.moving_mean
+        diverge = tf.function(lambda: strategy.run(lambda: mean.assign(tf.fill([3], 1.0 + 2.0 * tf.cast(
+            tf.distribute.get_replica_context().replica_id_in_sync_group, tf.float32)))))
+        copies = lambda: [float(x.numpy()[0]) for x in strategy.experimental_local_results(mean.value)]
+        diverge()
+        print("diverged", copies())
+        replica_averager(strategy, [mean])()
+        print("averaged", copies())
+        diverge()
+        sync_from_chief(strategy, [mean])
+        print("chief", copies())
+    """)
+    proc = _python(["-c", code])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "diverged [1.0, 3.0]" in out and "averaged [2.0, 2.0]" in out and "chief [1.0, 1.0]" in out
+
+
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     code = textwrap.dedent(f"""
         import sys, tensorflow as tf

@@ -76,6 +76,49 @@ def make_strategy(name: str = "default", tpu: str = "") -> tf.distribute.Strateg
     raise StrategyError(f"unknown strategy {name!r}; choose default, mirrored, multiworker or tpu")
 
 
+def is_multiworker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _assign_reduced(strategy, variables, replica_value, op):
+    """A tf.function that sets every variable, on every replica, to `op` over the replicas'
+    `replica_value(variable)` (computed in replica context, where a variable reads its local copy)."""
+    variables = list(variables)
+
+    @tf.function
+    def assign():
+        values = strategy.run(lambda: [replica_value(v) for v in variables])
+        for variable, value in zip(variables, values):
+            variable.assign(tf.cast(strategy.reduce(op, value, axis=None), variable.dtype))
+
+    return assign
+
+
+def sync_from_chief(strategy: tf.distribute.Strategy, variables) -> None:
+    """Give every worker the first replica's (the chief's) values of `variables`.
+
+    Only the chief keeps resume state, so after a restart only its restore finds a checkpoint; this
+    broadcast (an all-reduce SUM of replica 0's values and zeros elsewhere) hands them to the others.
+    Values travel as float64, exact for float32 weights and integer counters below 2**53."""
+
+    def chief_only(variable):
+        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+        return tf.where(first, tf.cast(variable, tf.float64), tf.zeros_like(variable, tf.float64))
+
+    _assign_reduced(strategy, variables, chief_only, tf.distribute.ReduceOp.SUM)()
+
+
+def replica_averager(strategy: tf.distribute.Strategy, variables):
+    """A callable that replaces `variables` by their mean over the replicas. For statistics each
+    replica updates from its own batches only (BatchNormalization's moving mean and variance: Keras 3
+    creates them without an aggregation, so every replica keeps its own copy); averaging them
+    after each epoch gives every worker the same, whole-batch statistics."""
+    variables = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
+    if strategy.num_replicas_in_sync == 1 or not variables:
+        return lambda: None
+    return _assign_reduced(strategy, variables, tf.convert_to_tensor, tf.distribute.ReduceOp.MEAN)
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's files (only one worker may, in multi-worker training)."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -38,7 +38,7 @@ from trainer.config import GEO_LR_MULTIPLIER, OPTIMIZERS, STRATEGIES, OptimizerC
 from trainer.inference import cached_logits
 from trainer.layers import VARIANTS
 from trainer.splits import DEFAULT_TUNE_FRACTION, tuning_split
-from trainer.strategy import is_chief, make_strategy
+from trainer.strategy import is_chief, is_multiworker, make_strategy, replica_averager, sync_from_chief
 
 TUNE_METRIC = "tune_accuracy"  # top-1 on the tuning rows picks model.keras and stops training
 LOG_EVERY_S = 30.0  # progress line interval within an epoch
@@ -342,7 +342,10 @@ def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
         manager = tf.train.CheckpointManager(checkpoint, state_dir, max_to_keep=1)
         if manager.latest_checkpoint:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if is_multiworker(strategy):  # only the chief has resume state: hand it to every worker
+            sync_from_chief(strategy, [*trained.variables, *optimizer.variables, epoch_var, best_var, best_epoch_var])
         step = DistributedSteps(strategy, trained, optimizer, config.batch_size, min(5, len(splits.labels)))
+        average_statistics = replica_averager(strategy, trained.non_trainable_variables)
 
     start = int(epoch_var.numpy())
     history = _previous_history(run_dir, start) if chief else []
@@ -360,6 +363,7 @@ def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
             train_data = step.distribute(
                 lambda batch, shard: data.dataset("train", batch, True, shard, config.seed + epoch))
             logs = _train_epoch(step, iter(train_data), steps, epoch, config)
+            average_statistics()  # replicas saw different batches: one set of BatchNorm statistics
             logs.update(DistributedSteps.metrics(step.evaluate(tune_data), "tune_"))
             improved = logs[TUNE_METRIC] > float(best_var.numpy())
             history.append({"epoch": epoch, **logs})
