@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from mobile_sdk.bundle import (MANIFEST_FILE, MODEL_FILE, WHITELIST_FILE, manifest_for, write_labels,
                                write_manifest)
-from mobile_sdk.fileio import atomic_write_bytes, staged_folder
+from mobile_sdk.fileio import atomic_write_bytes, check_replaceable, owned_temp_folder, staged_folder
 from mobile_sdk.whitelist.builder import write_whitelist
 
 from .extras import write_extras
@@ -68,7 +67,7 @@ def convert_model(model, config: QuantizationConfig) -> bytes:
     """Keras model -> checked .tflite bytes (signature as the contract says, location path float)."""
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory(prefix="geoaware-savedmodel-") as saved:
+    with owned_temp_folder("geoaware-savedmodel-") as saved:  # a killed run's leftover goes next time
         save_serving_model(model, saved)
         content = config.convert(tf.lite.TFLiteConverter.from_saved_model(saved))
     check_signature(content, expected_signature(model))
@@ -101,19 +100,6 @@ def _geo_samples(split, image_size, n: int, seed: int = 0):
     return np.zeros((len(rows), *image_size, 3), np.uint8), locations, split.labels[rows]
 
 
-def _check_target(out: Path, force: bool) -> None:
-    """Refuse to overwrite without --force, and never replace something that is not a bundle."""
-    if not (out.exists() or out.is_symlink()):
-        return
-    if not out.is_dir() or out.is_symlink():
-        raise ExportError(f"{out} exists and is not a bundle folder; choose another --out")
-    if not force:
-        raise ExportError(f"{out} already exists; pass --force to replace it")
-    if any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-        raise ExportError(f"refusing to replace {out}: it is not empty and has no {MANIFEST_FILE}, "
-                          "so it does not look like a bundle")
-
-
 def _training_summary(run) -> dict:
     config = run.config.to_dict()
     config.pop("tpu", None)  # a machine address, not a property of the model
@@ -139,7 +125,8 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
     for name, value in (("calibration_samples", calibration_samples), ("verify_samples", verify_samples)):
         if int(value) < 1:
             raise ExportError(f"{name} must be >= 1, got {value}")
-    _check_target(out, force)  # fail before minutes of work, and again at the rename
+    replace = dict(marker=MANIFEST_FILE, force=force, command="converters.export")  # the manifest is written last
+    check_replaceable(out, **replace)  # fail before minutes of work, and again at the rename
 
     stages = tqdm(total=5, desc="export", unit="step")
     try:
@@ -172,7 +159,7 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
         stages.update()
 
         stages.set_postfix_str("writing bundle")
-        with staged_folder(out, before_swap=lambda target: _check_target(target, force)) as tmp:
+        with staged_folder(out, **replace) as tmp:
             atomic_write_bytes(tmp / MODEL_FILE, content)
             write_labels(tmp, run.labels)
             stages.update()

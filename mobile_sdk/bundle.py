@@ -10,19 +10,26 @@
 
 The export writes it (`write_labels`, `mobile_sdk.whitelist.builder.write_whitelist`, then `manifest_for`
 and `write_manifest` last, inside a temporary folder it renames); the SDK reads it (`open_bundle`).
+Both sides apply the same rules (`_check_manifest`, `_label_problems`). A bundle is untrusted
+input: it may name only the files above, each a regular file directly inside its folder and
+under its size limit (`MAX_BYTES`), and every check runs before the file is read.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from .encoding import ENCODINGS
 from .errors import BundleError, BundleIntegrityError, WhitelistTableError
 from .runtime import TFLiteModel
-from .fileio import atomic_write_bytes, sha256_file
+from .fileio import atomic_write_bytes, read_regular_file, sha256_file
 from .taxonomy import Taxonomy
+from .whitelist.codec import label_set_hash
 from .whitelist.reader import WhitelistTable
 
 FORMAT_VERSION = 1
@@ -41,23 +48,51 @@ OPTIONAL_SECTIONS = {"taxonomy": (TAXONOMY_FILE,), "expected_nearby": (), "split
                                                                                           VISION_MODEL_FILE)}
 MODEL_KINDS = ("image", "postprocess", "featuremod", "geoprior")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+# Size limits of what a bundle may hold: far above any real bundle, far below what hurts a phone.
+MAX_BYTES = {MANIFEST_FILE: 4 << 20, LABELS_FILE: 16 << 20, MODEL_FILE: 1 << 30, WHITELIST_FILE: 256 << 20,
+             GEO_MODEL_FILE: 1 << 30, VISION_MODEL_FILE: 1 << 30, TAXONOMY_FILE: 64 << 20, NEARBY_FILE: 64 << 20}
+
+
+def _label_problems(labels) -> list[str]:
+    """What the writer refuses and the reader rejects: empty, multi-line, space-padded or repeated names."""
+    seen, problems = set(), []
+    for label in labels:
+        if not label or "\n" in label or "\r" in label or label != label.strip():
+            problems.append(f"bad name {label!r}")
+        elif label in seen:
+            problems.append(f"duplicate {label!r}")
+        seen.add(label)
+    return problems if labels else ["no labels"]
 
 
 def write_labels(bundle_dir, labels) -> Path:
     """labels.txt: one label per line, in output order (atomic)."""
     labels = [str(label) for label in labels]
-    bad = [label for label in labels if not label or "\n" in label or "\r" in label or label != label.strip()]
-    if not labels or bad:
-        raise ValueError(f"labels must be non-empty single-line names without surrounding spaces; bad: {bad[:3]}")
+    problems = _label_problems(labels)
+    if problems:
+        raise ValueError(f"labels must be distinct, non-empty single-line names without surrounding spaces: "
+                         f"{problems[:3]}")
     return atomic_write_bytes(Path(bundle_dir) / LABELS_FILE, ("\n".join(labels) + "\n").encode("utf-8"))
 
 
-def read_labels(path) -> list[str]:
+def _parse_labels(data: bytes, source) -> list[str]:
+    """labels.txt bytes -> names, the exact inverse of write_labels (lines end with \\n only)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"cannot read labels {path}: {exc}") from None
-    return text.splitlines()
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{source}: labels are not UTF-8: {exc}") from None
+    if not text.endswith("\n"):
+        raise BundleError(f"{source}: labels file is empty or its last line does not end with a newline")
+    labels = text[:-1].split("\n")
+    problems = _label_problems(labels)
+    if problems:
+        raise BundleError(f"{source}: labels the writer would refuse: {problems[:3]}")
+    return labels
+
+
+def read_labels(path) -> list[str]:
+    path = Path(path)
+    return _parse_labels(read_regular_file(path, MAX_BYTES[LABELS_FILE], BundleError, "labels"), path)
 
 
 def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_labels: int, quantization: str,
@@ -102,6 +137,7 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
         whitelist = {"file": WHITELIST_FILE, "radius_miles": float(whitelist_radius_miles),
                      "precision": int(whitelist_precision)}
     hashes = {f: sha256_file(bundle_dir / f) for f in files}
+    labels = read_labels(bundle_dir / LABELS_FILE)
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_version": model_version or hashes[MODEL_FILE][:12],
@@ -114,6 +150,7 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
         "outputs": outputs,
         "whitelist": whitelist,
         "files": hashes,
+        "label_set_sha256": label_set_hash(labels).hex(),  # checked on open even without hashes or a table
         "training": training or {},
         "metrics": metrics or {},
         **(sections or {}),
@@ -123,6 +160,8 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
     if calibration is not None:
         manifest["calibration"] = dict(calibration)
     _check_manifest(manifest, bundle_dir)
+    if len(labels) != num_labels:
+        raise ValueError(f"{bundle_dir}: {LABELS_FILE} has {len(labels)} labels, num_labels is {num_labels}")
     json.dumps(manifest, allow_nan=False)  # fail here, not in the app, on a non-JSON value
     return manifest
 
@@ -134,17 +173,22 @@ def write_manifest(bundle_dir, manifest: dict) -> Path:
     return atomic_write_bytes(Path(bundle_dir) / MANIFEST_FILE, text.encode("utf-8"))
 
 
+def _is_int(value) -> bool:
+    return type(value) is int  # not bool, which JSON's true would be
+
+
 def _check_manifest(m, where) -> None:
+    """The manifest rules, applied by the writer and the reader alike (BundleError naming the problem)."""
     def fail(problem):
         raise BundleError(f"{where}: malformed {MANIFEST_FILE}: {problem}")
 
     if not isinstance(m, dict):
         fail("not a JSON object")
-    if m.get("format_version") != FORMAT_VERSION:
+    if not _is_int(m.get("format_version")) or m["format_version"] != FORMAT_VERSION:
         fail(f"format_version {m.get('format_version')!r}, this SDK reads {FORMAT_VERSION}")
     required = {"model_version": str, "model_kind": str, "backbone": str, "input_size": list, "num_labels": int,
                 "quantization": str, "location_encoding": str, "outputs": list, "files": dict,
-                "training": dict, "metrics": dict}
+                "label_set_sha256": str, "training": dict, "metrics": dict}
     for key, kind in required.items():
         if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
             fail(f"{key!r} missing or not a {kind.__name__}")
@@ -152,13 +196,22 @@ def _check_manifest(m, where) -> None:
             or m["location_encoding"] not in ENCODINGS:
         fail(f"unknown model_kind/quantization/location_encoding {m['model_kind']!r}/{m['quantization']!r}/"
              f"{m['location_encoding']!r}")
-    if len(m["input_size"]) != 2 or not all(isinstance(s, int) and s > 0 for s in m["input_size"]):
+    if not m["model_version"]:
+        fail("empty model_version")
+    if len(m["input_size"]) != 2 or not all(_is_int(s) and s > 0 for s in m["input_size"]):
         fail(f"input_size {m['input_size']!r}")
+    if m["num_labels"] < 1:
+        fail(f"num_labels {m['num_labels']!r}")
+    if not all(isinstance(o, str) for o in m["outputs"]) or "probabilities" not in m["outputs"]:
+        fail(f"outputs {m['outputs']!r} must be names including 'probabilities'")
+    if not _is_sha256(m["label_set_sha256"]):
+        fail("label_set_sha256 is not a sha256")
     wl = m.get("whitelist")
     if wl is not None:
-        if not isinstance(wl, dict) or wl.get("file") != WHITELIST_FILE \
-                or not isinstance(wl.get("precision"), int) or not isinstance(wl.get("radius_miles"), (int, float)) \
-                or not math.isfinite(wl["radius_miles"]):
+        if not isinstance(wl, dict) or set(wl) != {"file", "radius_miles", "precision"} \
+                or wl.get("file") != WHITELIST_FILE or not _is_int(wl.get("precision")) or wl["precision"] < 1 \
+                or isinstance(wl.get("radius_miles"), bool) or not isinstance(wl.get("radius_miles"), (int, float)) \
+                or not (math.isfinite(wl["radius_miles"]) and wl["radius_miles"] > 0):
             fail(f"whitelist entry {wl!r}")
     fusion = m.get("recommended_fusion")
     if fusion is not None:
@@ -183,10 +236,58 @@ def _check_manifest(m, where) -> None:
             if named is not None and named not in OPTIONAL_FILES:
                 fail(f"{section!r} names file {named!r}, expected one of {OPTIONAL_FILES}")
             needed += list(section_files) + ([named] if named else [])
+    # Only the bundle's own file names: none can point anywhere else (no '..', separator or absolute
+    # path), and nothing is looked up on disk for a name the manifest made up.
+    known = {MODEL_FILE, LABELS_FILE, WHITELIST_FILE, *OPTIONAL_FILES}
+    if not set(m["files"]) <= known or (WHITELIST_FILE in m["files"]) != bool(wl):
+        fail(f"files may name only {sorted(known)} (whitelist.gwl iff a whitelist entry), "
+             f"got {sorted(map(repr, m['files']))[:8]}")
     for name in needed:
-        digest = m["files"].get(name)
-        if not isinstance(digest, str) or len(digest) != 64:
+        if not _is_sha256(m["files"].get(name)):
             fail(f"no sha256 for {name}")
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _bundle_file(folder: Path, name: str) -> Path:
+    """`folder/name` if it is a regular file inside the folder within its size limit, else BundleError.
+    A symlink is followed only to a file directly inside the same folder."""
+    path = folder / name
+    try:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            if path.resolve(strict=True).parent != folder.resolve():
+                raise BundleError(f"{folder}: {name} is a link leading out of the bundle folder")
+            info = os.stat(path)
+    except FileNotFoundError:
+        raise BundleError(f"{folder}: {name} is listed in the manifest but missing") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise BundleError(f"{folder}: cannot read {name}: {exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"{folder}: {name} is not a regular file")
+    if info.st_size > MAX_BYTES[name]:
+        raise BundleError(f"{folder}: {name} is {info.st_size:,} bytes, over the limit of {MAX_BYTES[name]:,}")
+    return path
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST_FILE
+    if not (path.exists() or path.is_symlink()):
+        raise BundleError(f"{folder}: no {MANIFEST_FILE} (an incomplete or interrupted export?)")
+    data = read_regular_file(_bundle_file(folder, MANIFEST_FILE), MAX_BYTES[MANIFEST_FILE], BundleError, "manifest")
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON errors, huge numbers
+        raise BundleError(f"{folder}: unreadable {MANIFEST_FILE}: {str(exc)[:200]}") from None
+    _check_manifest(manifest, folder)
+    return manifest
+
+
+def _integrity_error(folder, name):
+    raise BundleIntegrityError(f"{folder}: {name} does not match its sha256 in the manifest "
+                               "(modified or corrupted after export)")
 
 
 @dataclass(frozen=True)
@@ -214,24 +315,26 @@ def open_bundle(path, num_threads: int | None = None, verify_hashes: bool = True
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"bundle {path} is not a folder")
-    try:
-        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{path}: no {MANIFEST_FILE} (an incomplete or interrupted export?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: unreadable {MANIFEST_FILE}: {exc}") from None
-    _check_manifest(manifest, path)
-    for name, expected in manifest["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise BundleError(f"{path}: {name} is listed in the manifest but missing")
-        if verify_hashes and sha256_file(file) != expected:
-            raise BundleIntegrityError(f"{path}: {name} does not match its sha256 in the manifest "
-                                       "(modified or corrupted after export)")
-    labels = read_labels(path / LABELS_FILE)
+    manifest = _read_manifest(path)
+    files = {name: _bundle_file(path, name) for name in manifest["files"]}  # every check before any read
+
+    def read(name):
+        data = read_regular_file(files[name], MAX_BYTES[name], BundleError, name)
+        if verify_hashes and hashlib.sha256(data).hexdigest() != manifest["files"][name]:
+            _integrity_error(path, name)
+        return data
+
+    model_bytes = read(MODEL_FILE)
+    labels = _parse_labels(read(LABELS_FILE), path / LABELS_FILE)
+    for name in sorted(set(files) - {MODEL_FILE, LABELS_FILE}):  # hashed here, read by their own readers
+        if verify_hashes and sha256_file(files[name]) != manifest["files"][name]:
+            _integrity_error(path, name)
     if len(labels) != manifest["num_labels"]:
         raise BundleError(f"{path}: {LABELS_FILE} has {len(labels)} labels, manifest says {manifest['num_labels']}")
-    model = TFLiteModel(path / MODEL_FILE, num_threads=num_threads)
+    if label_set_hash(labels).hex() != manifest["label_set_sha256"]:
+        raise BundleIntegrityError(f"{path}: {LABELS_FILE} is not the label set the bundle was built for "
+                                   "(label_set_sha256 differs)")
+    model = TFLiteModel(model_bytes, num_threads=num_threads, source=str(path / MODEL_FILE))
     if list(model.input_size) != manifest["input_size"]:
         raise BundleError(f"{path}: model input size {list(model.input_size)} != manifest {manifest['input_size']}")
     n_out = model.output_shapes["probabilities"][-1]

@@ -39,3 +39,8 @@ class LabelSetMismatchError(GeoAwareError, ValueError):
 
 class InvalidOptionsError(GeoAwareError, ValueError):
     """A GeoClassifierOptions field or call argument (max_results, label names) that is not allowed."""
+
+
+class ReplaceRefusedError(GeoAwareError, FileExistsError):
+    """A command was asked to write over a folder it did not write itself (or without --force)."""
+

@@ -1,18 +1,34 @@
-"""Atomic writes: the one home for 'write to a temporary sibling, then rename'.
+"""Atomic writes: the one home for 'write to a temporary sibling, then rename'; bounded reads.
 
 Used by everything that writes a file or a folder another process may read: whitelist tables and
 bundles (SDK, converters), checkpoints and runs, the world and TFRecords (trainer). A crash or kill
 at any point leaves either the old content or the new, never a half-written file that looks done.
+A command replaces only a folder it wrote itself (`check_replaceable`: its marker file inside),
+and temporary folders a killed run left behind are removed by the next run (`owned_temp_folder`).
+Untrusted files are read with `read_regular_file`: regular files only, never past a size limit.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import ReplaceRefusedError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: leftovers are recognised by age alone
+    fcntl = None
+
+# A temporary folder left this long by a process that no longer holds its lock is a leftover of a
+# killed run. The age also covers the moment between creating a folder and locking it.
+STALE_AFTER_S = 3600.0
 
 
 def _umask() -> int:
@@ -37,6 +53,94 @@ def sha256_file(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_regular_file(path, max_bytes: int, error=OSError, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; else `error` naming the problem.
+
+    Opened non-blocking, so a FIFO cannot hang the caller; devices (/dev/zero), folders and
+    sockets are refused before any read, and a file growing past the limit while read is caught."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+        os.close(fd)
+        raise error(f"{what} {path} is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                    f"{what} {path} is {info.st_size:,} bytes, over the limit of {max_bytes:,}")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise error(f"{what} {path} grew past the limit of {max_bytes:,} bytes while being read")
+    return data
+
+
+def check_replaceable(out, marker: str, force: bool, command: str) -> None:
+    """May `command` write `out`? Yes if it does not exist, or, with `force`, if it is an empty
+    folder or one holding `marker` (what that command writes last). Else ReplaceRefusedError."""
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise ReplaceRefusedError(f"{out} exists and is not a folder written by {command}; choose another output")
+    if not force:
+        raise ReplaceRefusedError(f"{out} already exists; pass --force to replace it")
+    if any(out.iterdir()) and not (out / marker).exists():
+        raise ReplaceRefusedError(f"refusing to replace {out}: it is not empty and has no {marker}, "
+                                  f"so it was not written by {command}")
+
+
+def remove_stale_folders(parent, prefix: str) -> list[Path]:
+    """Remove folders `parent/prefix*` that a killed run left: older than STALE_AFTER_S and not
+    locked by a live `owned_temp_folder`. Returns what was removed; never raises."""
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        try:
+            if not entry.name.startswith(prefix) or entry.is_symlink() or not entry.is_dir() \
+                    or now - entry.stat().st_mtime < STALE_AFTER_S:
+                continue
+            fd = os.open(entry, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: a live run holds it
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextmanager
+def owned_temp_folder(prefix: str, parent=None):
+    """A new temporary folder `parent/prefix*` (default: the system temp folder), locked while this
+    process lives and removed on exit (a no-op if it was renamed away). Leftovers with the same
+    prefix from killed runs are removed first (`remove_stale_folders`)."""
+    parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_folders(parent, prefix)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # the lock follows the folder through a rename
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -79,22 +183,32 @@ def atomic_file(path, suffix: str = ""):
 
 
 @contextmanager
-def staged_folder(out, before_swap=None):
+def staged_folder(out, before_swap=None, *, marker: str | None = None, force: bool = False,
+                  command: str | None = None):
     """Yield a hidden temporary folder next to `out`; on success swap it into place as `out`.
 
-    `before_swap(out)` runs just before the swap (e.g. to re-check that replacing is allowed).
-    An existing `out` is moved aside first and deleted only after the new folder is in place, so
-    an error at any point leaves the old folder intact; a kill leaves at worst a hidden
-    `.NAME.partial-*` folder, never a complete-looking `out`.
+    With `marker`, `check_replaceable(out, marker, force, command)` runs before and again just
+    before the swap; `before_swap(out)` runs there too (e.g. further checks). An existing `out` is
+    moved aside first and deleted only after the new folder is in place, so an error at any point
+    leaves the old folder intact; a kill leaves at worst a hidden `.NAME.partial-*` (or `.old-*`)
+    folder, never a complete-looking `out`, and a later run removes those leftovers.
     """
     out = Path(out)
+
+    def check(target):
+        if marker is not None:
+            check_replaceable(target, marker, force, command or "this command")
+        if before_swap is not None:
+            before_swap(target)
+
+    if marker is not None:
+        check_replaceable(out, marker, force, command or "this command")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    remove_stale_folders(out.parent, f".{out.name}.old-")
+    with owned_temp_folder(f".{out.name}.partial-", out.parent) as tmp:
         yield tmp
         make_shareable(tmp)
-        if before_swap is not None:
-            before_swap(out)
+        check(out)
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out, old)
@@ -106,5 +220,3 @@ def staged_folder(out, before_swap=None):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename

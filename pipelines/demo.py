@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mobile_sdk.errors import ReplaceRefusedError
+from mobile_sdk.fileio import check_replaceable
 from pipelines.stages import REPO, Runner, Stage, StageError
 from presets import Settings
 from presets import demo as preset
@@ -276,6 +278,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.fresh and args.out.exists():
+        try:
+            check_replaceable(args.out, ".stamps", force=True, command="pipelines.demo")  # never wipe another folder
+        except ReplaceRefusedError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     runner = Runner(args.out)

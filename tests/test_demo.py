@@ -121,6 +121,13 @@ def test_failed_stage_leaves_no_stamp(tmp_path):
     assert not (tmp_path / ".stamps" / "lazy.json").exists()
 
 
+def test_fresh_never_wipes_a_folder_the_demo_did_not_write(tmp_path, capsys):
+    (tmp_path / "thesis.txt").write_text("years of work")
+    assert demo.main(["--out", str(tmp_path), "--fresh"]) == 2
+    assert "has no .stamps, so it was not written by pipelines.demo" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.txt"]
+
+
 def test_failing_cli_names_the_command():
     with pytest.raises(stages.StageError, match="trainer.no_such_module"):
         stages.run_cli(["trainer.no_such_module"])

@@ -25,6 +25,7 @@ from converters.verify import (ExpectedSignature, SignatureError, VerificationEr
                                check_signature, expected_signature, load_samples, run_keras, run_tflite,
                                verify_bundle)
 from mobile_sdk.bundle import MANIFEST_FILE, open_bundle  # noqa: E402
+from mobile_sdk.errors import ReplaceRefusedError  # noqa: E402
 from mobile_sdk.fileio import staged_folder  # noqa: E402
 from trainer import models  # noqa: E402
 from mobile_sdk.runtime import TFLiteModel  # noqa: E402
@@ -288,7 +289,7 @@ def test_force_semantics(tiny_bundles, random_runs, tmp_path, monkeypatch):
     shutil.copytree(tiny_bundles("postprocess", "float32")[0], out)
     before = _tree(out)
     monkeypatch.setattr(export_mod, "convert_model", lambda *a: pytest.fail("must refuse before converting"))
-    with pytest.raises(ExportError, match="already exists; pass --force"):
+    with pytest.raises(ReplaceRefusedError, match="already exists; pass --force"):
         export_bundle(random_runs["postprocess"], out, "int8")
     assert _tree(out) == before
     manifest = _fast_export(monkeypatch, tiny_bundles, out, run=random_runs["postprocess"], force=True)
@@ -298,10 +299,10 @@ def test_force_semantics(tiny_bundles, random_runs, tmp_path, monkeypatch):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="does not look like a bundle"):
+    with pytest.raises(ReplaceRefusedError, match="has no manifest.json, so it was not written by converters.export"):
         export_bundle(random_runs["postprocess"], other, "int8", force=True)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ExportError, match="not a bundle folder"):
+    with pytest.raises(ReplaceRefusedError, match="is not a folder written by converters.export"):
         export_bundle(random_runs["postprocess"], tmp_path / "file", "int8", force=True)
 
 

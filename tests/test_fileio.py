@@ -88,3 +88,96 @@ def test_sha256_file_matches_hashlib_across_block_boundaries(tmp_path):
     path = tmp_path / "model.tflite"
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_check_replaceable_replaces_only_what_the_command_wrote(tmp_path):
+    from mobile_sdk.errors import GeoAwareError, ReplaceRefusedError
+    from mobile_sdk.fileio import check_replaceable
+
+    check_replaceable(tmp_path / "new", "world.json", force=False, command="trainer.world")  # absent: fine
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.txt").write_text("years of work")
+    with pytest.raises(ReplaceRefusedError, match="already exists; pass --force"):
+        check_replaceable(thesis, "world.json", force=False, command="trainer.world")
+    with pytest.raises(ReplaceRefusedError, match=r"thesis: it is not empty and has no world.json") as exc:
+        check_replaceable(thesis, "world.json", force=True, command="trainer.world")
+    assert isinstance(exc.value, (GeoAwareError, FileExistsError))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ReplaceRefusedError, match="is not a folder written by trainer.world"):
+        check_replaceable(tmp_path / "file", "world.json", force=True, command="trainer.world")
+    (tmp_path / "link").symlink_to(thesis)
+    with pytest.raises(ReplaceRefusedError, match="is not a folder written by"):
+        check_replaceable(tmp_path / "link", "world.json", force=True, command="trainer.world")
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty", "world.json", force=True, command="trainer.world")
+    (thesis / "world.json").write_text("{}")
+    check_replaceable(thesis, "world.json", force=True, command="trainer.world")
+
+
+def test_staged_folder_with_a_marker_refuses_a_foreign_folder_and_keeps_it(tmp_path):
+    from mobile_sdk.errors import ReplaceRefusedError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.txt").write_text("mine")
+    with pytest.raises(ReplaceRefusedError):
+        with staged_folder(out, marker="index.json", force=True, command="trainer.prepare") as tmp:
+            (tmp / "index.json").write_text("{}")
+    assert [p.name for p in out.iterdir()] == ["thesis.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def _age(path, seconds):
+    import time
+
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_leftovers_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    """A kill -9 leaves .NAME.partial-*/.old-* (and geoaware-savedmodel-*) folders; the next run
+    removes them once they are stale, but never a folder a live run still holds."""
+    from mobile_sdk.fileio import STALE_AFTER_S, owned_temp_folder
+
+    out = tmp_path / "bundle"
+    killed = tmp_path / ".bundle.partial-dead1"
+    parked = tmp_path / ".bundle.old-dead2"
+    fresh = tmp_path / ".bundle.partial-fresh"  # maybe a run that has just created it
+    other = tmp_path / ".other.partial-dead3"  # another output's leftover: not ours to judge here
+    for folder in (killed, parked, fresh, other):
+        folder.mkdir()
+        (folder / "half.bin").write_bytes(b"x")
+    for folder in (killed, parked, other):
+        _age(folder, STALE_AFTER_S + 60)
+    with owned_temp_folder(".bundle.partial-", tmp_path) as live:  # a concurrent run, still writing
+        _age(live, STALE_AFTER_S + 60)
+        with staged_folder(out) as tmp:
+            (tmp / "manifest.json").write_text("{}")
+        assert live.is_dir()  # locked: left alone although old
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bundle", fresh.name, other.name])
+
+    saved = tmp_path / "geoaware-savedmodel-dead"
+    saved.mkdir()
+    _age(saved, STALE_AFTER_S + 60)
+    with owned_temp_folder("geoaware-savedmodel-", tmp_path) as new:
+        assert new.is_dir() and not saved.exists()
+    assert not new.exists()
+
+
+def test_read_regular_file_refuses_devices_fifos_folders_and_big_files(tmp_path):
+    from mobile_sdk.errors import InvalidImageError
+    from mobile_sdk.fileio import read_regular_file
+
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"12345")
+    assert read_regular_file(small, 5) == b"12345"
+    with pytest.raises(InvalidImageError, match="over the limit of 4"):
+        read_regular_file(small, 4, InvalidImageError, "image")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", fifo, tmp_path):
+        with pytest.raises(InvalidImageError, match="is not a regular file"):
+            read_regular_file(path, 1 << 20, InvalidImageError, "image")
+    with pytest.raises(InvalidImageError, match="cannot read image"):
+        read_regular_file(tmp_path / "absent", 10, InvalidImageError, "image")

@@ -315,3 +315,15 @@ def test_bad_observation_files_are_clear_errors(tmp_path):
     (tmp_path / "bad.csv").write_text("label,latitude,longitude\nx,91,0\n")
     with pytest.raises(InvalidLocationError, match="outside"):
         build_world("tiny", seed=0, observations=tmp_path / "bad.csv")
+
+
+def test_force_never_replaces_a_folder_the_world_did_not_write(tmp_path, capsys):
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.txt").write_text("years of work")
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(thesis), "--preset", "tiny", "--force"])
+    assert exc.value.code == 2
+    assert f"refusing to replace {thesis}" in capsys.readouterr().err
+    assert [p.name for p in thesis.iterdir()] == ["thesis.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis"]

@@ -62,9 +62,7 @@ def write_tfrecords(ds: GeoDataset, out_dir, split: str, shards: int = DEFAULT_S
         raise ValueError("the dataset is empty: nothing to write")
     shards = min(shards, len(ds))
     final = Path(out_dir) / split
-    if final.exists() and not force:
-        raise FileExistsError(f"{final} exists; pass --force to replace it")
-    with staged_folder(final) as tmp:
+    with staged_folder(final, marker=TFRECORD_INDEX, force=force, command="trainer.prepare") as tmp:
         names = [f"shard-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
         order = np.random.default_rng(seed).permutation(len(ds))
         writers = [tf.io.TFRecordWriter(str(tmp / n)) for n in names]

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mobile_sdk.fileio import staged_folder
+from mobile_sdk.fileio import check_replaceable, staged_folder
 from trainer.world.appearance import BODY_PLANS, PATTERNS, genus_appearance, render, species_appearance
 from trainer.world.grid import RangeGrid
 from trainer.world.load import MARKS_FILE, WORLD_FORMAT, WORLD_VERSION
@@ -124,11 +124,11 @@ def write_world(out, preset="demo", seed: int = 0, observations=None, force: boo
                 progress: bool = True) -> Path:
     """Generate the world into `out` atomically (a temp folder renamed into place). Returns `out`."""
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass force=True (--force) to replace it")
+    replace = dict(marker="world.json", force=force, command="trainer.world")  # world.json is written last
+    check_replaceable(out, **replace)  # before the work, and again at the swap
     preset_name = preset if isinstance(preset, str) else "custom"
     preset, species, ranges, grid, records = build_world(preset, seed, observations)
-    with staged_folder(out) as tmp:
+    with staged_folder(out, **replace) as tmp:
         total = sum(len(r) for r in records.values())
         with tqdm(total=total, desc=f"world {preset_name} seed {seed}", unit="img", disable=not progress) as bar:
             for split, rows in records.items():
