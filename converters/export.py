@@ -69,7 +69,7 @@ def convert_model(model, config: QuantizationConfig) -> bytes:
 
     with owned_temp_folder("geoaware-savedmodel-") as saved:  # a killed run's leftover goes next time
         save_serving_model(model, saved)
-        content = config.convert(tf.lite.TFLiteConverter.from_saved_model(saved))
+        content = config.convert(tf.lite.TFLiteConverter.from_saved_model(str(saved)))
     check_signature(content, expected_signature(model))
     check_location_float(content)
     return content

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from . import answers, nearby
 from .accuracy import validate_accuracy_m, widened_whitelist
 from .answers import Excluded
 from .bundle import Bundle, open_bundle
-from .errors import GeoAwareError, InvalidLocationError
+from .errors import GeoAwareError, InvalidImageError, InvalidLocationError, InvalidOptionsError
 from .geo import validate_location
 from .preprocess import prepare_image
 from .split_runner import open_split_models
@@ -45,7 +47,7 @@ _UNKNOWN_LOCATION = np.full((1, 2), np.nan, dtype=np.float32)  # the contract: N
 
 @dataclass(frozen=True)
 class GeoClassifierOptions:
-    """Immutable, validated at construction (ValueError naming the field)."""
+    """Immutable, validated at construction (InvalidOptionsError, also a ValueError, naming the field)."""
     bundle_path: str | None = None
     geo_bundle_path: str | None = None  # a geo model bundle (model_kind geoprior) to fuse with an image-only bundle
     max_results: int | None = None  # None: every label, as in MediaPipe (built lazily: see Categories)
@@ -67,33 +69,53 @@ class GeoClassifierOptions:
         for name in ("bundle_path", "geo_bundle_path"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, bytes)) and not hasattr(value, "__fspath__"):
-                raise ValueError(f"{name} must be a path, got {type(value).__name__}")
-        if self.max_results is not None and (isinstance(self.max_results, bool) or not isinstance(self.max_results, int)
-                                             or self.max_results < 1):
-            raise ValueError(f"max_results must be a positive int or None, got {self.max_results!r}")
-        if isinstance(self.score_threshold, bool) or not isinstance(self.score_threshold, (int, float)) \
-                or not 0.0 <= self.score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be a number in [0, 1], got {self.score_threshold!r}")
+                raise InvalidOptionsError(f"{name} must be a path, got {type(value).__name__}")
+        numbers_ = dict(max_results=_positive_int("max_results", self.max_results),
+                        num_threads=_positive_int("num_threads", self.num_threads),
+                        score_threshold=_real_in("score_threshold", self.score_threshold, 0.0, 1.0, "[0, 1]"),
+                        whitelist_floor=None if self.whitelist_floor is None else
+                        _real_in("whitelist_floor", self.whitelist_floor, 0.0, 1.0, "(0, 1] or None"))
+        for name, value in numbers_.items():  # numpy scalars become Python numbers
+            object.__setattr__(self, name, value)
         for name in ("category_allowlist", "category_denylist"):
             value = getattr(self, name)
             if value is not None:
-                if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                    raise ValueError(f"{name} must be a sequence of label names, got {value!r}")
-                object.__setattr__(self, name, tuple(value))
+                try:
+                    names = tuple(value) if not isinstance(value, (str, bytes)) else None
+                except TypeError:
+                    names = None
+                if names is None or not all(isinstance(v, str) for v in names):
+                    raise InvalidOptionsError(f"{name} must be a sequence of label names, got {value!r}")
+                object.__setattr__(self, name, names)
         if self.category_allowlist is not None and self.category_denylist is not None:
-            raise ValueError("category_allowlist and category_denylist are mutually exclusive")
-        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
-                                             or self.num_threads < 1):
-            raise ValueError(f"num_threads must be a positive int or None, got {self.num_threads!r}")
-        if self.use_whitelist is not None and not isinstance(self.use_whitelist, bool):
-            raise ValueError(f"use_whitelist must be a bool or None, got {self.use_whitelist!r}")
-        if self.whitelist_mode is not None and self.whitelist_mode not in WHITELIST_MODES:
-            raise ValueError(f"whitelist_mode must be one of {WHITELIST_MODES} or None, got {self.whitelist_mode!r}")
-        if self.whitelist_floor is not None and (
-                isinstance(self.whitelist_floor, bool) or not isinstance(self.whitelist_floor, (int, float))
-                or not 0.0 < self.whitelist_floor <= 1.0):
-            raise ValueError(f"whitelist_floor must be in (0, 1] or None, got {self.whitelist_floor!r}")
+            raise InvalidOptionsError("category_allowlist and category_denylist are mutually exclusive")
+        if self.use_whitelist is not None:
+            if not isinstance(self.use_whitelist, (bool, np.bool_)):
+                raise InvalidOptionsError(f"use_whitelist must be a bool or None, got {self.use_whitelist!r}")
+            object.__setattr__(self, "use_whitelist", bool(self.use_whitelist))
+        if self.whitelist_mode is not None and (not isinstance(self.whitelist_mode, str)
+                                                or self.whitelist_mode not in WHITELIST_MODES):
+            raise InvalidOptionsError(f"whitelist_mode must be one of {WHITELIST_MODES} or None, "
+                                      f"got {self.whitelist_mode!r}")
+        if self.whitelist_floor == 0.0:
+            raise InvalidOptionsError(f"whitelist_floor must be in (0, 1] or None, got {self.whitelist_floor!r}")
+
         answers.check_options(self)
+
+def _positive_int(name, value):
+    """None, or a positive integer (numpy integers too; never a bool) as a Python int."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InvalidOptionsError(f"{name} must be a positive int or None, got {value!r}")
+    return int(value)
+
+
+def _real_in(name, value, low, high, shown):
+    """A real number in [low, high] (numpy floats too; never a bool or NaN) as a Python float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not low <= value <= high:
+        raise InvalidOptionsError(f"{name} must be a number in {shown}, got {value!r}")
+    return float(value)
 
 
 DEFAULT_SOFT_FLOOR = 0.01
@@ -244,13 +266,13 @@ class GeoClassifier:
         self._geo = bundle if self._geo_only else geo_bundle
         if geo_bundle is not None:
             if geo_bundle.manifest["model_kind"] != GEO_MODEL_KIND:
-                raise ValueError(f"geo_bundle_path must be a geo model bundle (model_kind {GEO_MODEL_KIND!r}), "
-                                 f"got {geo_bundle.manifest['model_kind']!r}")
+                raise InvalidOptionsError(f"geo_bundle_path must be a geo model bundle (model_kind {GEO_MODEL_KIND!r}), "
+                                          f"got {geo_bundle.manifest['model_kind']!r}")
             if bundle.manifest["model_kind"] != "image":
-                raise ValueError("a geo bundle fuses with an image-only bundle; this one is "
-                                 f"{bundle.manifest['model_kind']!r} and uses the location itself already")
+                raise InvalidOptionsError("a geo bundle fuses with an image-only bundle; this one is "
+                                          f"{bundle.manifest['model_kind']!r} and uses the location itself already")
             if list(geo_bundle.labels) != self.labels:
-                raise ValueError("the geo bundle's labels differ from the image bundle's (names or order)")
+                raise InvalidOptionsError("the geo bundle's labels differ from the image bundle's (names or order)")
         outputs = bundle.model.output_shapes
         self._has_parts = "vision_logits" in outputs and "geo_logits" in outputs
         self.fusion = Fusion.resolve(bundle.manifest, options)
@@ -265,7 +287,7 @@ class GeoClassifier:
             if names is not None:
                 unknown = [n for n in names if n not in index]
                 if unknown:
-                    raise ValueError(f"{name} names labels not in this bundle: {unknown[:5]}")
+                    raise InvalidOptionsError(f"{name} names labels not in this bundle: {unknown[:5]}")
                 chosen = np.zeros(len(self.labels), dtype=bool)
                 chosen[[index[n] for n in names]] = True
                 self._category_mask = chosen if keep else ~chosen
@@ -276,15 +298,17 @@ class GeoClassifier:
     @classmethod
     def create_from_options(cls, options: GeoClassifierOptions) -> "GeoClassifier":
         if not isinstance(options, GeoClassifierOptions):
-            raise TypeError(f"options must be GeoClassifierOptions, got {type(options).__name__}")
+            raise InvalidOptionsError(f"options must be GeoClassifierOptions, got {type(options).__name__}")
         if options.bundle_path is None:
-            raise ValueError("options.bundle_path is required")
+            raise InvalidOptionsError("options.bundle_path is required")
         geo = None if options.geo_bundle_path is None else open_bundle(options.geo_bundle_path, num_threads=options.num_threads)
         return cls(open_bundle(options.bundle_path, num_threads=options.num_threads), options, geo)
 
     @classmethod
     def from_bundle(cls, path, options: GeoClassifierOptions | None = None) -> "GeoClassifier":
-        options = options or GeoClassifierOptions()
+        options = GeoClassifierOptions() if options is None else options
+        if not isinstance(options, GeoClassifierOptions):
+            raise InvalidOptionsError(f"options must be GeoClassifierOptions, got {type(options).__name__}")
         return cls.create_from_options(dataclasses.replace(options, bundle_path=str(path)))
 
     def __enter__(self):
@@ -406,10 +430,17 @@ class GeoClassifier:
     def classify_batch(self, images, locations=None, accuracy_m=None) -> list[ClassificationResult]:
         """Classify many images. `locations`: None, or one (lat, lon) pair or None per image;
         `accuracy_m`: None, one value for all, or one value (or None) per image."""
-        images = list(images)
-        if locations is None:
-            locations = [None] * len(images)
-        locations = list(locations)
+        if isinstance(images, (str, bytes, os.PathLike)):
+            raise InvalidImageError("classify_batch takes a sequence of images; use classify for one")
+        try:
+            images = list(images)
+        except TypeError:
+            raise InvalidImageError(f"images must be a sequence of images, got {type(images).__name__}") from None
+        try:
+            locations = [None] * len(images) if locations is None else list(locations)
+        except TypeError:
+            raise InvalidLocationError(f"locations must be a sequence of (lat, lon) pairs or None, "
+                                       f"got {type(locations).__name__}") from None
         if len(locations) != len(images):
             raise InvalidLocationError(f"{len(images)} images but {len(locations)} locations")
         accuracies = list(accuracy_m) if isinstance(accuracy_m, (list, tuple)) else [accuracy_m] * len(images)
@@ -451,8 +482,7 @@ class GeoClassifier:
         if location is None:
             raise InvalidLocationError("species_near needs a location: lat and lon are both None")
         accuracy_m = validate_accuracy_m(accuracy_m)
-        if max_results is not None and (not isinstance(max_results, int) or max_results < 1):
-            raise ValueError(f"max_results must be a positive int or None, got {max_results!r}")
+        max_results = _positive_int("max_results", max_results)
         # The table answers "what lives here" whatever the fusion, unless the options turned it off.
         allowed = self._whitelist_allowed(location, accuracy_m, off=self.options.use_whitelist is False)
         mask = self._whitelist_mask(allowed)

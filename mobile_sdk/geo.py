@@ -54,7 +54,10 @@ def validate_location(lat, lon) -> tuple[float, float] | None:
     for name, value in (("lat", lat), ("lon", lon)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
             raise InvalidLocationError(f"{name} must be a real number of degrees, got {type(value).__name__}: {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float range, e.g. 10**400
+            raise InvalidLocationError(f"{name} is too large to be degrees ({len(str(value))} digits)") from None
         if not math.isfinite(value):
             raise InvalidLocationError(f"{name} must be finite, got {value}")
         values.append(value)
@@ -72,7 +75,7 @@ def validate_locations(latlon, allow_unknown: bool = True) -> tuple[np.ndarray, 
     """
     try:
         arr = np.asarray(latlon, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidLocationError(f"locations must be numeric, got {exc}") from None
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise InvalidLocationError(f"locations must have shape [N, 2] (lat, lon), got {arr.shape}")

@@ -1,9 +1,16 @@
 """Image preprocessing, the numpy mirror of trainer.pipeline (spec: docs/CONTRACTS.md "Images").
 
-1. `load_image`: anything an app holds -> RGB uint8 [h, w, 3] (grey replicated, alpha dropped).
+1. `load_image`: anything an app holds -> RGB uint8 [h, w, 3] (grey replicated, alpha dropped,
+   16-bit grey to its high byte; EXIF orientation is not applied, as in training). Given the
+   model input size, a large JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
+   (`draft_ratio`), as the trainer does.
 2. `resize_image`: bilinear, half-pixel centres, no antialias, in float32, round half to even,
    clip, uint8 — the arithmetic of TensorFlow's ResizeBilinear kernel, step by step, so the
    tensors are equal, not merely close (tests/test_preprocess.py proves it).
+
+Limits (checked on the file and on the image header, before anything is decoded): image data of
+at most MAX_IMAGE_BYTES, at most MAX_IMAGE_PIXELS in the header, and at most MAX_DECODED_PIXELS
+actually decoded (after JPEG draft scaling), so a decompression bomb costs nothing.
 """
 from __future__ import annotations
 
@@ -14,27 +21,56 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidImageError
+from .fileio import read_regular_file
 
-Image.MAX_IMAGE_PIXELS = 200_000_000  # refuse decompression bombs, but allow large photos
+Image.MAX_IMAGE_PIXELS = 200_000_000  # Pillow's own guard (it raises only above twice this)
+MAX_IMAGE_BYTES = 100 << 20
+MAX_IMAGE_PIXELS = 200_000_000  # a 200-megapixel phone photo still opens...
+MAX_DECODED_PIXELS = 50_000_000  # ...because as a JPEG it is decoded at reduced scale
+DRAFT_MARGIN = 2  # a scaled JPEG decode keeps its short side >= 2x the model input's long side
+
+
+def draft_ratio(height: int, width: int, size) -> int:
+    """The libjpeg scale denominator (1, 2, 4 or 8) for decoding an h x w JPEG for a model input
+    `size`: the largest that keeps min(h, w) / r >= DRAFT_MARGIN * max(size) (symmetric in h and w,
+    so it holds for any aspect ratio). trainer.pipeline applies the same rule."""
+    if size is None:
+        return 1
+    need = DRAFT_MARGIN * max(int(s) for s in size)
+    return next(r for r in (8, 4, 2, 1) if min(height, width) // r >= need or r == 1)
 
 
 def _from_pil(image: Image.Image) -> np.ndarray:
     if image.mode in ("RGB", "L"):
         rgb = np.asarray(image)
-    elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        raise InvalidImageError(f"{image.mode} images (16/32-bit) are not supported; convert to 8-bit RGB")
+    elif image.mode in ("I;16", "I;16L", "I;16B"):  # 16-bit grey: its high byte, like TensorFlow's decode_png
+        rgb = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+    elif image.mode == "F":  # float pixels: the numpy rules (values in [0, 1]), not PIL's truncation
+        rgb = np.asarray(image, dtype=np.float32)
+    elif image.mode.startswith("I"):
+        raise InvalidImageError(f"{image.mode} images (32-bit integer) are not supported; convert to 8-bit RGB")
     else:  # RGBA, LA, P (palette), CMYK, YCbCr...: PIL's conversion drops alpha
         rgb = np.asarray(image.convert("RGB"))
     return _from_array(rgb)
 
 
-def _decode(data: bytes, source: str) -> np.ndarray:
+def _decode(data: bytes, source: str, size=None) -> np.ndarray:
     if not data:
         raise InvalidImageError(f"{source}: empty image data")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidImageError(f"{source}: {len(data):,} bytes of image data, over the limit of {MAX_IMAGE_BYTES:,}")
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ("JPEG", "PNG"):
                 raise InvalidImageError(f"{source}: {image.format} images are not supported (JPEG or PNG)")
+            width, height = image.size
+            ratio = draft_ratio(height, width, size) if image.format == "JPEG" else 1
+            decoded = -(-width // ratio) * -(-height // ratio)
+            if width * height > MAX_IMAGE_PIXELS or decoded > MAX_DECODED_PIXELS:
+                raise InvalidImageError(f"{source}: {width}x{height} pixels is over the limit "
+                                        f"({MAX_IMAGE_PIXELS:,} pixels, {MAX_DECODED_PIXELS:,} decoded)")
+            if ratio > 1:
+                image.draft(image.mode, (width // ratio, height // ratio))  # libjpeg DCT scaling
             image.load()
             return _from_pil(image)
     except InvalidImageError:
@@ -55,7 +91,7 @@ def _from_array(array: np.ndarray) -> np.ndarray:
         raise InvalidImageError(f"image must have 1, 3 or 4 channels, got {channels} (shape {array.shape})")
     if array.dtype == np.uint8:
         pixels = array
-    elif array.dtype in (np.float16, np.float32, np.float64):
+    elif array.dtype.kind == "f" and array.dtype.itemsize in (2, 4, 8):  # either byte order
         if not np.isfinite(array).all():
             raise InvalidImageError("float image contains NaN or infinity")
         low, high = float(array.min()), float(array.max())
@@ -72,22 +108,20 @@ def _from_array(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def load_image(image) -> np.ndarray:
+def load_image(image, size=None) -> np.ndarray:
     """numpy array, PIL image, path (str/Path) or JPEG/PNG bytes -> RGB uint8 [h, w, 3].
 
-    Raises InvalidImageError naming the problem (rank, channels, dtype, emptiness, decoding)."""
+    `size`: the model input (H, W) the image is for; a large JPEG file or bytes is then decoded at
+    reduced scale (`draft_ratio`). Raises InvalidImageError naming the problem (rank, channels,
+    dtype, emptiness, decoding, limits)."""
     if isinstance(image, np.ndarray):
         return _from_array(image)
     if isinstance(image, Image.Image):
         return _from_pil(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return _decode(bytes(image), "image bytes")
+        return _decode(bytes(image), "image bytes", size)
     if isinstance(image, (str, Path)):
-        try:
-            data = Path(image).read_bytes()
-        except OSError as exc:
-            raise InvalidImageError(f"cannot read image file {image}: {exc.strerror or exc}") from None
-        return _decode(data, str(image))
+        return _decode(read_regular_file(image, MAX_IMAGE_BYTES, InvalidImageError, "image file"), str(image), size)
     raise InvalidImageError(f"unsupported image type {type(image).__name__}: pass a numpy array, PIL image, "
                             "path or JPEG/PNG bytes")
 
@@ -142,4 +176,4 @@ def resize_image(image: np.ndarray, size) -> np.ndarray:
 
 def prepare_image(image, size) -> np.ndarray:
     """What the model's `image` input takes: uint8 [1, H, W, 3]."""
-    return resize_image(load_image(image), size)[None]
+    return resize_image(load_image(image, size), size)[None]

@@ -202,3 +202,53 @@ def test_malformed_json_is_a_clear_error(tmp_path):
     (tmp_path / "train.json").write_text("{not json")
     with pytest.raises(DatasetError, match="cannot read JSON"):
         load_split(str(tmp_path), "train")
+
+
+def test_malformed_rows_are_counted_not_crashes(inat2021, caplog):
+    """Rows of the wrong JSON types are skipped and counted by reason; duplicate image ids keep the
+    first row; (0, 0) is kept (it is a real place) but flagged, since iNat uses it for 'unknown'."""
+    doc = json.loads((inat2021 / "train.json").read_text())
+    doc["images"] += [
+        {"id": [1, 2], "file_name": "train/a.jpg"},  # an id that is a list
+        {"id": 20, "file_name": 5},  # a file name that is an int
+        {"id": 21, "file_name": None},
+        {"id": True, "file_name": "train/a.jpg"},
+        "not an object",
+        {"id": 1, "file_name": "train/c.jpg", "latitude": 1.0, "longitude": 1.0},  # duplicate of id 1
+        {"id": 22, "file_name": "train/a.jpg", "latitude": [1.0], "longitude": 2.0},
+        {"id": 23, "file_name": "train/a.jpg", "latitude": 10**400, "longitude": 2.0},
+    ]
+    doc["annotations"] += [{"image_id": [1, 2], "category_id": 7}, {"image_id": 22, "category_id": 7},
+                           {"image_id": 23, "category_id": 7}, "junk", {"image_id": 20, "category_id": {"x": 1}}]
+    (inat2021 / "train.json").write_text(json.dumps(doc))
+    with caplog.at_level(logging.INFO, logger="trainer.data"):
+        ds = read_inat2021(inat2021 / "train.json")
+    assert len(ds) == 4
+    assert ds.skipped == {"duplicate_id": 1, "invalid_location": 3, "malformed_row": 5, "missing_file": 1,
+                          "unknown_label": 1, "unreadable_file": 1}
+    assert ds.flagged == {"zero_location": 1}
+    assert "kept but flagged: zero_location=1" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"\xff\xfe{\x00}", "cannot read JSON"),  # not UTF-8
+    (b"[" * 100_000 + b"]" * 100_000, "cannot read JSON"),  # nested beyond the parser's recursion
+    (json.dumps({"images": [], "categories": [1, 2]}).encode(), "malformed 'categories'"),
+    (json.dumps({"images": 5, "categories": []}).encode(), "malformed 'images'"),
+])
+def test_malformed_files_are_dataset_errors_naming_them(tmp_path, content, match):
+    (tmp_path / "train.json").write_bytes(content)
+    with pytest.raises(DatasetError, match=match) as exc:
+        read_inat2021(tmp_path / "train.json")
+    assert "train.json" in str(exc.value)
+
+
+def test_csv_and_json_with_a_utf8_bom_are_read(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    (tmp_path / "m.csv").write_bytes("\ufefffile,label,latitude,longitude\na.jpg,x,1.0,2.0\n".encode("utf-8"))
+    ds = read_csv_manifest(tmp_path / "m.csv")
+    assert len(ds) == 1 and ds.label_names == ["x"]
+    doc = {"images": [{"id": 1, "file_name": "a.jpg", "latitude": 1.0, "longitude": 2.0}],
+           "annotations": [{"image_id": 1, "category_id": 1}], "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "train.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(doc).encode())
+    assert len(read_inat2021(tmp_path / "train.json")) == 1

@@ -178,3 +178,52 @@ def test_bad_pipeline_arguments(small_dataset, kwargs, message):
 def test_empty_dataset_is_rejected(small_dataset):
     with pytest.raises(ValueError, match="empty"):
         make_dataset(small_dataset.subset([]), 8, 2, training=False)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_unreadable_images_are_skipped_counted_and_named(small_dataset, training, caplog):
+    """One corrupt file must not end a training run: it is skipped, counted and named in the log;
+    the other rows come through unchanged and in order."""
+    from trainer.pipeline import skipped_images
+
+    paths = small_dataset.paths
+    good_jpeg = open(paths[0], "rb").read()
+    open(paths[2], "wb").write(good_jpeg[: len(good_jpeg) // 2])  # truncated JPEG
+    open(paths[3], "wb").write(b"\x89PNG\r\n\x1a\nnot really")  # broken PNG
+    open(paths[5], "wb").write(b"plain text")  # neither format
+    import os
+    os.unlink(paths[7])  # vanished since the dataset was listed
+    broken = {paths[2], paths[3], paths[5], paths[7]}
+    before = len(skipped_images())
+    with caplog.at_level("WARNING", logger="trainer.pipeline"):
+        _, _, labels = _collect(make_dataset(small_dataset, (8, 8), 4, training=training, shuffle_seed=3))
+    assert len(labels) == 6
+    if not training:
+        keep = [i for i in range(10) if paths[i] not in broken]
+        np.testing.assert_array_equal(labels, small_dataset.labels[keep])
+    assert set(skipped_images()[before:]) == broken
+    assert all(any(p in message for message in caplog.messages) for p in broken)
+
+
+def test_unreadable_images_in_tfrecords_are_skipped_and_name_their_shard(small_dataset, tmp_path):
+    from trainer.pipeline import make_dataset_from_tfrecords, skipped_images
+    from trainer.prepare import write_tfrecords
+
+    open(small_dataset.paths[2], "wb").write(b"plain text")
+    out = write_tfrecords(small_dataset, tmp_path / "rec", "train", shards=2, progress=False)
+    before = len(skipped_images())
+    _, _, labels = _collect(make_dataset_from_tfrecords(out, 8, 4, training=False))
+    assert len(labels) == 9
+    import re
+    assert len(skipped_images()) == before + 1 and re.fullmatch(r".*shard-0000\d-of-00002\.tfrecord:\d+", skipped_images()[-1])
+
+
+def test_prepare_with_resizing_skips_and_lists_unreadable_images(small_dataset, tmp_path):
+    from trainer.pipeline import read_tfrecord_index
+    from trainer.prepare import write_tfrecords
+
+    open(small_dataset.paths[1], "wb").write(b"plain text")
+    out = write_tfrecords(small_dataset, tmp_path / "rec", "train", shards=2, image_size=8, progress=False)
+    index = read_tfrecord_index(out)
+    assert index["skipped_images"] == [small_dataset.paths[1]] and index["num_examples"] == 9
+    assert sum(index["counts"]) == 9

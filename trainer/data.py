@@ -60,6 +60,7 @@ class GeoDataset:
     supercategory_names: list[str]
     skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)  # rows dropped, by reason
     taxonomy: dict | None = None  # the labels' taxonomy (mobile_sdk.taxonomy's document), when known
+    flagged: Mapping[str, int] = dataclasses.field(default_factory=dict)  # rows kept but suspect, by reason
 
     def __post_init__(self):
         n = len(self.paths)
@@ -119,6 +120,7 @@ class _Collector:
         self.check_files = check_files
         self.rows: list[tuple] = []
         self.skipped: collections.Counter = collections.Counter()
+        self.flagged: collections.Counter = collections.Counter()
         self.seen = 0
 
     def add(self, path: str, label_name: str, lat, lon, date: str, supercategory: int) -> bool:
@@ -139,6 +141,8 @@ class _Collector:
                 self.skipped[problem] += 1
                 return False
         la, lo = location if location is not None else (np.nan, np.nan)
+        if location == (0.0, 0.0):  # iNat's classic "no location" value, or the Gulf of Guinea
+            self.flagged["zero_location"] += 1
         self.rows.append((path, label, la, lo, location is not None, date or "", supercategory))
         return True
 
@@ -151,12 +155,15 @@ class _Collector:
         ds = GeoDataset(paths=np.asarray(cols[0], dtype=str), labels=cols[1], lat=cols[2], lon=cols[3],
                         has_location=cols[4], dates=np.asarray(cols[5], dtype=str), supercategories=cols[6],
                         label_names=self.label_names, supercategory_names=self.supercategory_names,
-                        skipped=dict(sorted(self.skipped.items())), taxonomy=self.taxonomy)
+                        skipped=dict(sorted(self.skipped.items())), taxonomy=self.taxonomy,
+                        flagged=dict(sorted(self.flagged.items())))
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
         unknown = int((~ds.has_location).sum())
         message = (f"{self.source}: kept {len(ds)} of {self.seen} rows ({unknown} without location); "
                    f"skipped {sum(self.skipped.values())} ({reasons})")
-        logger.log(logging.WARNING if self.skipped else logging.INFO, message)
+        if self.flagged:
+            message += "; kept but flagged: " + ", ".join(f"{k}={v}" for k, v in sorted(self.flagged.items()))
+        logger.log(logging.WARNING if self.skipped or self.flagged else logging.INFO, message)
         return ds
 
 
@@ -194,12 +201,17 @@ def _file_problem(path: str) -> str | None:
 
 def _load_json(path) -> object:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except FileNotFoundError:
         raise DatasetError(f"dataset file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"cannot read JSON {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, huge numbers
+        raise DatasetError(f"cannot read JSON {path}: {str(exc)[:200]}") from None
+
+
+def _is_id(value) -> bool:
+    """An image id must be a JSON number or string (not a list, object, null or bool)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _coco_taxonomy(categories: list, labels: Sequence[str]) -> dict | None:
@@ -224,7 +236,7 @@ def _coco_categories(doc: dict, path, label_names: Sequence[str] | None):
         categories = sorted(doc["categories"], key=lambda c: c["id"])
         names = {c["id"]: str(c["name"]) for c in categories}
         supers_of = {c["id"]: str(c.get("supercategory") or UNKNOWN_SUPERCATEGORY) for c in categories}
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise DatasetError(f"{path}: malformed 'categories' ({exc!r})") from None
     supercategory_names = sorted(set(supers_of.values())) or [UNKNOWN_SUPERCATEGORY]
     super_index = {s: i for i, s in enumerate(supercategory_names)}
@@ -236,9 +248,12 @@ def _coco_categories(doc: dict, path, label_names: Sequence[str] | None):
 def _coco_rows(doc: dict, path) -> tuple[list, dict]:
     try:
         images = list(doc["images"])
-        label_of = {a["image_id"]: a["category_id"] for a in doc.get("annotations", [])}
+        annotations = list(doc.get("annotations", []))
     except (KeyError, TypeError) as exc:
         raise DatasetError(f"{path}: malformed 'images'/'annotations' ({exc!r})") from None
+    # A malformed annotation leaves its image without a label (counted as unknown_label).
+    label_of = {a["image_id"]: a["category_id"] for a in annotations
+                if isinstance(a, dict) and _is_id(a.get("image_id")) and _is_id(a.get("category_id"))}
     return images, label_of
 
 
@@ -251,10 +266,16 @@ def _read_coco(json_path, image_root, label_names, source, location_of) -> GeoDa
     images, label_of = _coco_rows(doc, json_path)
     root = Path(image_root) if image_root is not None else Path(json_path).parent
     out = _Collector(source, labels, supercategory_names, check_files=True, taxonomy=taxonomy)
+    seen_ids = set()
     for image in images:
-        if not isinstance(image, dict) or "file_name" not in image or "id" not in image:
+        if not isinstance(image, dict) or not _is_id(image.get("id")) \
+                or not isinstance(image.get("file_name"), str) or not image["file_name"]:
             out.skip("malformed_row")
             continue
+        if image["id"] in seen_ids:
+            out.skip("duplicate_id")
+            continue
+        seen_ids.add(image["id"])
         category = by_id.get(label_of.get(image["id"]))
         if category is None:
             out.skip("unknown_label")
@@ -280,7 +301,7 @@ def read_inat2017(json_path, locations_path, image_root=None,
     records = _load_json(locations_path)
     if not isinstance(records, list):
         raise DatasetError(f"{locations_path}: expected a JSON list of {{id, lat, lon, date, user_id}}")
-    where = {r["id"]: r for r in records if isinstance(r, dict) and "id" in r}
+    where = {r["id"]: r for r in records if isinstance(r, dict) and _is_id(r.get("id"))}
 
     def location_of(image):
         r = where.get(image["id"], {})
@@ -291,7 +312,7 @@ def read_inat2017(json_path, locations_path, image_root=None,
 
 def _read_csv_rows(path, required: Iterable[str]) -> list[dict]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel) is not part of the header
             reader = csv.DictReader(f)
             fields = [c.strip() for c in reader.fieldnames or []]
             missing = [c for c in required if c not in fields]

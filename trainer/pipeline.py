@@ -3,8 +3,11 @@ mobile_sdk.preprocess; a parity test pins the two together, so keep these names 
 
 Image spec (docs/CONTRACTS.md "Images"):
 1. `decode_image`: JPEG or PNG bytes -> RGB uint8 [h, w, 3]; grayscale is replicated to three
-   channels, RGBA drops its alpha channel (no blending against a background). JPEG: accurate
-   integer IDCT (libjpeg ISLOW) and fancy chroma upsampling, i.e. exactly PIL's decode.
+   channels, RGBA drops its alpha channel (no blending against a background), 16-bit keeps the
+   high byte, EXIF orientation is not applied (on either side). JPEG: accurate integer IDCT
+   (libjpeg ISLOW) and fancy chroma upsampling, i.e. exactly PIL's decode; given the model input size, a large JPEG is
+   decoded at 1/2, 1/4 or 1/8 scale (`mobile_sdk.preprocess.draft_ratio`, libjpeg's DCT scaling,
+   PIL's `draft`), the same on both sides.
 2. `resize_image`: to (H, W) with bilinear interpolation, half-pixel centres, no antialiasing, no
    crop, no aspect-ratio preservation (`tf.image.resize(..., "bilinear", antialias=False)`),
    computed in float32, then round half to even, clip to [0, 255], cast to uint8. An image that
@@ -14,19 +17,28 @@ Image spec (docs/CONTRACTS.md "Images"):
 Training augmentation (random crop, horizontal flip) is applied between steps 1 and 2, in tf.data
 only; the evaluation path is deterministic and is exactly steps 1-2.
 
+An image that cannot be read or decoded is skipped, counted (`skipped_images`) and named in the
+log, so one corrupt file cannot end a long run.
+
 Elements of every dataset built here:
     ({"image": uint8 [B, H, W, 3], "location": float32 [B, 2] degrees, NaN = unknown}, label int32 [B])
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from mobile_sdk.preprocess import DRAFT_MARGIN
+
 from .data import GeoDataset
+
+log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Random crop: fraction of the image area kept, and the aspect-ratio range of the crop box.
@@ -46,20 +58,36 @@ TFRECORD_FEATURES = {
 }
 
 
-def decode_image(data) -> tf.Tensor:
+def _draft_index(data, size):
+    """Index into (1, 2, 4, 8) of mobile_sdk.preprocess.draft_ratio for a JPEG and `size`."""
+    if size is None:
+        return tf.constant(0)
+    shape = tf.io.extract_jpeg_shape(data)
+    short = tf.minimum(shape[0], shape[1])
+    need = DRAFT_MARGIN * max(int(s) for s in size)
+    ratios = tf.constant([8, 4, 2])
+    fits = tf.math.floordiv(short, ratios) >= need
+    return tf.where(tf.reduce_any(fits), 3 - tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32), 0)
+
+
+def decode_image(data, size=None) -> tf.Tensor:
     """JPEG/PNG bytes (Python bytes or a scalar string tensor) -> RGB uint8 tensor [h, w, 3].
 
-    Grayscale is replicated to 3 channels; RGBA/grey+alpha drop the alpha channel. JPEG uses
-    libjpeg's accurate integer IDCT with fancy upsampling, which is what PIL does, so the SDK's
-    PIL decode gives identical pixels. Works eagerly (`.numpy()` the result) and inside tf.data."""
+    Grayscale is replicated to 3 channels; RGBA/grey+alpha drop the alpha channel. JPEG uses libjpeg's accurate integer IDCT with fancy upsampling, which is what PIL
+    does, so the SDK's PIL decode gives identical pixels; `size` (the model input (H, W)) lets a
+    large JPEG decode at reduced scale exactly as the SDK's draft mode. Works eagerly (`.numpy()`
+    the result) and inside tf.data."""
     data = tf.convert_to_tensor(data, tf.string)
     is_png = tf.equal(tf.strings.substr(data, 0, 8), PNG_MAGIC)
     check = tf.debugging.Assert(tf.logical_or(tf.io.is_jpeg(data), is_png), ["image bytes are neither JPEG nor PNG"])
     with tf.control_dependencies([check]):
         data = tf.identity(data)
-    image = tf.cond(tf.io.is_jpeg(data),
-                    lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-                    lambda: tf.io.decode_png(data, channels=3, dtype=tf.uint8))
+
+    def jpeg():
+        return tf.switch_case(_draft_index(data, size), [
+            lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE") for r in (1, 2, 4, 8)])
+
+    image = tf.cond(tf.io.is_jpeg(data), jpeg, lambda: tf.io.decode_png(data, channels=3, dtype=tf.uint8))
     image.set_shape([None, None, 3])
     return image
 
@@ -97,25 +125,76 @@ def _location(lat, lon, has_location) -> tf.Tensor:
     return tf.stack([tf.where(known, tf.cast(lat, tf.float32), nan), tf.where(known, tf.cast(lon, tf.float32), nan)])
 
 
-def _finish(ds: tf.data.Dataset, image_size, batch_size: int, training: bool, shuffle_seed: int,
-            drop_remainder: bool) -> tf.data.Dataset:
-    """(encoded bytes, location, label) elements -> decoded, augmented, resized, batched."""
-    size = (int(image_size[0]), int(image_size[1])) if np.ndim(image_size) else (int(image_size),) * 2
-    if training:
-        # A seeded stream of per-element seeds keeps augmentation reproducible under parallel map.
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=shuffle_seed).batch(2)))
-    else:
-        ds = ds.map(lambda *element: (element, tf.zeros([2], tf.int64)))
+_skipped: list[str] = []
+_skipped_lock = threading.Lock()
+# Each element carries the sources of the LAG elements before it, so the elements dropped in a gap
+# can be named without keeping anything else: a gap longer than LAG names its last LAG.
+LAG = 16
+# A decodable 1x1 PNG ending every finite stream: a gap just before it reveals skipped last elements.
+_SENTINEL_PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00\x00:~\x9bU"
+                 b"\x00\x00\x00\nIDATx\x9cc`\x00\x00\x00\x02\x00\x01H\xaf\xa4q\x00\x00\x00\x00IEND\xaeB`\x82")
 
-    def prepare(element, seed):
-        data, location, label = element
-        image = decode_image(data)
+
+def skipped_images() -> list[str]:
+    """The sources (file paths, or TFRecord shard:record) of images skipped as unreadable so far."""
+    with _skipped_lock:
+        return list(_skipped)
+
+
+def _report_skipped(window, gap) -> bool:
+    gap = int(gap.numpy())
+    names = [s.decode("utf-8", "replace") for s in window.numpy()[-gap:]]
+    names += [f"({gap - len(names)} more before these)"] if gap > len(names) else []
+    with _skipped_lock:
+        _skipped.extend(names)
+        count = len(_skipped)
+    for name in names:
+        log.warning("skipped an unreadable or undecodable image: %s (%d skipped so far)", name, count)
+    return True
+
+
+def _finish(ds: tf.data.Dataset, image_size, batch_size: int, training: bool, shuffle_seed: int,
+            drop_remainder: bool, load) -> tf.data.Dataset:
+    """(source, data, location, label) elements -> decoded, augmented, resized, batched.
+
+    `load(data)` gives the encoded bytes (reads a path, or is the identity for records). Reading
+    and decoding errors drop the element (`ignore_errors`, at full map speed); a scan over stream
+    positions finds the gaps and reports the dropped sources (`skipped_images`, the log)."""
+    size = (int(image_size[0]), int(image_size[1])) if np.ndim(image_size) else (int(image_size),) * 2
+    sentinel = (tf.constant(""), tf.constant(_SENTINEL_PNG), tf.fill([2], np.float32(np.nan)), tf.constant(0, tf.int32))
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(sentinel))
+
+    def track(state, element):  # each element's stream position and the sources of the LAG before it
+        position, window = state
+        return (position + 1, tf.concat([window[1:], element[:1]], 0)), (position + 1, window, element)
+
+    ds = ds.scan((tf.constant(-1, tf.int64), tf.fill([LAG], "")), track)
+    # A seeded stream of per-element seeds keeps augmentation reproducible under parallel map.
+    seeds = tf.data.Dataset.random(seed=shuffle_seed).batch(2) if training else \
+        tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
+    ds = tf.data.Dataset.zip((ds, seeds))
+
+    def prepare(tracked, seed):
+        position, window, (source, data, location, label) = tracked
+        image = decode_image(tf.cond(tf.equal(source, ""), lambda: data, lambda: load(data)), size)
         if training:
             image = augment_image(image, seed)
-        return {"image": resize_image(image, size), "location": location}, label
+        return position, window, source, {"image": resize_image(image, size), "location": location}, label
+
+    def find_gap(last, element):
+        position, window = element[:2]
+        gap = position - last - 1
+        reported = tf.cond(gap > 0, lambda: tf.py_function(_report_skipped, [window, gap], tf.bool),
+                           lambda: tf.constant(True))
+        with tf.control_dependencies([reported]):
+            return tf.identity(position), element
 
     return (ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+            .ignore_errors()
+            .scan(tf.constant(-1, tf.int64), find_gap)
+            .filter(lambda position, window, source, x, y: tf.not_equal(source, ""))
             .batch(batch_size, drop_remainder=drop_remainder)
+            .map(lambda position, window, source, x, y: (x, y))
             .prefetch(AUTOTUNE))
 
 
@@ -141,9 +220,8 @@ def make_dataset(ds: GeoDataset, image_size, batch_size: int, training: bool, sh
         elements = elements.shuffle(shuffle_buffer or len(ds), seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         elements = elements.repeat()
-    elements = elements.map(lambda path, loc, label: (tf.io.read_file(path), loc, label),
-                            num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _finish(elements, image_size, batch_size, training, shuffle_seed, drop_remainder)
+    elements = elements.map(lambda path, loc, label: (path, path, loc, label))
+    return _finish(elements, image_size, batch_size, training, shuffle_seed, drop_remainder, tf.io.read_file)
 
 
 def read_tfrecord_index(path) -> dict:
@@ -181,16 +259,20 @@ def make_dataset_from_tfrecords(path, image_size, batch_size: int, training: boo
     shards = tf.data.Dataset.from_tensor_slices(files)
     if training:
         shards = shards.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    records = shards.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                                num_parallel_calls=AUTOTUNE, deterministic=True)
+    def numbered(shard):  # source "SHARD:RECORD" names a record that cannot be decoded
+        return tf.data.TFRecordDataset(shard).enumerate().map(
+            lambda i, r: (tf.strings.join([shard, tf.strings.as_string(i)], ":"), r))
+
+    records = shards.interleave(numbered, cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
+                                deterministic=True)
     if training:
         records = records.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         records = records.repeat()
 
-    def parse(record):
+    def parse(shard, record):
         f = tf.io.parse_single_example(record, TFRECORD_FEATURES)
-        return f["image"], _location(f["lat"], f["lon"], f["has_location"]), tf.cast(f["label"], tf.int32)
+        return shard, f["image"], _location(f["lat"], f["lon"], f["has_location"]), tf.cast(f["label"], tf.int32)
 
     records = records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _finish(records, image_size, batch_size, training, shuffle_seed, drop_remainder)
+    return _finish(records, image_size, batch_size, training, shuffle_seed, drop_remainder, tf.identity)

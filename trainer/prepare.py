@@ -11,14 +11,17 @@ and DIR/tune/, the held-out tuning rows of trainer.splits (`trainer.train --data
                                         label, number of examples, shard file names, image size
 
 Rows are spread over the shards in a seeded random order, so every shard mixes all labels.
-Without --image-size the original JPEG/PNG bytes are stored untouched; with it, each image is
-decoded and resized by the spec in trainer.pipeline, then stored as PNG (lossless).
+Without --image-size the original JPEG/PNG bytes are stored untouched (the training pipeline skips
+and names any it cannot decode); with it, each image is decoded and resized by the spec in
+trainer.pipeline, then stored as PNG (lossless), and unreadable images are skipped, listed in
+index.json and named on stderr.
 Read it back with `trainer.pipeline.make_dataset_from_tfrecords(DIR/SPLIT, ...)`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,20 +69,29 @@ def write_tfrecords(ds: GeoDataset, out_dir, split: str, shards: int = DEFAULT_S
         names = [f"shard-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
         order = np.random.default_rng(seed).permutation(len(ds))
         writers = [tf.io.TFRecordWriter(str(tmp / n)) for n in names]
+        written, skipped = [], []
         try:
-            for k, row in enumerate(tqdm(order, desc=f"tfrecords {split}", unit="img", disable=not progress)):
-                data = Path(ds.paths[row]).read_bytes()
-                if image_size is not None:
-                    pixels = resize_image(decode_image(data), (image_size, image_size))
-                    data = tf.io.encode_png(pixels).numpy()
-                writers[k % shards].write(_example(data, ds.labels[row], ds.lat[row], ds.lon[row],
-                                                   ds.has_location[row], ds.supercategories[row]))
+            for row in tqdm(order, desc=f"tfrecords {split}", unit="img", disable=not progress):
+                try:
+                    data = Path(ds.paths[row]).read_bytes()
+                    if image_size is not None:
+                        size = (image_size, image_size)
+                        data = tf.io.encode_png(resize_image(decode_image(data, size), size)).numpy()
+                except (OSError, tf.errors.OpError):  # unreadable or undecodable: skipped and named
+                    skipped.append(str(ds.paths[row]))
+                    continue
+                writers[len(written) % shards].write(_example(data, ds.labels[row], ds.lat[row], ds.lon[row],
+                                                              ds.has_location[row], ds.supercategories[row]))
+                written.append(row)
         finally:
             for w in writers:
                 w.close()
-        index = {"format": TFRECORD_FORMAT, "version": 1, "split": split, "num_examples": len(ds),
+        if skipped:
+            print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:10])}", file=sys.stderr)
+        index = {"format": TFRECORD_FORMAT, "version": 1, "split": split, "num_examples": len(written),
                  "image_size": image_size, "shards": names, "label_names": ds.label_names,
-                 "supercategory_names": ds.supercategory_names, "counts": ds.train_counts().tolist(),
+                 "supercategory_names": ds.supercategory_names, "skipped_images": skipped,
+                 "counts": np.bincount(ds.labels[written], minlength=ds.num_labels).tolist(),
                  "tune_fraction": tune_fraction}
         (tmp / TFRECORD_INDEX).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     return final
