@@ -123,11 +123,11 @@ def test_bad_spec_is_a_clean_cli_error(tmp_path, capsys):
 
 
 def test_force_never_replaces_a_folder_prepare_did_not_write(manifest, tmp_path, capsys):
-    split = tmp_path / "rec" / "train"
+    split = tmp_path / "rec" / "val"
     split.mkdir(parents=True)
     (split / "thesis.txt").write_text("years of work")
     with pytest.raises(SystemExit) as exc:
-        prepare.main(["--data", manifest, "--out", str(tmp_path / "rec"), "--shards", "1", "--force"])
+        prepare.main(["--data", manifest, "--split", "val", "--out", str(tmp_path / "rec"), "--shards", "1", "--force"])
     assert exc.value.code == 2
     assert "has no index.json, so it was not written by trainer.prepare" in capsys.readouterr().err
     assert [p.name for p in split.iterdir()] == ["thesis.txt"]
