@@ -516,3 +516,77 @@ def test_a_reachable_address_that_is_no_tpu_fails_within_bounded_time(tmp_path):
     finally:
         server.close()
     assert proc.returncode == 2 and "did not answer within 5 s" in out, out[-2000:]
+
+
+# --- multi-worker: real worker processes on free localhost ports ---------------------------------
+
+# `python -m trainer.train` that also prints a digest of the final weights it trained in memory.
+WORKER = textwrap.dedent("""
+    import hashlib, sys
+    import numpy as np
+    from trainer import train
+    trained = []
+    class Recording(train.DistributedSteps):
+        def __init__(self, strategy, model, *args):
+            super().__init__(strategy, model, *args)
+            trained.append(model)
+    train.DistributedSteps = Recording
+    code = train.main(sys.argv[1:])
+    if trained:
+        weights = b"".join(np.asarray(w).tobytes() for w in trained[-1].get_weights())
+        print("final weights", hashlib.sha256(weights).hexdigest())
+    sys.exit(code)
+""")
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _start_workers(args_of_index, ports):
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    return [_python(["-c", WORKER, *args_of_index(i)],
+                    env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+            for i in range(len(ports))]
+
+
+def _finish(procs, timeout=900):
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    digests = [line for out in outs for line in out.splitlines() if line.startswith("final weights")]
+    assert len(digests) == len(procs) and len(set(digests)) == 1, digests  # every worker: the same weights
+    return outs
+
+
+def _tiny_args(world, model, out, *extra):
+    return ["--data", str(world), "--model", model, "--out", str(out), "--image-size", "32", "--alpha", "0.35",
+            "--batch-size", "16", "--steps-per-epoch", "4", "--epochs", "2", *extra]
+
+
+@pytest.mark.slow
+def test_two_workers_train_every_model_kind_like_one_process(tiny_world, tmp_path):
+    from converters.export import export_bundle
+
+    ports = _free_ports(2)
+    for model, init in (("image", ()), ("featuremod", ()), ("postprocess", ("--init", str(tmp_path / "image-0")))):
+        _finish(_start_workers(lambda i: _tiny_args(tiny_world, model, tmp_path / f"{model}-{i}",
+                                                    "--strategy", "multiworker", *init), ports))
+        assert not (tmp_path / f"{model}-1").exists()  # only the chief writes its run folder
+        run = load_run(tmp_path / f"{model}-0")
+        assert run.config.strategy == "multiworker" and run.metrics["epochs_done"] == 2
+    manifest = export_bundle(str(tmp_path / "featuremod-0"), tmp_path / "bundle", "float32", data=str(tiny_world),
+                             verify_samples=8)
+    assert manifest["metrics"]["verification"]["samples"] > 0
+    # One process, the same global batch of 16 and the same data: metrics within noise.
+    single = _python(["-m", "trainer.train", *_tiny_args(tiny_world, "image", tmp_path / "single")])
+    out, _ = single.communicate(timeout=900)
+    assert single.returncode == 0, out[-3000:]
+    one, two = (load_run(tmp_path / name).metrics["history"][-1] for name in ("single", "image-0"))
+    assert abs(one["tune_loss"] - two["tune_loss"]) < 0.15 and abs(one["loss"] - two["loss"]) < 0.25, (one, two)
