@@ -90,7 +90,10 @@ def _observation_splits(spec: str, run):
     if obs.label_names != list(run.labels):
         raise ExportError(f"{spec} has other labels than the run ({len(obs.label_names)} vs {len(run.labels)})")
     kept, held = split_by_observation(len(obs), run.metrics.get("val_fraction", DEFAULT_VAL_FRACTION), run.config.seed)
-    return tuple(SimpleNamespace(lat=obs.latlon[i, 0], lon=obs.latlon[i, 1], labels=obs.labels[i]) for i in (kept, held))
+    # Every observation is located; observation files carry no taxonomy.
+    return tuple(SimpleNamespace(lat=obs.latlon[i, 0], lon=obs.latlon[i, 1], labels=obs.labels[i],
+                                 has_location=np.ones(len(i), bool), num_labels=len(run.labels), taxonomy=None)
+                 for i in (kept, held))
 
 
 def _geo_samples(split, image_size, n: int, seed: int = 0):
