@@ -3,9 +3,10 @@
     python -m pipelines.demo                  # RUN (what `make demo` runs)
     python -m pipelines.demo --quick          # SMOKE: the tiny world, a few steps per stage
 
-Measured on the 2-core dev machine: `make demo ARGS=--fresh` with RUN took 7 min 17 s (load ~1;
-venv already installed): world 36 s, image 228 s, post-processing 22 s, feature modulation 88 s,
-the rest 60 s. Under load 6-9 with 12 + 4 epochs it took 23 min.
+Measured on the 2-core dev machine before the world's version 2, the image control and the fusion
+stages: `make demo ARGS=--fresh` with RUN took 7 min 17 s (load ~1; venv already installed): world
+36 s, image 228 s, post-processing 22 s, feature modulation 88 s, the rest 60 s. The current demo
+has not been timed on an idle machine.
 """
 from presets import Settings, tiny
 
