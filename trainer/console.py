@@ -1,6 +1,6 @@
 """What a command prints: quiet by default, honest about real problems.
 
-`install()` runs when a trainer, converters or pipelines command starts (`python -m trainer.X`: see
+`install()` runs when a project command starts (`python -m trainer.X` and the commands above it: see
 trainer/__init__.py); importing the packages as a library changes nothing. It
 - filters TensorFlow's start-up notices from the native stderr while TensorFlow loads: the oneDNN
   and CPU-instruction notices, "could not find cuda drivers", and the `cuInit` error, but that one

@@ -16,7 +16,7 @@ random point r on the sphere, the loss is, averaged over labels (SINR's "AN-full
     pos_weight * -log σ(f_y(x))  +  Σ_{j≠y} -log(1 - σ(f_j(x)))  +  Σ_j -log(1 - σ(f_j(r)))
 
 RUN_DIR gets model.keras (best epoch on the held-out validation observations), config.json,
-labels.txt and metrics.json, like every run; it exports as a geo bundle (converters.export) and
+labels.txt and metrics.json, like every run; it exports as a geo bundle (the export command) and
 starts a post-processing geo net (`trainer.train --model postprocess --geo-init RUN_DIR`).
 A rerun of the same command trains again from scratch (runs take minutes); another config is refused.
 """
@@ -207,7 +207,7 @@ def fit(obs: Observations, config, val: Observations | None = None, on_epoch=Non
 
     objective: `presence` (the assume-negative loss; probabilities are σ(f) renormalised) or
     `softmax` (cross-entropy of softmax(f) on the observations' labels, the paper's post-processing
-    loss with no image; for comparison in benchmarks.geography).
+    loss with no image; for comparison in the geography benchmark).
     max_seconds: stop after the first epoch that ends past this training time (config.epochs caps it)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")

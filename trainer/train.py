@@ -135,13 +135,19 @@ def _logit_splits(caches: dict, splits: Splits) -> Splits:
     return dataclasses.replace(splits, dataset=dataset)
 
 
+def _load_init_run(path, flag: str, model: str, config: TrainConfig, labels: list[str]):
+    """The run that `flag` (--init / --geo-init) names, refused unless it is a `model` run on these labels."""
+    run = load_run(path)
+    if run.config.model != model:
+        raise RunError(f"{flag} {path} is a {run.config.model} run; it must be a --model {model} run")
+    if run.labels != labels:
+        raise RunError(f"{flag} {path} was trained on other labels than {config.data} "
+                       f"({len(run.labels)} vs {len(labels)} labels, or another order)")
+    return run
+
+
 def _load_image_run(config: TrainConfig, labels: list[str]):
-    init = load_run(config.init)
-    if init.config.model != "image":
-        raise RunError(f"--init {config.init} is a {init.config.model} run; it must be an image-only run")
-    if init.labels != labels:
-        raise RunError(f"--init {config.init} was trained on other labels than {config.data} "
-                       f"({len(init.labels)} vs {len(labels)} labels, or another order)")
+    init = _load_init_run(config.init, "--init", "image", config, labels)
     if (init.config.tune, init.config.tune_fraction) != (config.tune, config.tune_fraction):
         raise RunError(f"--init {config.init} held out other tuning rows (--tune/--tune-fraction differ): "
                        "its backbone would have trained on this run's tuning rows")
@@ -150,12 +156,7 @@ def _load_image_run(config: TrainConfig, labels: list[str]):
 
 def _init_geo_head(head, config: TrainConfig, labels: list[str]) -> None:
     """Start the post-processing geo net from a presence-only geo model (trainer.geoprior)."""
-    geo = load_run(config.geo_init)
-    if geo.config.model != "geoprior":
-        raise RunError(f"--geo-init {config.geo_init} is a {geo.config.model} run; it must be a geoprior run")
-    if geo.labels != labels:
-        raise RunError(f"--geo-init {config.geo_init} has other labels than {config.data} "
-                       f"({len(geo.labels)} vs {len(labels)}, or another order)")
+    geo = _load_init_run(config.geo_init, "--geo-init", "geoprior", config, labels)
     if (geo.config.encoding, geo.config.geo_net) != (config.encoding, config.geo_net):
         raise RunError(f"--geo-init {config.geo_init} uses --encoding {geo.config.encoding} --geo-net "
                        f"{geo.config.geo_net}; pass the same to this run")
