@@ -4,13 +4,15 @@ Used by everything that writes a file or a folder another process may read: whit
 bundles (SDK, converters), checkpoints and runs, the world and TFRecords (trainer). A crash or kill
 at any point leaves either the old content or the new, never a half-written file that looks done.
 A command replaces only a folder it wrote itself (`check_replaceable`: its marker file inside),
-and temporary folders a killed run left behind are removed by the next run (`owned_temp_folder`).
+and the temporary folders and files a killed run left behind are removed by the next run that
+writes the same target (`owned_temp_folder`, `atomic_write_bytes`, `atomic_file`).
 Untrusted files are read with `read_regular_file`: regular files only, never past a size limit.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -95,33 +97,55 @@ def check_replaceable(out, marker: str, force: bool, command: str) -> None:
                                   f"so it was not written by {command}")
 
 
-def remove_stale_folders(parent, prefix: str) -> list[Path]:
-    """Remove folders `parent/prefix*` that a killed run left: older than STALE_AFTER_S and not
-    locked by a live `owned_temp_folder`. Returns what was removed; never raises."""
+def _remove_stale(parent, matches, folders: bool) -> list[Path]:
+    """Remove entries of `parent` whose name `matches`, folders (or regular files) older than
+    STALE_AFTER_S that no live process holds locked. Returns what was removed; never raises."""
     removed = []
     try:
-        entries = list(Path(parent).iterdir())
+        entries = list(os.scandir(parent))
     except OSError:
         return removed
     now = time.time()
     for entry in entries:
         try:
-            if not entry.name.startswith(prefix) or entry.is_symlink() or not entry.is_dir() \
-                    or now - entry.stat().st_mtime < STALE_AFTER_S:
+            if not matches(entry.name) or entry.is_symlink() or \
+                    not (entry.is_dir() if folders else entry.is_file()) or \
+                    now - entry.stat().st_mtime < STALE_AFTER_S:
                 continue
-            fd = os.open(entry, os.O_RDONLY)
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             continue
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: a live run holds it
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+            if folders:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
         except OSError:
             pass
         finally:
             os.close(fd)
     return removed
+
+
+def remove_stale_folders(parent, prefix: str) -> list[Path]:
+    """Remove folders `parent/prefix*` that a killed run left: older than STALE_AFTER_S and not
+    locked by a live `owned_temp_folder`. Returns what was removed; never raises."""
+    return _remove_stale(parent, lambda name: name.startswith(prefix), folders=True)
+
+
+def _temporary_sibling(path: Path, suffix: str):
+    """A new locked temporary file next to `path` (fd, path) for `atomic_write_bytes`/`atomic_file`;
+    the leftovers of killed writes of the same `path` go first. Their names are mkstemp's:
+    `.NAME.` + 8 characters of its alphabet + `.tmp` (+ a suffix such as `.keras`)."""
+    ours = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp(\.\w+)?").fullmatch
+    _remove_stale(path.parent, ours, folders=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held while this write lives, so no sweep takes it
+    return fd, Path(tmp)
 
 
 @contextmanager
@@ -147,16 +171,16 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     """Write `data` to a temporary file next to `path`, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary_sibling(path, "")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        make_shareable(Path(tmp))
-        os.replace(tmp, path)
+        make_shareable(tmp)
+        os.replace(tmp, path)  # (a file this fresh is never stale: the lock matters for long writes)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -171,15 +195,14 @@ def atomic_file(path, suffix: str = ""):
     on success it is renamed over `path`, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    fd, tmp = _temporary_sibling(path, suffix)
     try:
         yield tmp
         make_shareable(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # no-op after a successful rename
+        os.close(fd)
 
 
 @contextmanager

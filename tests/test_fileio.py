@@ -1,6 +1,7 @@
 """mobile_sdk.fileio: the one home of atomic writes (files and whole folders)."""
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +182,46 @@ def test_read_regular_file_refuses_devices_fifos_folders_and_big_files(tmp_path)
             read_regular_file(path, 1 << 20, InvalidImageError, "image")
     with pytest.raises(InvalidImageError, match="cannot read image"):
         read_regular_file(tmp_path / "absent", 10, InvalidImageError, "image")
+
+
+def test_temporary_files_of_killed_writes_are_removed_by_the_next_write(tmp_path):
+    """kill -9 during atomic_write_bytes/atomic_file leaves `.NAME.XXXXXXXX.tmp*`; the next write
+    of the same file removes it once stale, but never a fresh one, one a live writer holds, or
+    anything else (other targets' temporaries, look-alike names, folders)."""
+    import signal
+    import subprocess
+    import sys
+
+    from mobile_sdk.fileio import STALE_AFTER_S
+
+    target = tmp_path / "report.json"
+    writer = ("import sys, time; from mobile_sdk.fileio import atomic_file\n"
+              "with atomic_file(sys.argv[1], suffix='.keras') as tmp:\n"
+              "    tmp.write_bytes(b'half'); print(tmp, flush=True); time.sleep(60)\n")
+    killed = []
+    for name in ("report.json", "model.keras"):  # a real kill -9 in mid-write, twice
+        child = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / name)], stdout=subprocess.PIPE,
+                                 text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        killed.append(Path(child.stdout.readline().strip()))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    with atomic_file(tmp_path / "report.json", suffix=".keras") as live:  # a concurrent write, still going
+        live.write_bytes(b"busy")
+        fresh = tmp_path / ".report.json.fresh123.tmp"
+        keep = [tmp_path / n for n in (".report.json.notes.tmp", "report.json.abcd1234.tmp",
+                                       ".report.json.abcd1234.tmp.keras~", ".model.json.abcd1234.tmp")]
+        for path in (fresh, *keep):
+            path.write_bytes(b"x")
+        (tmp_path / ".report.json.folder12.tmp").mkdir()
+        keep.append(tmp_path / ".report.json.folder12.tmp")
+        for path in (*killed, live, *keep):
+            _age(path, STALE_AFTER_S + 60)
+        assert all(p.exists() for p in killed)
+        atomic_write_bytes(target, b"done")
+        assert not killed[0].exists() and killed[1].exists()  # model.keras's leftover waits for model.keras
+        assert live.exists() and fresh.exists() and all(p.exists() for p in keep)
+    atomic_write_bytes(tmp_path / "model.keras", b"m")
+    assert not killed[1].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["report.json", "model.keras", fresh.name, *(p.name for p in keep)])
