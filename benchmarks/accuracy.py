@@ -25,7 +25,7 @@ from pipelines import demo
 from pipelines.stages import Runner
 from presets import bench as preset
 from presets import Settings
-from trainer.evaluate import NAMES, UNKNOWN
+from trainer.evaluation.report import NAMES, UNKNOWN
 
 FEATUREMOD_EPOCH_COST = 1.3  # feature-modulation epoch time / image-only epoch time (measured on the demo world)
 
@@ -118,7 +118,7 @@ def targets_from(methods: dict, oracle: str | None, settings: Settings, fusion: 
 
 def mean_std_table(reports: list[dict]) -> str:
     """Top-1 / head / tail of every method as mean ± standard deviation over the seeds' reports."""
-    from trainer.metrics import markdown_table
+    from trainer.evaluation.metrics import markdown_table
 
     names = list(reports[0]["primary"]["methods"])
     rows = []
@@ -173,7 +173,7 @@ def run(work: Path, budget_min: float = 45.0, quick: bool = False, seed: int = 0
         body += ["", f"Mean ± standard deviation over {seeds} seeds ({seed}..{seed + seeds - 1}; each its own "
                      "world and training runs):", "", mean_std_table([r for r, _ in results])]
     if "prior_sweep" in primary:
-        from trainer.metrics import table_prior_sweep
+        from trainer.evaluation.metrics import table_prior_sweep
 
         body += ["", "Radius sweep of the priors (radius chosen on the tuning images, bold):", "",
                  table_prior_sweep(primary["prior_sweep"])]

@@ -8,7 +8,7 @@ Compared (top-1 on the same rows; the bundle must have geo.tflite and vision.tfl
 - model only: exact location; obscured location as given ("nothing"); obscured location with the
   geo logits averaged over 16 points of the accuracy disc ("disc average");
 - the SDK (model + hard whitelist): exact location; obscured location with and without `accuracy_m`.
-The rows are the evaluation's tuning rows (trainer.evaluate.tuning_split of the validation split),
+The rows are the evaluation's tuning rows (trainer.data.splits.tuning_split of the validation split),
 never the reported ones.
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ def disc_points(lat, lon, radius_km, n, rng):
 def measure(bundle_dir, data: str, tune_fraction: float = 0.3, seed: int = 0) -> dict:
     from converters.verify import load_samples
     from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
-    from trainer.data import load_split
-    from trainer.evaluate import tuning_split
+    from trainer.data.readers import load_split
+    from trainer.data.splits import tuning_split
 
     clf = GeoClassifier.from_bundle(bundle_dir, GeoClassifierOptions(split_models=True, num_threads=1,
                                                                      excluded_top_k=0, rollup_threshold=None))

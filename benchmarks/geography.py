@@ -4,7 +4,7 @@ observation. How well does location alone pin down the label?
 - whitelist (eq. 3): recall of the true label and mean candidate-set size, against radius;
 - Bayesian radius prior (eq. 2) at every radius, the paper's post-processing geo network (sin/cos,
   256-128-128, softmax over labels, SGD 0.02, no image: its vision logits are 0), and every encoding
-  x geo net x training objective of trainer.geoprior (presence-only or softmax): log-likelihood and
+  x geo net x training objective of trainer.training.geoprior (presence-only or softmax): log-likelihood and
   top-k of the true label, and how many labels are "expected nearby" (score above the label's own
   threshold: the 5th percentile of its score where it was observed, on validation observations);
 - the presence-only trainer's own time on all 272k observations, and the latency its int8
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Section, Target
-from trainer.geoprior import label_metrics as location_only_stats
-from trainer.geoprior import load_observations as _load_observations
-from trainer.geoprior import split_by_observation
-from trainer.metrics import markdown_table, pct
-from trainer.priors import SWEEP_RADII_MILES, LabelHistogram
+from trainer.evaluation.metrics import markdown_table, pct
+from trainer.evaluation.priors import SWEEP_RADII_MILES, LabelHistogram
+from trainer.training.geoprior import label_metrics as location_only_stats
+from trainer.training.geoprior import load_observations as _load_observations
+from trainer.training.geoprior import split_by_observation
 
 OBSERVATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "inat500_observations.npz"
 TOP_KS = (1, 5, 10)
@@ -41,7 +41,7 @@ def load_observations(path=OBSERVATIONS):
 
 def whitelist_stats(counts: np.ndarray, labels: np.ndarray) -> dict:
     """Recall of the true label and candidate-set size. A point with no training data within r is
-    not filtered (the whitelist falls back to every label), as in trainer.priors."""
+    not filtered (the whitelist falls back to every label), as in trainer.evaluation.priors."""
     present = counts > 0
     empty = ~present.any(axis=1)
     sizes = np.where(empty, counts.shape[1], present.sum(axis=1))
@@ -78,7 +78,7 @@ class GeoVariant:
     """One geo network of the comparison: encoding x geo net x training objective (+ optimizer)."""
     encoding: str
     geo_net: str
-    objective: str  # trainer.geoprior.OBJECTIVES
+    objective: str  # trainer.training.geoprior.OBJECTIVES
     # The paper's post-processing recipe instead of Adam 5e-4, batch 2048: SGD 0.02 (momentum 0.9),
     # batch 512 and 10 epochs, as this benchmark trained it before (it learns slowly at batch 2048).
     paper_recipe: bool = False
@@ -100,8 +100,8 @@ VARIANTS = (PAPER,) + tuple(GeoVariant("fourier", n, o) for n in ("paper", "resi
 def fit_variant(variant: GeoVariant, fit, val, epochs: int, seed: int, log=print, minutes: float | None = None):
     """Train on `fit`, keep the epoch with the best validation log-likelihood; returns
     (latlon -> score table: presence probabilities or softmax, latlon -> P(L|G), seconds, best epoch)."""
-    from trainer import geoprior
-    from trainer.config import OptimizerConfig, TrainConfig
+    from trainer.training import geoprior
+    from trainer.training.config import OptimizerConfig, TrainConfig
 
     optimizer = OptimizerConfig.for_model("postprocess" if variant.paper_recipe else "geoprior")
     config = TrainConfig(data="benchmark", model="geoprior", encoding=variant.encoding, geo_net=variant.geo_net,
@@ -134,7 +134,7 @@ def train_minutes_all(path, epochs: int | None = None, seed: int = 0) -> tuple[f
     would run it (`trainer.train --model geoprior`): (minutes, best metrics, load averages)."""
     import tempfile
 
-    from trainer import geoprior
+    from trainer.training import geoprior
 
     args = ["--model", "geoprior", "--observations", str(path), "--out", "RUN"]
     if epochs is not None:
@@ -173,7 +173,7 @@ def run(test_fraction: float = 0.1, max_test: int = 5000, geo_epochs: int = 40, 
     begin = time.monotonic()
     if not Path(path).exists():
         return Section(title, f"Skipped: {path} is absent.", seconds=time.monotonic() - begin)
-    from trainer.geoprior import Observations
+    from trainer.training.geoprior import Observations
 
     latlon, labels, names = load_observations(path)
     obs = Observations(latlon, labels, names)
@@ -219,7 +219,7 @@ def run(test_fraction: float = 0.1, max_test: int = 5000, geo_epochs: int = 40, 
         + (f"the same training time each (epochs until {geo_minutes:g} minutes have passed, at most {geo_epochs})"
            if geo_minutes else f"{geo_epochs} epochs")
         + f"; the paper's net: its own recipe, {PAPER_EPOCHS} epochs. "
-        "`presence` = trainer.geoprior's assume-negative loss with random background points, P(L|G) = σ(f) "
+        "`presence` = trainer.training.geoprior's assume-negative loss with random background points, P(L|G) = σ(f) "
         "renormalised; `softmax` = cross-entropy over labels. Training minutes on this shared 2-core machine "
         f"under `nice` (load average at the end {os.getloadavg()[0]:.1f}).\n\n"
         "Whitelist (a point with no training data within r filters nothing):\n\n"

@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.common import Section, Target, interleaved, ratio_target, shown_path
 from benchmarks.bench_whitelist import OBSERVATIONS
-from trainer.metrics import markdown_table
+from trainer.evaluation.metrics import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SIZE = (64, 0.35)  # image size, alpha of `make demo`
@@ -44,21 +44,21 @@ def tflite_bytes(kind: str, image_size: int, alpha: float, num_classes: int = NU
 
     from converters.export import convert_model, representative_data
     from converters.quantization import QuantizationConfig
-    from trainer import models
+    from trainer.model import networks
 
     keras.utils.set_random_seed(seed)
-    image_model = models.build_image_model(num_classes, image_size=image_size, alpha=alpha)
+    image_model = networks.build_image_model(num_classes, image_size=image_size, alpha=alpha)
     if kind == "image":
         model = image_model
     elif kind == "postprocess":
-        head = models.build_geo_head(num_classes, encoding, seed=seed, geo_net=geo_net)
+        head = networks.build_geo_head(num_classes, encoding, seed=seed, geo_net=geo_net)
         logits = head.get_layer("geo_logits_dense")
         logits.kernel.assign(np.random.default_rng(seed).normal(0, 0.01, logits.kernel.shape).astype("float32"))
-        model = models.build_postprocess_model(image_model, head)
+        model = networks.build_postprocess_model(image_model, head)
     else:
-        model = models.build_featuremod_model(image_model, encoding, seed=seed, geo_net=geo_net)
+        model = networks.build_featuremod_model(image_model, encoding, seed=seed, geo_net=geo_net)
         rng = np.random.default_rng(seed)
-        for modulation in models.modulation_layers(model).values():
+        for modulation in networks.modulation_layers(model).values():
             for dense in (modulation.gamma, modulation.beta):
                 if dense is not None:
                     dense.kernel.assign(rng.normal(0, 0.01, dense.kernel.shape).astype("float32"))
@@ -287,9 +287,9 @@ def training_throughput(root: Path, steps: int, batch_size: int = 32, image_size
     and steps, each after one untimed warm-up epoch (tracing)."""
     import keras
 
-    from trainer import models
-    from trainer.config import TrainConfig
-    from trainer.train import load_splits
+    from trainer.model import networks
+    from trainer.training.config import TrainConfig
+    from trainer.training.loop import load_splits
 
     config = TrainConfig(data=str(root / "world"), image_size=image_size, alpha=alpha, batch_size=batch_size)
     splits = load_splits(config)
@@ -303,7 +303,7 @@ def training_throughput(root: Path, steps: int, batch_size: int = 32, image_size
 
     def fit_seconds(fit):
         keras.utils.set_random_seed(0)
-        image_model = models.build_image_model(len(splits.labels), image_size=image_size, alpha=alpha)
+        image_model = networks.build_image_model(len(splits.labels), image_size=image_size, alpha=alpha)
         model = keras.Model(image_model.input, image_model.output["logits"])  # as trainer.train fits it
         model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         fit(model, 1)  # warm-up: tracing and first-epoch costs

@@ -8,7 +8,7 @@ Each size is (labels, observations) of jittered resampled copies of the real iNa
 child process with an address-space limit (`--memory-gb`) and a time limit, so a size that does not
 fit fails alone, is reported as such, and does not take the shared machine down. Measured per size:
 table bytes, build seconds and peak memory (the child's max RSS), the warm single lookup and
-`lookup_batch` throughput (CPU time), and the priors' index (trainer.priors.LabelHistogram) and query times
+`lookup_batch` throughput (CPU time), and the priors' index (trainer.evaluation.priors.LabelHistogram) and query times
 (1,000 points, 100 miles). Growth is fitted as a power law between the measured sizes and projected
 to 80,000 taxa and 100 M observations.
 """
@@ -81,7 +81,7 @@ def child(num_labels: int, num_observations: int, out: Path, with_priors: bool) 
               "build_rss_bytes": rss_build, "data_rss_bytes": rss_before,
               "single_lookup_us": single.median / QUERIES * 1e6, "batch_points_per_s": QUERIES / batch.median}
     if with_priors:
-        from trainer.priors import LabelHistogram
+        from trainer.evaluation.priors import LabelHistogram
 
         begin = time.perf_counter()
         histogram = LabelHistogram(np.stack([lat, lon], axis=1), labels, num_labels)
@@ -130,7 +130,7 @@ def fit_growth(labels, observations, ys) -> tuple[float, float, float]:
 
 
 def report(results: list[dict]) -> str:
-    from trainer.metrics import markdown_table
+    from trainer.evaluation.metrics import markdown_table
 
     rows = []
     for r in results:

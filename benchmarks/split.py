@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Section, Target, interleaved, ratio_target
-from trainer.metrics import markdown_table
+from trainer.evaluation.metrics import markdown_table
 
 DEMO_SIZE = (64, 0.35)  # image size, alpha of `make demo`
 NUM_CLASSES = 200
@@ -30,11 +30,11 @@ def bundle_parts(folder: Path, image_size: int, alpha: float, num_classes: int, 
     from converters.geo_parts import convert_part
     from converters.quantization import QuantizationConfig
     from mobile_sdk.bundle import GEO_MODEL_FILE, MODEL_FILE, VISION_MODEL_FILE
-    from trainer import models
+    from trainer.model import networks
 
     keras.utils.set_random_seed(seed)
-    model = models.build_postprocess_model(models.build_image_model(num_classes, image_size=image_size, alpha=alpha),
-                                           models.build_geo_head(num_classes, seed=seed))
+    model = networks.build_postprocess_model(networks.build_image_model(num_classes, image_size=image_size, alpha=alpha),
+                                           networks.build_geo_head(num_classes, seed=seed))
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (8, image_size, image_size, 3), dtype=np.uint8)
     locations = np.stack([rng.uniform(-60, 70, 8), rng.uniform(-180, 180, 8)], axis=1).astype(np.float32)

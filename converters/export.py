@@ -84,7 +84,7 @@ def _observation_splits(spec: str, run):
     """A geoprior run's observations as (train, val) with .lat/.lon/.labels, split as its training did."""
     from types import SimpleNamespace
 
-    from trainer.geoprior import DEFAULT_VAL_FRACTION, load_observations, split_by_observation
+    from trainer.training.geoprior import DEFAULT_VAL_FRACTION, load_observations, split_by_observation
 
     obs = load_observations(spec)
     if obs.label_names != list(run.labels):
@@ -114,13 +114,13 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
                   verify_samples: int = DEFAULT_VERIFY_SAMPLES,
                   whitelist_radius: float = DEFAULT_WHITELIST_RADIUS_MILES,
                   whitelist_precision: int = DEFAULT_WHITELIST_PRECISION, seed: int = 0) -> dict:
-    """Export a training run (RUN_DIR, or a loaded trainer.checkpoint.Run) to a bundle at `out`.
+    """Export a training run (RUN_DIR, or a loaded trainer.training.runs.Run) to a bundle at `out`.
 
     Returns the manifest, whose metrics["verification"] holds LiteRT-vs-Keras agreement, the
     largest probability difference, the accuracy change and the file size.
     """
-    from trainer.checkpoint import load_run
-    from trainer.data import load_split
+    from trainer.data.readers import load_split
+    from trainer.training.runs import load_run
 
     out = Path(out)
     if quantize not in MODES:

@@ -5,7 +5,7 @@ through the SDK.
 
 Every candidate (whitelist off, soft at a few floors, hard) runs through `GeoClassifier` on the
 exported model, as an app would. `converters.export` measures them on the TUNING images (the
-seeded, label-stratified `trainer.evaluate.EVAL_TUNE_FRACTION` of `val` that trainer.evaluate
+seeded, label-stratified `trainer.evaluation.report.EVAL_TUNE_FRACTION` of `val` that trainer.evaluate
 holds out to choose the prior radius; never the whitelist's own training records) and writes the
 best into the manifest as `recommended_fusion`. This CLI measures every candidate of each bundle
 on the REPORTED images (the rest of `val`) and marks the recommended one, so a report shows what
@@ -36,7 +36,8 @@ def candidate_name(whitelist: str, floor: float | None) -> str:
 
 def evaluation_rows(val, seed: int = 0):
     """(tuning part, reported part) of an evaluation split, exactly as trainer.evaluate splits it."""
-    from trainer.evaluate import EVAL_TUNE_FRACTION, tuning_split
+    from trainer.data.splits import tuning_split
+    from trainer.evaluation.report import EVAL_TUNE_FRACTION
 
     tune, report = tuning_split(val.labels, EVAL_TUNE_FRACTION, seed)
     return val.subset(tune), val.subset(report)
@@ -65,7 +66,7 @@ def fit_calibration(bundle_dir, ds) -> dict:
     """The manifest's calibration: a temperature fitted (least NLL) on the SDK's scores of the
     rows of `ds` (the tuning images), kept only if it lowers their expected calibration error
     ("if it helps"; else 1.0), with the ECE before and after."""
-    from trainer.metrics import expected_calibration_error, fit_temperature, temper
+    from trainer.evaluation.metrics import expected_calibration_error, fit_temperature, temper
 
     images = [load_image(path) for path in ds.paths]
     scores = np.zeros((len(ds), len(ds.label_names)))
@@ -94,7 +95,7 @@ def choose_fusion(top1_by_candidate: dict[str, float], rows: int) -> dict:
 def fusion_table(rows: dict[str, dict]) -> str:
     """Markdown: one row per bundle, top-1 of every candidate on the reported images, the
     recommended one in bold, and its gap to the best in hindsight."""
-    from trainer.metrics import markdown_table
+    from trainer.evaluation.metrics import markdown_table
 
     names = [candidate_name(*c) for c in CANDIDATES]
     body = []
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the tuning split's seed (trainer.evaluate --seed)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    from trainer.data import load_split
+    from trainer.data.readers import load_split
 
     results = {}
     for path in args.bundle:

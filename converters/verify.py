@@ -190,7 +190,7 @@ def compare(model_content: bytes, keras_model, images: np.ndarray, locations: np
 def load_samples(ds, image_size, n: int, seed: int = 0):
     """n rows of a GeoDataset (seeded random choice) through the eval pipeline ->
     (images uint8 [n,H,W,3], locations float32 [n,2] with NaN = unknown, labels int32 [n])."""
-    from trainer.pipeline import make_dataset  # TensorFlow: only when data is actually needed
+    from trainer.data.pipeline import make_dataset  # TensorFlow: only when data is actually needed
 
     if n < 1:
         raise ValueError(f"sample count must be >= 1, got {n}")
@@ -213,7 +213,7 @@ def expected_signature(keras_model) -> ExpectedSignature:
 
 def verify_bundle(bundle_dir, run, data_spec: str | None = None, samples: int = 200) -> dict:
     """Re-verify a bundle against its training run: hashes, signature, location path, parity."""
-    from trainer.data import load_split
+    from trainer.data.readers import load_split
 
     bundle = open_bundle(bundle_dir)  # checks every file's sha256, the labels and the table
     content = (Path(bundle_dir) / MODEL_FILE).read_bytes()  # hash-checked by open_bundle
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="data SPEC for validation samples (default: the run's)")
     parser.add_argument("--samples", type=int, default=200, help="validation samples to compare (default 200)")
     args = parser.parse_args(argv)
-    from trainer.checkpoint import load_run
+    from trainer.training.runs import load_run
 
     try:
         report = verify_bundle(args.bundle, load_run(args.model), args.data, args.samples)

@@ -46,7 +46,7 @@ OPTIONAL_FILES = (TAXONOMY_FILE, NEARBY_FILE, GEO_MODEL_FILE, VISION_MODEL_FILE)
 # Optional manifest sections, each naming the files it needs (checked against `files`).
 OPTIONAL_SECTIONS = {"taxonomy": (TAXONOMY_FILE,), "expected_nearby": (), "split_models": (GEO_MODEL_FILE,
                                                                                           VISION_MODEL_FILE)}
-MODEL_KINDS = ("image", "postprocess", "featuremod", "geoprior")
+MODEL_KINDS = ("image", "postprocess", "featuremod", "geoprior")  # of a bundle and of a training run (trainer.train --model)
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 # Size limits of what a bundle may hold: far above any real bundle, far below what hurts a phone.
 MAX_BYTES = {MANIFEST_FILE: 4 << 20, LABELS_FILE: 16 << 20, MODEL_FILE: 1 << 30, WHITELIST_FILE: 256 << 20,

@@ -5,7 +5,7 @@
         print(result.categories[0].label, result.location_used)
 
 The model fuses image and location itself (its `probabilities` output), or, for an image-only bundle
-with a geo bundle (`geo_bundle_path`, a presence-only geo model from trainer.geoprior), the SDK
+with a geo bundle (`geo_bundle_path`, a presence-only geo model from trainer.training.geoprior), the SDK
 multiplies the image probabilities by each label's presence probability at the location (vision x
 geo, as Mac Aodha et al. 2019 and iNaturalist's app do). The SDK adds the paper's whitelist (eq. 3)
 on top: `hard` drops labels with no training observation within the radius,

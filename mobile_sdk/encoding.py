@@ -1,4 +1,4 @@
-"""Location encodings, the numpy side. The Keras side is trainer.layers.LocationEncoder; a parity
+"""Location encodings, the numpy side. The Keras side is trainer.model.layers.LocationEncoder; a parity
 test pins them together. Both take raw degrees with NaN rows meaning 'unknown'.
 
 Every encoding appends a `known` flag and zeroes the features of unknown rows, so an unknown

@@ -1,4 +1,4 @@
-"""Image preprocessing, the numpy mirror of trainer.pipeline (spec: docs/CONTRACTS.md "Images").
+"""Image preprocessing, the numpy mirror of trainer.data.pipeline (spec: docs/CONTRACTS.md "Images").
 
 1. `load_image`: anything an app holds -> RGB uint8 [h, w, 3] (grey replicated, alpha dropped,
    16-bit grey to its high byte; EXIF orientation is not applied, as in training). Given the
@@ -33,7 +33,7 @@ DRAFT_MARGIN = 2  # a scaled JPEG decode keeps its short side >= 2x the model in
 def draft_ratio(height: int, width: int, size) -> int:
     """The libjpeg scale denominator (1, 2, 4 or 8) for decoding an h x w JPEG for a model input
     `size`: the largest that keeps min(h, w) / r >= DRAFT_MARGIN * max(size) (symmetric in h and w,
-    so it holds for any aspect ratio). trainer.pipeline applies the same rule."""
+    so it holds for any aspect ratio). trainer.data.pipeline applies the same rule."""
     if size is None:
         return 1
     need = DRAFT_MARGIN * max(int(s) for s in size)

@@ -140,8 +140,8 @@ def ship_table(report: dict, fusion: dict) -> str:
     """"Which model to ship": one row per exported model kind: top-1 with location and with it
     unknown, head / tail, int8 file size, classify latency and the recommended whitelist fusion
     (report: trainer.evaluate's report.json; fusion: converters.fusion's JSON)."""
-    from trainer.evaluate import NAMES, UNKNOWN
-    from trainer.metrics import markdown_table, pct
+    from trainer.evaluation.metrics import markdown_table, pct
+    from trainer.evaluation.report import NAMES, UNKNOWN
 
     methods = report["primary"]["methods"]
     rows = []
@@ -159,7 +159,7 @@ def ship_table(report: dict, fusion: dict) -> str:
 
 def comparison_table(report: dict) -> str:
     """The paper's Table 3/5 shape: top-1, top-5, head, tail per method, gap to the oracle."""
-    from trainer.metrics import table_methods
+    from trainer.evaluation.metrics import table_methods
 
     primary = report["primary"]
     return table_methods(primary["methods"], oracle=primary.get("oracle"))
@@ -169,7 +169,7 @@ def sdk_examples(paths: Paths, limit: int, scan: int = 300) -> list[dict]:
     """Classify validation images through the SDK with and without their location; return (and
     print) those whose answer the location changed, fixes first."""
     from mobile_sdk.classifier import GeoClassifier
-    from trainer.data import load_split
+    from trainer.data.readers import load_split
 
     val = load_split(str(paths.world), "val")
     located = np.flatnonzero(val.has_location)
@@ -197,7 +197,7 @@ def sdk_examples(paths: Paths, limit: int, scan: int = 300) -> list[dict]:
             seen.add(c["truth"])
             shown.append(c)
     if shown:
-        from trainer.metrics import markdown_table
+        from trainer.evaluation.metrics import markdown_table
 
         print(markdown_table(["image", "where", "true label", "without location", "with location", ""],
                              [[c["file"], f"{c['lat']:.1f}, {c['lon']:.1f}", c["truth"],
@@ -226,12 +226,12 @@ def run_all(runner: Runner, settings: Settings, seed: int) -> None:
     fixed = [c for c in changed if c["verdict"] == "fixed"]
     label = (fixed or changed)[0]["truth"] if changed else None
     if label is None:
-        from trainer.data import load_split
+        from trainer.data.readers import load_split
 
         label = load_split(str(paths.world), "val").label_names[0]
 
     def draw_range_map():
-        from trainer.rangemap import range_map
+        from trainer.figures.rangemap import range_map
 
         range_map(paths.rangemap, label, run_dir=paths.run("postprocess"), prior_spec=str(paths.world),
                   truth_world=str(paths.world))
@@ -240,7 +240,7 @@ def run_all(runner: Runner, settings: Settings, seed: int) -> None:
                        f"range map of {label}: geo net vs radius prior vs true range"))
 
     def draw_examples():
-        from trainer.examples import examples_sheet
+        from trainer.figures.examples import examples_sheet
 
         _, corrections = examples_sheet(paths.examples, str(paths.world), paths.run("image"),
                                         paths.run("postprocess"), limit=6, cache_dir=paths.eval / "cache")

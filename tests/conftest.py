@@ -36,7 +36,7 @@ def tiny_world(tmp_path_factory) -> str:
 def random_runs(tiny_world, tmp_path_factory) -> dict:
     """{kind: loaded Run} for every model kind, untrained (see harness.random_runs)."""
     from harness import random_runs
-    from trainer.checkpoint import load_run
+    from trainer.training.runs import load_run
 
     folders = random_runs(tiny_world, tmp_path_factory.mktemp("random_runs"))
     return {kind: load_run(path) for kind, path in folders.items()}

@@ -106,13 +106,13 @@ def calibrate_batchnorm(model, images, locations) -> None:
 def write_run(run_dir: Path, model, config, labels) -> Path:
     """A run folder as trainer.train writes it, around an untrained model."""
     from mobile_sdk.fileio import atomic_write_text
-    from trainer import checkpoint
+    from trainer.training import runs
 
     run_dir.mkdir(parents=True)
-    checkpoint.atomic_save_model(model, run_dir / checkpoint.MODEL_FILE)
-    atomic_write_text(run_dir / checkpoint.CONFIG_FILE, config.to_json())
-    checkpoint.write_labels(run_dir, labels)
-    checkpoint.atomic_write_json(run_dir / checkpoint.METRICS_FILE, {"top1": 0.5})
+    runs.atomic_save_model(model, run_dir / runs.MODEL_FILE)
+    atomic_write_text(run_dir / runs.CONFIG_FILE, config.to_json())
+    runs.write_labels(run_dir, labels)
+    runs.atomic_write_json(run_dir / runs.METRICS_FILE, {"top1": 0.5})
     return run_dir
 
 
@@ -121,25 +121,25 @@ def random_runs(world: str, root: Path) -> dict[str, Path]:
     import keras
 
     from converters.verify import load_samples
-    from trainer import models
-    from trainer.config import TrainConfig
-    from trainer.data import load_split
+    from trainer.data.readers import load_split
+    from trainer.model import networks
+    from trainer.training.config import TrainConfig
 
     train = load_split(world, "train")
     labels = train.label_names
     keras.utils.set_random_seed(0)
     images, locations, _ = load_samples(train, SIZE, 32)
-    image = models.build_image_model(len(labels), image_size=SIZE, alpha=ALPHA)
+    image = networks.build_image_model(len(labels), image_size=SIZE, alpha=ALPHA)
     calibrate_batchnorm(image, images, locations)
     base = dict(data=world, image_size=SIZE, alpha=ALPHA)
     out = {"image": write_run(root / "image", image, TrainConfig(model="image", **base), labels)}
-    post = models.build_postprocess_model(image, models.build_geo_head(len(labels)))
+    post = networks.build_postprocess_model(image, networks.build_geo_head(len(labels)))
     randomize_geo_weights(post, 1, scale=0.3)
     out["postprocess"] = write_run(root / "postprocess", post,
                                    TrainConfig(model="postprocess", init=str(out["image"]), **base), labels)
-    fm_image = models.build_image_model(len(labels), image_size=SIZE, alpha=ALPHA)
+    fm_image = networks.build_image_model(len(labels), image_size=SIZE, alpha=ALPHA)
     calibrate_batchnorm(fm_image, images, locations)
-    fm = models.build_featuremod_model(fm_image)
+    fm = networks.build_featuremod_model(fm_image)
     randomize_geo_weights(fm, 2, scale=0.03)  # a perturbation, as after training
     out["featuremod"] = write_run(root / "featuremod", fm, TrainConfig(model="featuremod", **base), labels)
     return out

@@ -4,16 +4,16 @@ import json
 import numpy as np
 import pytest
 
-from trainer.data import GeoDataset
-from trainer.evaluate import (
-    NAMES,
-    UNKNOWN,
-    EvaluationError,
-    evaluate_methods,
-    render_markdown,
-    without_locations,
-    write_report,
-)
+from trainer.data.readers import GeoDataset
+from trainer.evaluation.report import (
+                                       NAMES,
+                                       UNKNOWN,
+                                       EvaluationError,
+                                       evaluate_methods,
+                                       render_markdown,
+                                       without_locations,
+                                       write_report,
+                                       )
 
 LABEL_NAMES = ["west a", "east a", "west b"]
 SUPER = ["Aves", "Plantae"]
@@ -128,9 +128,9 @@ def test_cli_without_runs_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_end_to_end_on_a_tiny_world(tiny_world, trained_runs, tmp_path):
-    from trainer.data import load_split
+    from trainer.data.readers import load_split
     from trainer.evaluate import main
-    from trainer.priors import SWEEP_RADII_MILES, select_radius
+    from trainer.evaluation.priors import SWEEP_RADII_MILES, select_radius
 
     root, runs = tmp_path, trained_runs
     val = load_split(tiny_world, "val")
@@ -254,7 +254,7 @@ def test_shuffling_the_reported_labels_changes_no_choice():
 
 
 def test_expected_calibration_error_and_temperature():
-    from trainer.metrics import expected_calibration_error, fit_temperature, temper
+    from trainer.evaluation.metrics import expected_calibration_error, fit_temperature, temper
 
     # Two images at confidence 0.9 (one right) and two at 0.6 (both right): |0.5-0.9|/2 + |1-0.6|/2.
     scores = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])

@@ -27,9 +27,9 @@ from converters.verify import (ExpectedSignature, SignatureError, VerificationEr
 from mobile_sdk.bundle import MANIFEST_FILE, open_bundle  # noqa: E402
 from mobile_sdk.errors import ReplaceRefusedError  # noqa: E402
 from mobile_sdk.fileio import staged_folder  # noqa: E402
-from trainer import models  # noqa: E402
 from mobile_sdk.runtime import TFLiteModel  # noqa: E402
-from trainer.data import load_split  # noqa: E402
+from trainer.data.readers import load_split  # noqa: E402
+from trainer.model import networks  # noqa: E402
 from harness import EXPORT_SAMPLES, IMAGE_MODEL_KINDS, SIZE, assert_close, check_litert_export, randomize_geo_weights  # noqa: E402
 
 GEO_KINDS = tuple(kind for kind in IMAGE_MODEL_KINDS if kind != "image")
@@ -134,9 +134,9 @@ def test_int8_other_encodings_keep_location_float(random_runs, tiny_world, encod
     SIN/COS) and `fourier` (unit vector, then SIN/COS up to ~100 km wavelengths, which int8 would
     turn into noise): the converter's float front end must catch every op of each."""
     labels = random_runs["image"].labels
-    geo_head = models.build_geo_head(len(labels), encoding=encoding)
+    geo_head = networks.build_geo_head(len(labels), encoding=encoding)
     randomize_geo_weights(geo_head, 3, scale=0.3)
-    model = models.build_postprocess_model(random_runs["image"].model, geo_head)
+    model = networks.build_postprocess_model(random_runs["image"].model, geo_head)
     images, locations, _ = load_samples(load_split(tiny_world, "train"), SIZE, 8)
     content = convert_model(model, QuantizationConfig.for_int8(export_mod.representative_data(images, locations)))
     check_location_float(content)

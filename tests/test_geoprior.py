@@ -1,12 +1,13 @@
-"""trainer.geoprior: presence-only geo models from observations alone, and where they plug in."""
+"""trainer.training.geoprior: presence-only geo models from observations alone, and where they plug in."""
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from trainer import geoprior, models  # noqa: E402
-from trainer.config import OptimizerConfig, TrainConfig  # noqa: E402
+from trainer.model import networks  # noqa: E402
+from trainer.training import geoprior  # noqa: E402
+from trainer.training.config import OptimizerConfig, TrainConfig  # noqa: E402
 
 CENTRES = {"alpha": (45.0, 10.0), "beta": (-30.0, 140.0)}  # two disjoint ranges, ~15,000 km apart
 
@@ -58,7 +59,7 @@ def test_background_points_are_uniform_on_the_sphere():
 
 
 def test_unknown_location_gives_zero_logits():
-    model = models.build_geo_model(3, "fourier", "residual")
+    model = networks.build_geo_model(3, "fourier", "residual")
     _randomize(model)
     out = model({"image": np.zeros((2, 1, 1, 3), np.uint8), "location": np.array([[np.nan, np.nan], [10.0, 20.0]], np.float32)})
     assert np.all(out["logits"].numpy()[0] == 0.0) and np.any(out["logits"].numpy()[1] != 0.0)
@@ -71,17 +72,17 @@ def _randomize(model, seed=0):
             layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights()])
 
 
-@pytest.mark.parametrize("geo_net", models.GEO_NETS)
+@pytest.mark.parametrize("geo_net", networks.GEO_NETS)
 def test_post_processing_head_starts_from_a_geo_model(geo_net):
-    geo = models.build_geo_model(4, "fourier", geo_net)
+    geo = networks.build_geo_model(4, "fourier", geo_net)
     _randomize(geo)
-    head = models.build_geo_head(4, "fourier", geo_net=geo_net)
-    models.init_geo_from(head, geo)
+    head = networks.build_geo_head(4, "fourier", geo_net=geo_net)
+    networks.init_geo_from(head, geo)
     locs = np.array([[10.0, 20.0], [-40.0, 170.0], [np.nan, np.nan]], np.float32)
     out = head({"vision_logits": np.zeros((3, 4), np.float32), "location": locs})
     np.testing.assert_allclose(out["geo_logits"].numpy(), geoprior.predict_logits(geo, locs), atol=1e-6)
     with pytest.raises(ValueError, match="another encoding, geo net or label count"):
-        models.init_geo_from(models.build_geo_head(4, "sincos", geo_net=geo_net), geo)
+        networks.init_geo_from(networks.build_geo_head(4, "sincos", geo_net=geo_net), geo)
 
 
 def test_reads_npz_csv_and_names_bad_files(tmp_path):

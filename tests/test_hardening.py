@@ -392,7 +392,7 @@ def test_big_endian_arrays_are_accepted():
 @pytest.fixture(scope="module")
 def tf_decode():
     pytest.importorskip("tensorflow")
-    from trainer.pipeline import decode_image, resize_image
+    from trainer.data.pipeline import decode_image, resize_image
     return decode_image, resize_image
 
 
@@ -420,8 +420,8 @@ def test_large_jpeg_is_drafted_identically_on_both_sides(tf_decode, tmp_path):
         np.testing.assert_array_equal(ours, decode_image(data, size).numpy())
         np.testing.assert_array_equal(prepare_image(data, size)[0], resize_image(decode_image(data, size), size).numpy())
     # The trainer's eval pipeline does the same from files.
-    from trainer.data import GeoDataset
-    from trainer.pipeline import make_dataset
+    from trainer.data.pipeline import make_dataset
+    from trainer.data.readers import GeoDataset
     path = tmp_path / "photo.jpg"
     path.write_bytes(data)
     ds = GeoDataset(paths=np.array([str(path)]), labels=np.zeros(1, np.int32), lat=np.array([np.nan]),

@@ -1,7 +1,7 @@
 """The on-disk cache behind every model-over-a-dataset pass (evaluation probabilities, frozen logits)."""
 import numpy as np
 
-from trainer.inference import cached_arrays
+from trainer.evaluation.inference import cached_arrays
 
 
 def test_cached_arrays_compute_once_then_load(tmp_path):

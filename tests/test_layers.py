@@ -1,4 +1,4 @@
-"""trainer.layers: parity with the numpy encodings, validation in-graph, modulation maths, get_config."""
+"""trainer.model.layers: parity with the numpy encodings, validation in-graph, modulation maths, get_config."""
 import numpy as np
 import pytest
 
@@ -6,8 +6,8 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from mobile_sdk.encoding import FOURIER_SCALES, ENCODINGS, encode_locations, encoded_dim  # noqa: E402
-from trainer.layers import (VARIANTS, FeatureModulation, GateByKnown, KnownFlag,  # noqa: E402
-                            LocationDropout, LocationEncoder, PixelScaling)
+from trainer.model.layers import (VARIANTS, FeatureModulation, GateByKnown, KnownFlag,  # noqa: E402
+                                  LocationDropout, LocationEncoder, PixelScaling)
 
 
 def _random_locations(n, seed=0):

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from trainer import metrics
+from trainer.evaluation import metrics
 
 
 SCORES = np.array(

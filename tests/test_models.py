@@ -1,12 +1,12 @@
-"""trainer.models: interfaces, the unknown-location paths, where feature modulation goes, save/load."""
+"""trainer.model.networks: interfaces, the unknown-location paths, where feature modulation goes, save/load."""
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 
 from harness import IMAGE_MODEL_KINDS  # noqa: E402
-from trainer import models  # noqa: E402
-from trainer.layers import VARIANTS, FeatureModulation  # noqa: E402
+from trainer.model import networks  # noqa: E402
+from trainer.model.layers import VARIANTS, FeatureModulation  # noqa: E402
 
 SIZE, CLASSES = 32, 4
 
@@ -14,7 +14,7 @@ SIZE, CLASSES = 32, 4
 @pytest.fixture(scope="module")
 def image_model():
     keras.utils.set_random_seed(0)
-    return models.build_image_model(CLASSES, image_size=SIZE, alpha=0.35)
+    return networks.build_image_model(CLASSES, image_size=SIZE, alpha=0.35)
 
 
 def _batch(n=3, known=True, seed=0):
@@ -43,9 +43,9 @@ def test_image_model_interface(image_model):
 
 
 def test_postprocess_unknown_location_equals_image_only_exactly(image_model):
-    head = models.build_geo_head(CLASSES)
+    head = networks.build_geo_head(CLASSES)
     _randomize([layer for layer in head.layers if layer.weights], seed=1)  # a "trained" geo net
-    model = models.build_postprocess_model(image_model, head)
+    model = networks.build_postprocess_model(image_model, head)
     assert set(model.output) == {"probabilities", "logits", "vision_logits", "geo_logits"}
     unknown, known = _batch(known=False), _batch(known=True)
     out = model(unknown)
@@ -62,8 +62,8 @@ def test_postprocess_unknown_location_equals_image_only_exactly(image_model):
 
 def test_featuremod_adds_beta_of_the_block_shape_only_to_chosen_blocks(image_model):
     chosen = ("block_3_depthwise_relu", "block_13_depthwise_relu")
-    model = models.build_featuremod_model(image_model, modulated_layers=chosen)
-    mods = models.modulation_layers(model)
+    model = networks.build_featuremod_model(image_model, modulated_layers=chosen)
+    mods = networks.modulation_layers(model)
     assert sorted(mods) == sorted(chosen)
     backbone = image_model.get_layer("backbone")
     _randomize([d for m in mods.values() for d in (m.beta,)] + [model.get_layer(f"fm_fc{i}") for i in (1, 2)])
@@ -86,8 +86,8 @@ def test_featuremod_adds_beta_of_the_block_shape_only_to_chosen_blocks(image_mod
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_featuremod_variants_start_from_image_model_and_ignore_unknown(image_model, variant):
-    model = models.build_featuremod_model(image_model, variant=variant)
-    assert sorted(models.modulation_layers(model)) == sorted(models.default_modulated_layers("mobilenet_v2"))
+    model = networks.build_featuremod_model(image_model, variant=variant)
+    assert sorted(networks.modulation_layers(model)) == sorted(networks.default_modulated_layers("mobilenet_v2"))
     unknown = _batch(known=False)
     np.testing.assert_array_equal(model(unknown)["logits"].numpy(), image_model(unknown)["logits"].numpy())
     if variant in ("add", "relu_add", "relu_scale_relu_add", "film"):  # exact identity at initialisation
@@ -96,7 +96,7 @@ def test_featuremod_variants_start_from_image_model_and_ignore_unknown(image_mod
 
 
 def test_featuremod_shares_image_weights(image_model):
-    model = models.build_featuremod_model(image_model)
+    model = networks.build_featuremod_model(image_model)
     image_ids = {id(w) for w in image_model.weights}
     assert image_ids <= {id(w) for w in model.weights}
 
@@ -106,12 +106,12 @@ def test_save_load_round_trip(tmp_path, image_model, kind):
     if kind == "image":
         model = image_model
     elif kind == "postprocess":
-        model = models.build_postprocess_model(image_model, models.build_geo_head(CLASSES, encoding="paper"))
+        model = networks.build_postprocess_model(image_model, networks.build_geo_head(CLASSES, encoding="paper"))
     else:
-        model = models.build_featuremod_model(image_model, variant="film")
+        model = networks.build_featuremod_model(image_model, variant="film")
     model.save(tmp_path / "m.keras")
-    import trainer.layers  # noqa: F401  (what load_run relies on)
-    loaded = keras.models.load_model(tmp_path / "m.keras")
+    import trainer.model.layers  # noqa: F401  (what load_run relies on)
+    loaded = keras.networks.load_model(tmp_path / "m.keras")
     batch = _batch()
     for key, value in model(batch).items():
         np.testing.assert_allclose(loaded(batch)[key].numpy(), value.numpy(), atol=1e-6)
@@ -119,21 +119,21 @@ def test_save_load_round_trip(tmp_path, image_model, kind):
 
 def test_bad_arguments_raise_clear_errors(image_model, tmp_path):
     with pytest.raises(ValueError, match="backbone"):
-        models.build_image_model(3, backbone="resnet", image_size=SIZE)
+        networks.build_image_model(3, backbone="resnet", image_size=SIZE)
     with pytest.raises(ValueError, match="minimum"):
-        models.build_image_model(3, image_size=16, alpha=0.35)
+        networks.build_image_model(3, image_size=16, alpha=0.35)
     with pytest.raises(ValueError, match="weights"):
-        models.build_image_model(3, image_size=SIZE, alpha=0.35, weights=str(tmp_path / "missing.h5"))
+        networks.build_image_model(3, image_size=SIZE, alpha=0.35, weights=str(tmp_path / "missing.h5"))
     with pytest.raises(ValueError, match="not in the backbone"):
-        models.build_featuremod_model(image_model, modulated_layers=("block_99_depthwise_relu",))
+        networks.build_featuremod_model(image_model, modulated_layers=("block_99_depthwise_relu",))
     with pytest.raises(ValueError, match="num_classes"):
-        models.build_image_model(1, image_size=SIZE, alpha=0.35)
+        networks.build_image_model(1, image_size=SIZE, alpha=0.35)
 
 
 def test_inception_v3_modulates_every_inception_module():
-    image = models.build_image_model(3, backbone="inception_v3", image_size=75)
-    model = models.build_featuremod_model(image)
-    mods = models.modulation_layers(model)
+    image = networks.build_image_model(3, backbone="inception_v3", image_size=75)
+    model = networks.build_featuremod_model(image)
+    mods = networks.modulation_layers(model)
     assert sorted(mods) == sorted(f"mixed{i}" for i in range(11))
     backbone = image.get_layer("backbone")
     for name, mod in mods.items():
@@ -152,8 +152,8 @@ def test_imagenet_weights_offline_is_one_clear_error(monkeypatch, capsys, tmp_pa
         raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] "
                         "Temporary failure in name resolution")
     monkeypatch.setattr(file_utils, "get_file", offline)
-    with pytest.raises(models.WeightsUnavailableError, match="--weights PATH"):
-        models.build_backbone(image_size=32, alpha=0.35, weights="imagenet")
+    with pytest.raises(networks.WeightsUnavailableError, match="--weights PATH"):
+        networks.build_backbone(image_size=32, alpha=0.35, weights="imagenet")
     capsys.readouterr()
     code = train.main(["--data", tiny_world, "--model", "image", "--out", str(tmp_path / "run"),
                        "--image-size", "32", "--alpha", "0.35", "--weights", "imagenet"])

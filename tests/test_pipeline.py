@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from trainer.data import GeoDataset
-from trainer.pipeline import augment_image, decode_image, make_dataset, resize_image
+from trainer.data.pipeline import augment_image, decode_image, make_dataset, resize_image
+from trainer.data.readers import GeoDataset
 
 
 def encode(pixels, fmt, mode=None):
@@ -184,7 +184,7 @@ def test_empty_dataset_is_rejected(small_dataset):
 def test_unreadable_images_are_skipped_counted_and_named(small_dataset, training, caplog):
     """One corrupt file must not end a training run: it is skipped, counted and named in the log;
     the other rows come through unchanged and in order."""
-    from trainer.pipeline import skipped_images
+    from trainer.data.pipeline import skipped_images
 
     paths = small_dataset.paths
     good_jpeg = open(paths[0], "rb").read()
@@ -195,7 +195,7 @@ def test_unreadable_images_are_skipped_counted_and_named(small_dataset, training
     os.unlink(paths[7])  # vanished since the dataset was listed
     broken = {paths[2], paths[3], paths[5], paths[7]}
     before = len(skipped_images())
-    with caplog.at_level("WARNING", logger="trainer.pipeline"):
+    with caplog.at_level("WARNING", logger="trainer.data.pipeline"):
         _, _, labels = _collect(make_dataset(small_dataset, (8, 8), 4, training=training, shuffle_seed=3))
     assert len(labels) == 6
     if not training:
@@ -206,7 +206,7 @@ def test_unreadable_images_are_skipped_counted_and_named(small_dataset, training
 
 
 def test_unreadable_images_in_tfrecords_are_skipped_and_name_their_shard(small_dataset, tmp_path):
-    from trainer.pipeline import make_dataset_from_tfrecords, skipped_images
+    from trainer.data.pipeline import make_dataset_from_tfrecords, skipped_images
     from trainer.prepare import write_tfrecords
 
     open(small_dataset.paths[2], "wb").write(b"plain text")
@@ -219,7 +219,7 @@ def test_unreadable_images_in_tfrecords_are_skipped_and_name_their_shard(small_d
 
 
 def test_prepare_with_resizing_skips_and_lists_unreadable_images(small_dataset, tmp_path):
-    from trainer.pipeline import read_tfrecord_index
+    from trainer.data.pipeline import read_tfrecord_index
     from trainer.prepare import write_tfrecords
 
     open(small_dataset.paths[1], "wb").write(b"plain text")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trainer.data.pipeline import make_dataset, make_dataset_from_tfrecords, read_tfrecord_index
+from trainer.data.readers import load_split
+from trainer.data.splits import tuning_split
 import trainer.prepare as prepare
-from trainer.data import load_split
-from trainer.pipeline import make_dataset, make_dataset_from_tfrecords, read_tfrecord_index
-from trainer.splits import tuning_split
 
 
 @pytest.fixture

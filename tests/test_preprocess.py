@@ -1,4 +1,4 @@
-"""mobile_sdk.preprocess: accepted inputs, typed errors, and EQUAL tensors with trainer.pipeline."""
+"""mobile_sdk.preprocess: accepted inputs, typed errors, and EQUAL tensors with trainer.data.pipeline."""
 import io
 
 import numpy as np
@@ -109,9 +109,9 @@ def test_resize_same_size_is_identity_and_bad_size_rejected():
 def tf_pipeline():
     tf = pytest.importorskip("tensorflow")
     try:
-        from trainer.pipeline import decode_image, resize_image as tf_resize_image
+        from trainer.data.pipeline import decode_image, resize_image as tf_resize_image
     except ImportError as exc:
-        pytest.skip(f"trainer.pipeline.decode_image/resize_image not available yet: {exc}")
+        pytest.skip(f"trainer.data.pipeline.decode_image/resize_image not available yet: {exc}")
     return tf, decode_image, tf_resize_image
 
 
@@ -180,11 +180,11 @@ def test_jpeg_decode_equals_trainer(tf_pipeline, quality, subsampling, mode):
 
 
 def test_trainer_eval_pipeline_equals_sdk_on_files(tf_pipeline, tmp_path):
-    """The whole path: files -> trainer.pipeline.make_dataset (eval) vs mobile_sdk prepare_image,
+    """The whole path: files -> trainer.data.pipeline.make_dataset (eval) vs mobile_sdk prepare_image,
     and the location the model gets: NaN for unknown in both."""
     try:
-        from trainer.data import GeoDataset
-        from trainer.pipeline import make_dataset
+        from trainer.data.pipeline import make_dataset
+        from trainer.data.readers import GeoDataset
     except ImportError as exc:
         pytest.skip(f"trainer.data/pipeline not available: {exc}")
     paths = []

@@ -3,8 +3,8 @@ import pytest
 
 from mobile_sdk.errors import InvalidLocationError
 from mobile_sdk.geo import great_circle_km, miles_to_km
-from trainer import priors
-from trainer.priors import LabelHistogram, bayesian_prior_scores, sweep_prior, whitelist_scores
+from trainer.evaluation import priors
+from trainer.evaluation.priors import LabelHistogram, bayesian_prior_scores, sweep_prior, whitelist_scores
 
 
 

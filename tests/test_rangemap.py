@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer import rangemap
+from trainer.figures import rangemap
 
 
 def contract_model(num_labels=3, postprocess=True):
@@ -91,10 +91,10 @@ def test_cli_without_sources_is_an_error(tmp_path, capsys):
     assert "nothing to draw" in capsys.readouterr().err
 
 
-# ---- the examples sheet (trainer.examples draws with rangemap's panels) -----------------------
+# ---- the examples sheet (trainer.figures.examples draws with rangemap's panels) -----------------------
 
 def test_find_corrections_picks_fixed_located_rows_once_per_label():
-    from trainer.examples import find_corrections
+    from trainer.figures.examples import find_corrections
 
     labels = np.array([0, 0, 1, 1, 2])
     located = np.array([True, True, True, False, True])
@@ -108,7 +108,7 @@ def test_find_corrections_picks_fixed_located_rows_once_per_label():
 
 
 def test_examples_sheet_png(tmp_path):
-    from trainer.examples import Correction, draw_sheet
+    from trainer.figures.examples import Correction, draw_sheet
 
     class Val:
         paths = []
@@ -131,9 +131,9 @@ def test_examples_sheet_png(tmp_path):
 
 def test_geoprior_run_beside_observations_at_the_scale_of_the_range(tmp_path):
     """A presence-only run's σ(f) panel next to the label's observations, zoomed to their box."""
-    from trainer.models import build_geo_model
-    from trainer.checkpoint import atomic_save_model, write_labels
-    from trainer.config import TrainConfig
+    from trainer.model.networks import build_geo_model
+    from trainer.training.config import TrainConfig
+    from trainer.training.runs import atomic_save_model, write_labels
 
     rng = np.random.default_rng(0)
     obs = tmp_path / "obs.csv"

@@ -641,7 +641,7 @@ def test_the_bundle_temperature_divides_the_logits(geo_bundle, tmp_path):
 def test_sdk_classifies_through_a_real_export(tiny_bundle, tiny_world):
     """The shared int8 bundle of a MobileNet V2 post-processing run (tests/conftest.py), through
     the SDK with a validation image of the world it came from."""
-    from trainer.data import load_split
+    from trainer.data.readers import load_split
 
     val = load_split(tiny_world, "val")
     row = int(np.flatnonzero(val.has_location)[0])

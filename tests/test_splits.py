@@ -1,8 +1,8 @@
-"""trainer.splits: the one tuning split used by training, prepare and evaluation."""
+"""trainer.data.splits: the one tuning split used by training, prepare and evaluation."""
 import numpy as np
 import pytest
 
-from trainer.splits import SplitError, tuning_split
+from trainer.data.splits import SplitError, tuning_split
 
 
 def test_tuning_split_is_disjoint_stratified_and_seeded():

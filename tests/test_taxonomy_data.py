@@ -6,7 +6,7 @@ import json
 import pytest
 
 from mobile_sdk.taxonomy import Taxonomy
-from trainer.data import DatasetError, load_split, read_inat2021
+from trainer.data.readers import DatasetError, load_split, read_inat2021
 from trainer.world.build import write_world
 
 from test_data import write_image
@@ -57,7 +57,7 @@ def test_csv_manifest_takes_a_taxonomy_file(tmp_path):
 
 
 def test_rollup_threshold_is_the_lowest_reaching_the_target_on_tuning_rows():
-    from trainer.rollup import choose_threshold, rollup_report
+    from trainer.evaluation.rollup import choose_threshold, rollup_report
     tax = Taxonomy({"format": 1, "ranks": ["genus"], "labels": {"a1": {"genus": "A"}, "a2": {"genus": "A"},
                                                                  "b1": {"genus": "B"}}}, ["a1", "a2", "b1"])
     import numpy as np

@@ -1,4 +1,4 @@
-"""trainer.config, trainer.train, trainer.checkpoint, trainer.strategy: tiny runs on synthetic data
+"""trainer.training.config, trainer.train, trainer.training.runs, trainer.training.strategy: tiny runs on synthetic data
 (32 px, alpha 0.35, 3 classes, 2 steps an epoch), plus slow end-to-end runs in subprocesses."""
 import json
 import os
@@ -17,10 +17,12 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from harness import IMAGE_MODEL_KINDS  # noqa: E402
-from trainer import models, train as train_mod  # noqa: E402
-from trainer.checkpoint import RunError, load_run  # noqa: E402
-from trainer.config import OptimizerConfig, TrainConfig  # noqa: E402
-from trainer.strategy import StrategyError, make_strategy  # noqa: E402
+from trainer import train as train_mod  # noqa: E402
+from trainer.model import networks  # noqa: E402
+from trainer.training import loop  # noqa: E402
+from trainer.training.config import OptimizerConfig, TrainConfig  # noqa: E402
+from trainer.training.runs import RunError, load_run  # noqa: E402
+from trainer.training.strategy import StrategyError, make_strategy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE, CLASSES, BATCH = 32, 3, 8
@@ -37,7 +39,7 @@ def _arrays(n, seed):
     return {"image": images.astype(np.uint8), "location": loc.astype(np.float32)}, labels.astype(np.int32)
 
 
-def synthetic_splits(n=24, seed=0) -> train_mod.Splits:
+def synthetic_splits(n=24, seed=0) -> loop.Splits:
     """In-memory train and tuning rows; an input shard is every count-th row, like geo_splits."""
     parts = {"train": _arrays(n, seed), "tune": _arrays(12, seed + 1)}
 
@@ -47,7 +49,7 @@ def synthetic_splits(n=24, seed=0) -> train_mod.Splits:
             ds = ds.shuffle(n, seed=seed).repeat()
         return ds.batch(batch_size)
 
-    return train_mod.Splits(dataset, labels=LABELS, train_size=n, tune_size=12)
+    return loop.Splits(dataset, labels=LABELS, train_size=n, tune_size=12)
 
 
 def tiny_config(model="image", **changes) -> TrainConfig:
@@ -67,8 +69,8 @@ def image_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "image"
     config = tiny_config(epochs=2)
     keras.utils.set_random_seed(config.seed)  # what train() does before building: the same initial model
-    initial = models.build_image_model(CLASSES, image_size=SIZE, alpha=0.35)
-    metrics = train_mod.train(config, run_dir, synthetic_splits())
+    initial = networks.build_image_model(CLASSES, image_size=SIZE, alpha=0.35)
+    metrics = loop.train(config, run_dir, synthetic_splits())
     return run_dir, initial, metrics
 
 
@@ -90,7 +92,7 @@ def test_config_defaults_follow_the_paper():
     assert (fm.optimizer.name, fm.optimizer.learning_rate, fm.optimizer.decay_rate, fm.optimizer.decay_epochs) == (
         "rmsprop", 0.00225, 0.94, 4.0)  # the paper's 0.0045 halved for the backbone (docs/training.md)
     assert fm.optimizer.geo_lr_multiplier == 20.0 and pp.optimizer.geo_lr_multiplier == 1.0
-    assert fm.location_dropout > 0 and fm.modulated_layers == models.default_modulated_layers("mobilenet_v2")
+    assert fm.location_dropout > 0 and fm.modulated_layers == networks.default_modulated_layers("mobilenet_v2")
     schedule = fm.optimizer.schedule(steps_per_epoch=10)
     assert isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
     for step, expected in [(0, 0.00225), (39, 0.00225), (40, 0.00225 * 0.94), (85, 0.00225 * 0.94 ** 2)]:
@@ -145,7 +147,7 @@ def test_image_run_trains_and_writes_the_run_folder(image_run):
 def test_postprocess_trains_geo_net_only_and_keeps_image_weights_bit_identical(image_run, tmp_path):
     image_dir, _, _ = image_run
     config = tiny_config("postprocess", init=str(image_dir), epochs=2)
-    train_mod.train(config, tmp_path, synthetic_splits())
+    loop.train(config, tmp_path, synthetic_splits())
     image = load_run(image_dir).model
     run = load_run(tmp_path)
     nested = run.model.get_layer("image_only")
@@ -166,14 +168,14 @@ def test_postprocess_trains_geo_net_only_and_keeps_image_weights_bit_identical(i
 def test_postprocess_never_reruns_the_cnn_during_training(image_run, tmp_path, monkeypatch):
     image_dir, _, _ = image_run
     calls = []
-    original = train_mod.cached_logits
+    original = loop.cached_logits
 
     def counting(image_model, dataset, cache_path, desc):
         calls.append(desc)
         return original(image_model, dataset, cache_path, desc)
 
-    monkeypatch.setattr(train_mod, "cached_logits", counting)
-    trained, saved, data = train_mod.build_models(
+    monkeypatch.setattr(loop, "cached_logits", counting)
+    trained, saved, data = loop.build_models(
         tiny_config("postprocess", init=str(image_dir)), synthetic_splits(), tmp_path)
     assert len(calls) == 2  # train and tune, once each
     assert set(data.dataset("train", 4, True).element_spec[0]) == {"vision_logits", "location"}  # no images
@@ -184,13 +186,13 @@ def test_featuremod_starts_from_image_run_and_trains(image_run, tmp_path):
     image_dir, _, _ = image_run
     config = tiny_config("featuremod", init=str(image_dir), modulated_layers=(
         "block_6_depthwise_relu", "block_12_depthwise_relu"))
-    train_mod.train(config, tmp_path, synthetic_splits())
+    loop.train(config, tmp_path, synthetic_splits())
     run = load_run(tmp_path)
-    assert sorted(models.modulation_layers(run.model)) == ["block_12_depthwise_relu", "block_6_depthwise_relu"]
+    assert sorted(networks.modulation_layers(run.model)) == ["block_12_depthwise_relu", "block_6_depthwise_relu"]
     image = load_run(image_dir).model
     x, y = _arrays(16, seed=7)
     assert _loss(run.model, x, y) != pytest.approx(_loss(image, x, y), abs=1e-6)
-    beta = models.modulation_layers(run.model)["block_6_depthwise_relu"].beta
+    beta = networks.modulation_layers(run.model)["block_6_depthwise_relu"].beta
     assert np.abs(beta.kernel.numpy()).max() > 0  # the zero-initialised β map received gradients
 
 
@@ -202,20 +204,20 @@ def test_resume_after_a_crash_mid_epoch(image_run, tmp_path, monkeypatch, capsys
     class Crash(Exception):
         pass
 
-    real_epoch = train_mod._train_epoch
+    real_epoch = loop._train_epoch
 
     def crash_in_second_epoch(step, iterator, steps, epoch, config):
         if epoch == 2:
             real_epoch(step, iterator, 1, epoch, config)  # one step of epoch 2, then the process dies
             raise Crash
         return real_epoch(step, iterator, steps, epoch, config)
-    monkeypatch.setattr(train_mod, "_train_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(loop, "_train_epoch", crash_in_second_epoch)
     with pytest.raises(Crash):
-        train_mod.train(config, tmp_path, splits)
+        loop.train(config, tmp_path, splits)
     assert json.loads((tmp_path / "metrics.json").read_text())["epoch"] == 1
     monkeypatch.undo()
 
-    train_mod.train(config, tmp_path, synthetic_splits())
+    loop.train(config, tmp_path, synthetic_splits())
     assert "resuming after epoch 1 of 2" in capsys.readouterr().out
     state = tf.train.latest_checkpoint(tmp_path / "state")
     assert state.endswith("ckpt-2")
@@ -223,27 +225,27 @@ def test_resume_after_a_crash_mid_epoch(image_run, tmp_path, monkeypatch, capsys
     iterations = [name for name in saved if "optimizer" in name and "iteration" in name]
     assert iterations and int(tf.train.load_variable(state, iterations[0])) == 2 * 3  # no step counted twice
     # The same command once more has nothing left to do; another config is refused.
-    train_mod.train(config, tmp_path, synthetic_splits())
+    loop.train(config, tmp_path, synthetic_splits())
     assert "all 2 epochs are done" in capsys.readouterr().out
-    train_mod.train(config.replace(epochs=1), tmp_path, synthetic_splits())  # asks for less than was done
+    loop.train(config.replace(epochs=1), tmp_path, synthetic_splits())  # asks for less than was done
     assert "all 1 epochs are done" in capsys.readouterr().out
     assert load_run(tmp_path).config.epochs == 2  # config.json still says what the run did
     with pytest.raises(RunError, match="another config"):
-        train_mod.train(config.replace(seed=1), tmp_path, synthetic_splits())
+        loop.train(config.replace(seed=1), tmp_path, synthetic_splits())
 
 
 def test_early_stopping_on_a_plateau_of_the_tuning_metric_and_its_resume(image_run, tmp_path, capsys):
     # A learning rate of ~0: the tuning top-1 never improves after epoch 1, a plateau by construction.
     config = tiny_config("postprocess", init=str(image_run[0]), epochs=10, patience=2,
                          optimizer=OptimizerConfig(name="sgd", learning_rate=1e-30))
-    metrics = train_mod.train(config, tmp_path, synthetic_splits())
+    metrics = loop.train(config, tmp_path, synthetic_splits())
     assert (metrics["epoch"], metrics["epochs_done"]) == (1, 3)
     assert metrics["stop_reason"].startswith("plateau") and "stopped after epoch 3: plateau" in capsys.readouterr().out
     # The stop is part of the resume state: the same command has nothing to do ...
-    train_mod.train(config, tmp_path, synthetic_splits())
+    loop.train(config, tmp_path, synthetic_splits())
     assert "nothing to do after epoch 3" in capsys.readouterr().out
     # ... and more patience continues from epoch 3 with the restored best epoch.
-    metrics = train_mod.train(config.replace(patience=3), tmp_path, synthetic_splits())
+    metrics = loop.train(config.replace(patience=3), tmp_path, synthetic_splits())
     assert "resuming after epoch 3 of 10" in capsys.readouterr().out
     assert (metrics["epoch"], metrics["epochs_done"]) == (1, 4)
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
@@ -276,14 +278,14 @@ def _untimed(metrics: dict) -> dict:
 
 def test_shuffling_the_reported_labels_changes_no_choice(tmp_path):
     """Selection reads only the tuning rows (held out of train): val, the reported split, is never read."""
-    from trainer.data import load_split
-    from trainer.splits import tuning_split
+    from trainer.data.readers import load_split
+    from trainer.data.splits import tuning_split
 
     results = []
     for shuffled in (False, True):
         spec = _write_csv_world(tmp_path / f"world-{shuffled}", shuffled)
         config = tiny_config(data=spec, epochs=3, patience=1, steps_per_epoch=2)
-        metrics = train_mod.train(config, tmp_path / f"run-{shuffled}")
+        metrics = loop.train(config, tmp_path / f"run-{shuffled}")
         weights = [w.numpy() for w in load_run(tmp_path / f"run-{shuffled}").model.weights]
         results.append((metrics, weights))
     (plain, plain_weights), (shuffled, shuffled_weights) = results
@@ -357,7 +359,7 @@ def test_replica_local_statistics_are_averaged_and_the_chief_state_broadcast():
         import tensorflow as tf, keras
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from trainer.strategy import replica_averager, sync_from_chief
+        from trainer.training.strategy import replica_averager, sync_from_chief
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
             layer = keras.layers.BatchNormalization()
@@ -388,10 +390,10 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         sys.path.insert(0, {str(REPO / 'tests')!r})
         from test_train import synthetic_splits, tiny_config
-        from trainer import train
-        from trainer.strategy import make_strategy
+        from trainer.training import loop
+        from trainer.training.strategy import make_strategy
         print("replicas", make_strategy("mirrored").num_replicas_in_sync)
-        metrics = train.train(tiny_config(strategy="mirrored"), {str(tmp_path)!r}, synthetic_splits())
+        metrics = loop.train(tiny_config(strategy="mirrored"), {str(tmp_path)!r}, synthetic_splits())
         print("done epoch", metrics["epoch"])
     """)
     proc = _python(["-c", code])
@@ -448,11 +450,11 @@ def test_geo_lr_multiplier_scales_only_the_geo_updates(name):
     steps = {}
     for multiplier in (1.0, 10.0):
         keras.utils.set_random_seed(0)
-        model = models.build_featuremod_model(models.build_image_model(CLASSES, image_size=SIZE, alpha=0.35),
+        model = networks.build_featuremod_model(networks.build_image_model(CLASSES, image_size=SIZE, alpha=0.35),
                                               location_dropout=0.0, seed=0)
-        geo = models.geo_variables(model)
+        geo = networks.geo_variables(model)
         assert geo_net_paths <= {v.path for v in geo}
-        assert len(geo) == 4 + 2 * len(models.modulation_layers(model))  # fc1, fc2; β kernel + bias each
+        assert len(geo) == 4 + 2 * len(networks.modulation_layers(model))  # fc1, fc2; β kernel + bias each
         config = OptimizerConfig(name=name, learning_rate=1e-3, geo_lr_multiplier=multiplier)
         optimizer = config.build(1, geo)
         before = [v.numpy().copy() for v in model.trainable_variables]
@@ -471,11 +473,11 @@ def test_geo_lr_multiplier_scales_only_the_geo_updates(name):
 
 
 def _geoprior_run(run_dir, encoding="sincos", geo_net="residual"):
-    """A geoprior run folder as trainer.geoprior writes it, with random geo weights."""
-    from trainer.checkpoint import atomic_save_model, write_labels
+    """A geoprior run folder as trainer.training.geoprior writes it, with random geo weights."""
+    from trainer.training.runs import atomic_save_model, write_labels
 
     run_dir.mkdir(parents=True)
-    geo = models.build_geo_model(CLASSES, encoding, geo_net)
+    geo = networks.build_geo_model(CLASSES, encoding, geo_net)
     rng = np.random.default_rng(0)
     for layer in geo.layers:
         if layer.weights:
@@ -488,18 +490,18 @@ def _geoprior_run(run_dir, encoding="sincos", geo_net="residual"):
 
 
 def test_postprocess_geo_net_starts_from_a_geoprior_run(image_run, tmp_path):
-    from trainer.geoprior import predict_logits
+    from trainer.training.geoprior import predict_logits
 
     image_dir, _, _ = image_run
     geo = _geoprior_run(tmp_path / "geoprior")
     config = tiny_config("postprocess", init=str(image_dir), geo_init=str(tmp_path / "geoprior"), geo_net="residual",
                          optimizer=OptimizerConfig(name="sgd", learning_rate=1e-9))  # ~no update: see the start
-    train_mod.train(config, tmp_path / "post", synthetic_splits())
+    loop.train(config, tmp_path / "post", synthetic_splits())
     x, _ = _arrays(8, seed=7)
     np.testing.assert_allclose(load_run(tmp_path / "post").model(x)["geo_logits"].numpy(),
                                predict_logits(geo, x["location"]), atol=1e-3, rtol=1e-3)
     with pytest.raises(RunError, match="--encoding sincos --geo-net residual"):
-        train_mod.train(config.replace(encoding="fourier"), tmp_path / "other", synthetic_splits())
+        loop.train(config.replace(encoding="fourier"), tmp_path / "other", synthetic_splits())
 
 
 @pytest.mark.slow
@@ -507,7 +509,7 @@ def test_a_reachable_address_that_is_no_tpu_fails_within_bounded_time(tmp_path):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)  # accepts TCP connections but speaks no gRPC
-    code = ("import sys, trainer.strategy as s; s.TPU_CONNECT_TIMEOUT_S = 5; from trainer import train; "
+    code = ("import sys, trainer.training.strategy as s; s.TPU_CONNECT_TIMEOUT_S = 5; from trainer import train; "
             f"sys.exit(train.main(['--data', 'nowhere', '--model', 'image', '--out', {str(tmp_path / 'r')!r}, "
             f"'--strategy', 'tpu', '--tpu', 'grpc://127.0.0.1:{server.getsockname()[1]}']))")
     proc = _python(["-c", code])
@@ -525,12 +527,13 @@ WORKER = textwrap.dedent("""
     import hashlib, sys
     import numpy as np
     from trainer import train
+    from trainer.training import loop
     trained = []
-    class Recording(train.DistributedSteps):
+    class Recording(loop.DistributedSteps):
         def __init__(self, strategy, model, *args):
             super().__init__(strategy, model, *args)
             trained.append(model)
-    train.DistributedSteps = Recording
+    loop.DistributedSteps = Recording
     code = train.main(sys.argv[1:])
     if trained:
         weights = b"".join(np.asarray(w).tobytes() for w in trained[-1].get_weights())

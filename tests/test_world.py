@@ -8,8 +8,8 @@ import pytest
 
 from mobile_sdk.errors import InvalidLocationError
 from mobile_sdk.geo import EARTH_RADIUS_KM, to_unit_vectors
-from trainer.data import load_split
-from trainer.pipeline import make_dataset
+from trainer.data.pipeline import make_dataset
+from trainer.data.readers import load_split
 from trainer.world.__main__ import main
 from trainer.world.appearance import render
 from trainer.world.build import build_world, write_world

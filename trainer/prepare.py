@@ -4,7 +4,7 @@
                               [--label-names FILE] [--seed N] [--tune-fraction F] [--force]
 
 writes DIR/SPLIT/ atomically (a temp folder renamed into place); `--split train` writes DIR/train/
-and DIR/tune/, the held-out tuning rows of trainer.splits (`trainer.train --data tfrecords:DIR`):
+and DIR/tune/, the held-out tuning rows of trainer.data.splits (`trainer.train --data tfrecords:DIR`):
     shard-00000-of-0000N.tfrecord ...   tf.train.Example records: image (encoded bytes), label,
                                         lat, lon (NaN when unknown), has_location, supercategory
     index.json                          format, split, label and supercategory names, counts per
@@ -13,9 +13,9 @@ and DIR/tune/, the held-out tuning rows of trainer.splits (`trainer.train --data
 Rows are spread over the shards in a seeded random order, so every shard mixes all labels.
 Without --image-size the original JPEG/PNG bytes are stored untouched (the training pipeline skips
 and names any it cannot decode); with it, each image is decoded and resized by the spec in
-trainer.pipeline, then stored as PNG (lossless), and unreadable images are skipped, listed in
+trainer.data.pipeline, then stored as PNG (lossless), and unreadable images are skipped, listed in
 index.json and named on stderr.
-Read it back with `trainer.pipeline.make_dataset_from_tfrecords(DIR/SPLIT, ...)`.
+Read it back with `trainer.data.pipeline.make_dataset_from_tfrecords(DIR/SPLIT, ...)`.
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from mobile_sdk.fileio import staged_folder
 
-from .data import DatasetError, GeoDataset, load_split
-from .pipeline import TFRECORD_FORMAT, TFRECORD_INDEX, decode_image, resize_image
-from .splits import DEFAULT_TUNE_FRACTION, tuning_split
+from trainer.data.pipeline import TFRECORD_FORMAT, TFRECORD_INDEX, decode_image, resize_image
+from trainer.data.readers import DatasetError, GeoDataset, load_split
+from trainer.data.splits import DEFAULT_TUNE_FRACTION, tuning_split
 
 # Files per split: each worker of multi-worker training reads its own files, so this is the most
 # workers a prepared dataset serves (prepare with more --shards for more workers).

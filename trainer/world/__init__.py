@@ -2,7 +2,7 @@
 
     python -m trainer.world --out DIR [--preset tiny|demo|bench] [--seed N] [--observations FILE] [--force]
 
-writes, in the iNaturalist 2021 layout (so `trainer.data` reads it with no special case):
+writes, in the iNaturalist 2021 layout (so `trainer.data.readers` reads it with no special case):
     DIR/train.json, DIR/val.json    images[{id, file_name, latitude, longitude, date}],
                                     annotations[{image_id, category_id}], categories[{id, name, supercategory, genus}]
     DIR/train/LLLL/IIIIII.jpg ...   the images (JPEG)

@@ -16,6 +16,7 @@ import dataclasses
 
 import numpy as np
 
+from trainer.evaluation.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, product_scores
 from trainer.world.build import build_world
 from trainer.world.load import World
 from trainer.world.presets import PRESETS, get_preset
@@ -38,15 +39,13 @@ def ideal_image_probs(species, rows) -> np.ndarray:
 
 def measure(preset="demo", seed: int = 0) -> dict:
     """Top-1 (%) of the ideal image model, the oracle and both priors at each radius on `val`."""
-    from trainer.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, product_scores
-
     preset, species, ranges, grid, records = build_world(preset, seed)
     world = _InMemoryWorld(species, ranges, grid)
     val, train = records["val"], records["train"]
     labels = np.array([r["label"] for r in val])
     latlon = np.array([[r["latitude"], r["longitude"]] for r in val], dtype=np.float64)
     image = ideal_image_probs(species, val)
-    # argmax with ties against the prediction, as trainer.metrics counts them
+    # argmax with ties against the prediction, as trainer.evaluation.metrics counts them
     top1 = lambda s: 100.0 * float(np.mean([(row > row[y]).sum() == 0 and (row == row[y]).sum() == 1  # noqa: E731
                                             for row, y in zip(s, labels)]))
     out = {"image": top1(image), "oracle": top1(product_scores(image, world.density(latlon)))}

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.world.load import load_world
+
 logger = logging.getLogger(__name__)
 
 
@@ -17,8 +19,6 @@ def world_density(spec: str, labels: list[str]):
     holding every label, else None (no oracle row)."""
     if not Path(spec).is_dir():
         return None
-    from trainer.world.load import load_world
-
     try:
         world = load_world(spec)
     except (OSError, ValueError) as exc:  # the message already names the folder and what is wrong

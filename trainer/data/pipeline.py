@@ -35,8 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobile_sdk.preprocess import DRAFT_MARGIN
-
-from .data import GeoDataset
+from trainer.data.readers import GeoDataset
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +208,7 @@ def make_dataset(ds: GeoDataset, image_size, batch_size: int, training: bool, sh
     """GeoDataset -> tf.data yielding ({"image", "location"}, label) batches (module docstring).
 
     training=True shuffles (seeded, reshuffled every epoch) and augments; location dropout lives in
-    the geo models (trainer.layers.LocationDropout). training=False keeps the dataset's row order
+    the geo models (trainer.model.layers.LocationDropout). training=False keeps the dataset's row order
     and is deterministic. `image_size` is H or (H, W). `repeat=True` repeats forever."""
     _check_args(batch_size)
     if len(ds) == 0:

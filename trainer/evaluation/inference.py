@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from mobile_sdk.fileio import atomic_write_bytes, sha256_file
-from trainer.data import GeoDataset
+from trainer.data.readers import GeoDataset
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def predict(run, run_dir, ds: GeoDataset, *, batch_size: int = 64, cache_dir: Pa
     def compute():
         from tqdm import tqdm
 
-        from trainer.pipeline import make_dataset
+        from trainer.data.pipeline import make_dataset
 
         batches = make_dataset(ds, image_size, batch_size, training=False)
         chunks = [np.asarray(run.model(inputs, training=False)["probabilities"], dtype=np.float32)

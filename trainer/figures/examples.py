@@ -1,6 +1,6 @@
 """The examples sheet (the paper's Figure 5): validation images whose label geolocation corrected.
 
-    python -m trainer.examples --data SPEC --image IMAGE_RUN --geo GEO_RUN --out PNG [--max 6]
+    python -m trainer.figures.examples --data SPEC --image IMAGE_RUN --geo GEO_RUN --out PNG [--max 6]
 
 Each row: the photo (true label), the range of the image-only guess and the range of the
 geo-aware answer, both with the photo's location starred. Ranges are the world's true range
@@ -15,7 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import rangemap
+from trainer.data.readers import load_split
+from trainer.evaluation.inference import predict
+from trainer.evaluation.priors import LabelHistogram
+from trainer.figures import rangemap
+from trainer.world.oracle import world_density  # already in a run's label order
 
 SHEET_STEP_DEG = 2.0  # small panels: a coarse grid draws fast and looks the same
 
@@ -53,13 +57,9 @@ def find_corrections(labels, has_location, image_probs, geo_probs, limit: int) -
 def range_source(spec: str, train_ds, radius_miles: float = rangemap.DEFAULT_RADIUS_MILES):
     """(description, latlon [N,2] -> scores [N, L]): the world's true densities when `spec` is a
     generated world, else the training split's radius prior."""
-    from trainer.world.oracle import world_density  # already in label order
-
     density = world_density(spec, list(train_ds.label_names))
     if density is not None:
         return "true range density", density
-    from trainer.priors import LabelHistogram
-
     histogram = LabelHistogram(train_ds.locations, train_ds.labels, train_ds.num_labels)
 
     def prior(latlon):
@@ -102,9 +102,7 @@ def examples_sheet(out_png, spec: str, image_run_dir, geo_run_dir, limit: int = 
                    cache_dir=None) -> tuple[Path, list[Correction]]:
     """Find corrected validation images and draw them. `cache_dir`: trainer.evaluate's prediction
     cache, so a sheet after an evaluation does not rerun the models."""
-    from trainer.checkpoint import load_run
-    from trainer.data import load_split
-    from trainer.inference import predict
+    from trainer.training.runs import load_run
 
     train = load_split(spec, "train")
     val = load_split(spec, "val", label_names=train.label_names)
@@ -120,7 +118,7 @@ def examples_sheet(out_png, spec: str, image_run_dir, geo_run_dir, limit: int = 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.examples", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.figures.examples", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="data SPEC (its val split is searched)")
     parser.add_argument("--image", required=True, help="image-only RUN_DIR")
     parser.add_argument("--geo", required=True, help="geo-aware RUN_DIR (post-processing or feature modulation)")

@@ -6,7 +6,7 @@ answer is correct when it contains the true label. The threshold is chosen on tu
 the lowest t on a grid whose answers are correct at least `TARGET_PRECISION` of the time (the most
 specific answers that are still rarely wrong), then reported on other rows.
 
-    python -m trainer.rollup --data SPEC --run RUN_DIR [--tune-fraction 0.3] [--seed 0]
+    python -m trainer.evaluation.rollup --data SPEC --run RUN_DIR [--tune-fraction 0.3] [--seed 0]
 """
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ import json
 import numpy as np
 
 from mobile_sdk.taxonomy import SPECIES_RANK, Taxonomy
+from trainer.data.readers import load_split
+from trainer.data.splits import tuning_split
+from trainer.evaluation.inference import predict
+from trainer.evaluation.metrics import markdown_table, pct
 
 TARGET_PRECISION = 0.9
 THRESHOLD_GRID = tuple(np.round(np.arange(0.3, 0.96, 0.05), 2))
@@ -78,8 +82,6 @@ def evaluation_section(tune_and_eval_probs: dict, tune_labels, eval_labels, taxo
 
 def table(section: dict, ranks) -> str:
     """Markdown: per method, the chosen threshold, species top-1 and the roll-up answers by rank."""
-    from trainer.metrics import markdown_table, pct
-
     columns = [SPECIES_RANK, *reversed(list(ranks)), "none"]
     header = ["method", "threshold", "species top-1", "answers correct", "answered",
               *[f"{rank} (share / correct)" for rank in columns]]
@@ -93,12 +95,9 @@ def table(section: dict, ranks) -> str:
 
 
 def main(argv=None) -> dict:
-    from trainer.checkpoint import load_run
-    from trainer.data import load_split
-    from trainer.evaluate import tuning_split
-    from trainer.inference import predict
+    from trainer.training.runs import load_run
 
-    parser = argparse.ArgumentParser(prog="python -m trainer.rollup", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.evaluation.rollup", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--run", required=True, help="a RUN_DIR (its probabilities, location included)")
     parser.add_argument("--split", default="val")

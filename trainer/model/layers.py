@@ -1,5 +1,5 @@
 """Custom Keras layers of the geo-aware models, registered so `keras.models.load_model` needs only
-`import trainer.layers`.
+`import trainer.model.layers`.
 
 Everything here must convert to TFLite builtins (int8 included): no is_finite, no Python control
 flow on tensor values. Validation follows docs/CONTRACTS.md: a row is *known* iff |lat| <= 90 and

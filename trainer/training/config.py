@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import keras
 
+from mobile_sdk.bundle import MODEL_KINDS
 from mobile_sdk.encoding import DEFAULT_ENCODING, ENCODINGS
-from trainer.layers import DEFAULT_VARIANT, VARIANTS
-from trainer.models import BACKBONES, DEFAULT_GEO_NET, GEO_NETS, MIN_IMAGE_SIZE, MODEL_KINDS, default_modulated_layers
-from trainer.splits import DEFAULT_TUNE_FRACTION
+from trainer.data.splits import DEFAULT_TUNE_FRACTION
+from trainer.model.layers import DEFAULT_VARIANT, VARIANTS
+from trainer.model.networks import BACKBONES, DEFAULT_GEO_NET, GEO_NETS, MIN_IMAGE_SIZE, default_modulated_layers
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
@@ -148,9 +149,9 @@ class TrainConfig:
     weights: str = "none"  # imagenet | none | PATH (backbone weights, used when not --init)
     init: str | None = None  # image-only RUN_DIR; required for postprocess, recommended for featuremod
     encoding: str = DEFAULT_ENCODING
-    geo_net: str = DEFAULT_GEO_NET  # paper (256-128-128 / 128-256) | residual (SINR); trainer.models.GEO_NETS
+    geo_net: str = DEFAULT_GEO_NET  # paper (256-128-128 / 128-256) | residual (SINR); trainer.model.networks.GEO_NETS
     geo_init: str | None = None  # postprocess: a geoprior RUN_DIR whose geo net starts the head
-    # geoprior (presence-only, trainer.geoprior): the weight of an observation's own label against
+    # geoprior (presence-only, trainer.training.geoprior): the weight of an observation's own label against
     # the 'assume negative' terms of every other label and of the random background points.
     pos_weight: float = 2048.0
     modulated_layers: tuple[str, ...] | None = None
@@ -161,7 +162,7 @@ class TrainConfig:
     epochs: int = 10  # the cap: training stops earlier on a plateau of the tuning top-1
     patience: int = 3  # epochs without a better tuning top-1 before stopping
     # Tuning rows pick the epoch and stop training; they are never trained on nor reported. By
-    # default a seeded, label-stratified tune_fraction of train (trainer.splits); `tune` names a
+    # default a seeded, label-stratified tune_fraction of train (trainer.data.splits); `tune` names a
     # data SPEC whose split "tune" is used instead.
     tune: str | None = None
     tune_fraction: float = DEFAULT_TUNE_FRACTION

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from mobile_sdk.geo import chord_for_km, miles_to_km, to_unit_vectors, validate_locations
-from trainer.metrics import top_k_accuracy
+from trainer.evaluation.metrics import top_k_accuracy
 
 SWEEP_RADII_MILES = (50, 100, 500, 1000)
 
@@ -174,7 +174,7 @@ def sweep_prior(
 
 
 def main(argv=None) -> None:
-    """Time the histogram at iNaturalist scale: `python -m trainer.priors --observations FILE`."""
+    """Time the histogram at iNaturalist scale: `python -m trainer.evaluation.priors --observations FILE`."""
     import argparse
     import time
 

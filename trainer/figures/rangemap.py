@@ -1,14 +1,14 @@
 """Range maps: one label's geo score over the world, with real coastlines (the paper's Figure 1).
 
-    python -m trainer.rangemap --model RUN_DIR --label NAME --out PNG [--prior DATA_SPEC]
+    python -m trainer.figures.rangemap --model RUN_DIR --label NAME --out PNG [--prior DATA_SPEC]
         [--truth WORLD_DIR] [--observations FILE] [--zoom]
 
 Panels drawn (one PNG):
 - the post-processing run's geo logit for the label (the learned log P(G|L)/P(G|not L) residual),
-  or a geoprior run's presence probability sigmoid(f) (trainer.geoprior);
+  or a geoprior run's presence probability sigmoid(f) (trainer.training.geoprior);
 - with --prior, the Bayesian radius prior P(L|G) from the training observations of DATA_SPEC;
 - with --truth WORLD_DIR, the world generator's true range density for the label;
-- with --observations FILE (an observation file or data SPEC, as trainer.geoprior reads), the
+- with --observations FILE (an observation file or data SPEC, as trainer.training.geoprior reads), the
   label's observations as points.
 
 --zoom draws every panel at the scale of the range: the box around the label's observations (or,
@@ -29,6 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from trainer.data.readers import load_split
+from trainer.evaluation.priors import LabelHistogram
+from trainer.world.load import load_world
 
 DEFAULT_STEP_DEG = 1.0
 DEFAULT_RADIUS_MILES = 100.0
@@ -106,7 +110,7 @@ def geo_logits_fn(model):
     The geo logits depend on the location alone (they are added to the image logits afterwards).
     So either a sub-model from the location input to the `geo_logits` output is exactly the geo
     network, or, where the geo network is a nested model that also takes the vision logits (as
-    trainer.models builds it), that nested model is run with zero vision logits. Both are checked
+    trainer.model.networks builds it), that nested model is run with zero vision logits. Both are checked
     against the full model on a blank image at a few points.
     """
     import keras
@@ -152,8 +156,6 @@ def _check_against_full_model(model, geo_fn) -> None:
 def prior_scores(train_ds, label: int, latlon: np.ndarray, radius_miles: float) -> np.ndarray:
     """Bayesian radius prior P(label | G) at each point (eq. 2's histogram, normalised); NaN where
     no training observation lies within the radius (the prior is undefined there)."""
-    from trainer.priors import LabelHistogram
-
     latlon_train = np.stack([train_ds.lat, train_ds.lon], axis=-1)
     counts = LabelHistogram(latlon_train, train_ds.labels, len(train_ds.label_names)).counts(latlon, radius_miles)
     totals = counts.sum(axis=1)
@@ -227,7 +229,7 @@ def geo_panel(model, labels, label: str, grid: Grid, source: str = "") -> tuple[
 
 def presence_panel(model, labels, label: str, grid: Grid, source: str = "") -> tuple[str, np.ndarray]:
     """A geoprior run's presence probability sigmoid(f) for the label."""
-    from trainer.geoprior import predict_logits
+    from trainer.training.geoprior import predict_logits
 
     index = label_index(list(labels), label)
     logits = predict_logits(model, grid.latlon)[:, index].astype(np.float64)
@@ -236,7 +238,7 @@ def presence_panel(model, labels, label: str, grid: Grid, source: str = "") -> t
 
 def observation_points(spec: str, label: str) -> np.ndarray:
     """[N, 2] locations of the label's observations in an observation file or data SPEC."""
-    from trainer.geoprior import load_observations
+    from trainer.training.geoprior import load_observations
 
     obs = load_observations(spec)
     return obs.latlon[obs.labels == label_index(obs.label_names, label)]
@@ -277,8 +279,6 @@ def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=No
     points = None if observations is None else observation_points(observations, label)
     world = None
     if truth_world is not None:
-        from trainer.world.load import load_world
-
         world = load_world(truth_world)
     grid = world_grid(step_deg)
     if zoom:
@@ -291,7 +291,7 @@ def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=No
         grid = region_grid(focus)
     panels = []
     if run_dir is not None:
-        from trainer.checkpoint import load_run
+        from trainer.training.runs import load_run
 
         run = load_run(run_dir)
         try:
@@ -302,8 +302,6 @@ def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=No
                 raise
             print(f"rangemap: no panel for {run_dir}: {exc}", file=sys.stderr)
     if prior_spec is not None:
-        from trainer.data import load_split
-
         panels.append(prior_panel(load_split(prior_spec, "train"), label, grid, radius_miles))
     if world is not None:
         panels.append(truth_panel(world, label, grid))
@@ -313,14 +311,14 @@ def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=No
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.rangemap", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.figures.rangemap", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="post-processing or geoprior RUN_DIR: draw its geo network's score")
     parser.add_argument("--label", required=True, help="label name (or index)")
     parser.add_argument("--out", required=True, help="output PNG path")
     parser.add_argument("--prior", metavar="DATA_SPEC", help="also draw the radius prior from this dataset's train split")
     parser.add_argument("--truth", metavar="WORLD_DIR", help="also draw the world's true range density")
     parser.add_argument("--observations", metavar="FILE",
-                        help="also draw the label's observations (.npz, .csv or data SPEC, as trainer.geoprior reads)")
+                        help="also draw the label's observations (.npz, .csv or data SPEC, as trainer.training.geoprior reads)")
     parser.add_argument("--zoom", action="store_true", help="draw at the scale of the range, not the whole world")
     parser.add_argument("--radius-miles", type=float, default=DEFAULT_RADIUS_MILES)
     parser.add_argument("--step", type=float, default=DEFAULT_STEP_DEG, help="grid step in degrees")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import keras
 
-import trainer.layers  # noqa: F401  (registers the custom layers for load_model)
 from mobile_sdk.bundle import LABELS_FILE
 from mobile_sdk.bundle import write_labels as bundle_write_labels
 from mobile_sdk.fileio import atomic_file, atomic_write_text
-from trainer.config import TrainConfig
+import trainer.model.layers  # noqa: F401  (registers the custom layers for load_model)
+from trainer.training.config import TrainConfig
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"

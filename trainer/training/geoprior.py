@@ -9,7 +9,7 @@ FILE is an observation file (.npz like the shared iNat500 file: train_locs as [l
 taxon_ids, taxon_names; or a .csv with columns label, lat, lon) or any data SPEC the dataset readers load
 (its train split's locations). Rows without a location are skipped.
 
-The model (trainer.models.build_geo_model) maps a location to a presence logit f per label;
+The model (trainer.model.networks.build_geo_model) maps a location to a presence logit f per label;
 sigmoid(f) is that label's own presence probability. For an observation (x, y) and a uniformly
 random point r on the sphere, the loss is, averaged over labels (SINR's "AN-full"):
 
@@ -34,6 +34,8 @@ import numpy as np
 
 from mobile_sdk.encoding import ENCODINGS
 from mobile_sdk.geo import validate_locations
+from trainer.data.readers import load_split
+from trainer.evaluation.metrics import top_k_hits
 
 # The CLI's defaults: SINR's recipe (residual net, batch 2048) on the multi-scale encoding, and as
 # many epochs as fit the ~10 minute budget for ~272k observations on a 2-core machine.
@@ -118,8 +120,6 @@ def load_observations(spec: str) -> Observations:
         return _read_npz(path)
     if path.suffix == ".csv" and path.is_file():
         return _read_csv(path)
-    from trainer.data import load_split
-
     data = load_split(spec, "train")
     return _known_only(np.stack([data.lat, data.lon], axis=1), data.labels, data.label_names, spec)
 
@@ -171,8 +171,6 @@ def label_probs(logits: np.ndarray, objective: str = "presence") -> np.ndarray:
 
 def label_metrics(probs: np.ndarray, labels: np.ndarray, ks=(1, 5, 10)) -> dict:
     """Mean log P(true label) (nats) and top-k (ties count against) of a [N, L] probability table."""
-    from trainer.metrics import top_k_hits
-
     true_p = probs[np.arange(len(labels)), labels]
     out = {"loglik": float(np.mean(np.log(np.maximum(true_p, 1e-12))))}
     out.update({f"top{k}": float(top_k_hits(probs, labels, min(k, probs.shape[1])).mean()) for k in ks})
@@ -193,7 +191,7 @@ OBJECTIVES = ("presence", "softmax")
 
 
 def _with_blank_image(location):
-    """A geo model's inputs: the location and the 1x1 image it ignores (trainer.models.build_geo_model)."""
+    """A geo model's inputs: the location and the 1x1 image it ignores (trainer.model.networks.build_geo_model)."""
     import tensorflow as tf
 
     return {"image": tf.zeros((tf.shape(location)[0], 1, 1, 3), tf.uint8), "location": location}
@@ -214,7 +212,7 @@ def fit(obs: Observations, config, val: Observations | None = None, on_epoch=Non
     import keras
     import tensorflow as tf
 
-    from trainer.models import build_geo_model
+    from trainer.model.networks import build_geo_model
 
     keras.utils.set_random_seed(config.seed)
     num_labels = len(obs.label_names)
@@ -267,11 +265,11 @@ def fit(obs: Observations, config, val: Observations | None = None, on_epoch=Non
 def train(config, run_dir, val_fraction: float = DEFAULT_VAL_FRACTION, log=print) -> dict:
     """Train the geoprior run `config` into run_dir; returns the best epoch's metrics."""
     from mobile_sdk.fileio import atomic_write_text
-    from trainer.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunError, atomic_save_model,
-                                    atomic_write_json, read_config, write_labels)
+    from trainer.training.runs import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunError, atomic_save_model,
+                                       atomic_write_json, read_config, write_labels)
 
     if config.model != "geoprior":
-        raise ValueError(f"trainer.geoprior trains model geoprior, got {config.model!r}")
+        raise ValueError(f"trainer.training.geoprior trains model geoprior, got {config.model!r}")
     run_dir = Path(run_dir)
     if (run_dir / CONFIG_FILE).is_file() and read_config(run_dir) != config:
         raise RunError(f"{run_dir} holds a run with another config; choose another --out")
@@ -296,8 +294,8 @@ def train(config, run_dir, val_fraction: float = DEFAULT_VAL_FRACTION, log=print
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from trainer.config import OPTIMIZERS
-    from trainer.models import GEO_NETS
+    from trainer.model.networks import GEO_NETS
+    from trainer.training.config import OPTIMIZERS
 
     p = argparse.ArgumentParser(prog="python -m trainer.train --model geoprior",
                                 description=__doc__.split("\n\n")[0],
@@ -324,7 +322,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def config_from_args(args):
     import dataclasses
 
-    from trainer.config import OptimizerConfig, TrainConfig
+    from trainer.training.config import OptimizerConfig, TrainConfig
 
     optimizer = OptimizerConfig.for_model("geoprior")
     if args.optimizer and args.optimizer != optimizer.name:

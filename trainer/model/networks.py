@@ -14,11 +14,10 @@ import os
 import keras
 
 from mobile_sdk.encoding import DEFAULT_ENCODING
-from trainer.layers import (DEFAULT_VARIANT, FeatureModulation, GateByKnown, KnownFlag,
-                            LocationDropout, LocationEncoder, PixelScaling)
+from trainer.model.layers import (DEFAULT_VARIANT, FeatureModulation, GateByKnown, KnownFlag,
+                                  LocationDropout, LocationEncoder, PixelScaling)
 
 BACKBONES = ("mobilenet_v2", "inception_v3")
-MODEL_KINDS = ("image", "postprocess", "featuremod", "geoprior")
 # The geo network: the paper's plain MLP, or SINR's residual net (Cole et al. 2023; iNaturalist's
 # geomodel): a wide first layer, then blocks of two layers with dropout added back to their input.
 GEO_NETS = ("paper", "residual")
@@ -163,7 +162,7 @@ GEO_MODEL_IMAGE_SIZE = 1  # a geo model's image input is ignored: the smallest t
 
 def build_geo_model(num_classes: int, encoding: str = DEFAULT_ENCODING, geo_net: str = DEFAULT_GEO_NET,
                     units=POSTPROCESS_GEO_UNITS, seed: int | None = None) -> keras.Model:
-    """A geo model on its own (presence-only training, trainer.geoprior): location ->
+    """A geo model on its own (presence-only training, trainer.training.geoprior): location ->
     {"logits": per-label presence logit f (0 when the location is unknown),
      "probabilities": sigmoid(f), each label's own presence probability (they do not sum to 1)}.
 

@@ -1,0 +1,3 @@
+"""Training (TensorFlow): the configuration (`config`), the resumable loop (`loop`), run folders on
+disk (`runs`), distribution strategies (`strategy`) and the presence-only geo model's own trainer
+(`geoprior`). The command is `python -m trainer.train`."""
