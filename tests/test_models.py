@@ -111,7 +111,7 @@ def test_save_load_round_trip(tmp_path, image_model, kind):
         model = networks.build_featuremod_model(image_model, variant="film")
     model.save(tmp_path / "m.keras")
     import trainer.model.layers  # noqa: F401  (what load_run relies on)
-    loaded = keras.networks.load_model(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
     batch = _batch()
     for key, value in model(batch).items():
         np.testing.assert_allclose(loaded(batch)[key].numpy(), value.numpy(), atol=1e-6)
