@@ -1,9 +1,10 @@
 """Image preprocessing, the numpy mirror of trainer.data.pipeline (spec: docs/CONTRACTS.md "Images").
 
 1. `load_image`: anything an app holds -> RGB uint8 [h, w, 3] (grey replicated, alpha dropped,
-   16-bit grey to its high byte; EXIF orientation is not applied, as in training). Given the
-   model input size, a large JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
-   (`draft_ratio`), as the trainer does.
+   16-bit grey to its high byte). Given the model input size, a large JPEG is decoded at 1/2,
+   1/4 or 1/8 scale by libjpeg (`draft_ratio`), as the trainer does. An encoded image (path or
+   bytes) is then turned upright by the EXIF orientation in its header (`exif_orientation`,
+   `orient`), as the trainer does; arrays and PIL images are taken as they are.
 2. `resize_image`: bilinear, half-pixel centres, no antialias, in float32, round half to even,
    clip, uint8 — the arithmetic of TensorFlow's ResizeBilinear kernel, step by step, so the
    tensors are equal, not merely close (tests/test_preprocess.py proves it).
@@ -15,10 +16,13 @@ actually decoded (after JPEG draft scaling), so a decompression bomb costs nothi
 from __future__ import annotations
 
 import io
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .errors import InvalidImageError
 from .fileio import read_regular_file
@@ -27,7 +31,14 @@ Image.MAX_IMAGE_PIXELS = 200_000_000  # Pillow's own guard (it raises only above
 MAX_IMAGE_BYTES = 100 << 20
 MAX_IMAGE_PIXELS = 200_000_000  # a 200-megapixel phone photo still opens...
 MAX_DECODED_PIXELS = 50_000_000  # ...because as a JPEG it is decoded at reduced scale
+FORMATS = ("JPEG", "MPO", "PNG")  # MPO: a phone's JPEG carrying more pictures, decoded as its first
 DRAFT_MARGIN = 2  # a scaled JPEG decode keeps its short side >= 2x the model input's long side
+# What each EXIF orientation (1-8) asks of the stored pixels [rows, cols, 3] to show them upright,
+# in this order: (swap rows and columns, reverse the rows, reverse the columns). PIL's
+# ImageOps.exif_transpose does the same (tests compare); trainer.data.pipeline applies this table too.
+ORIENTATION_STEPS = {1: (False, False, False), 2: (False, False, True), 3: (False, True, True),
+                     4: (False, True, False), 5: (True, False, False), 6: (True, False, True),
+                     7: (True, True, True), 8: (True, True, False)}
 
 
 def draft_ratio(height: int, width: int, size) -> int:
@@ -38,6 +49,63 @@ def draft_ratio(height: int, width: int, size) -> int:
         return 1
     need = DRAFT_MARGIN * max(int(s) for s in size)
     return next(r for r in (8, 4, 2, 1) if min(height, width) // r >= need or r == 1)
+
+
+# warnings.catch_warnings swaps the process's warning filters: concurrent calls must not interleave.
+_warning_filters = threading.Lock()
+
+
+@contextmanager
+def _quiet_pillow():
+    """Silence, here only, what Pillow prints about what these checks handle: its
+    DecompressionBombWarning (the pixel limits refuse such an image with a typed error) and its
+    complaints while parsing a corrupt EXIF block (ignored, see exif_orientation)."""
+    with _warning_filters, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+        yield
+
+
+@contextmanager
+def open_image(fp):
+    """Image.open (lazy: reads the header only), quietly (`_quiet_pillow`)."""
+    with _quiet_pillow():
+        image = Image.open(fp)
+    with image:
+        yield image
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) in the header of an opened, not yet decoded JPEG or PNG; 1 when
+    there is none or it is unreadable. A PNG's eXIf chunk counts only before the image data (one
+    after it cannot be found without decoding the image)."""
+    if image.format not in FORMATS or (image.format == "PNG" and "exif" not in image.info):
+        return 1  # (PIL's getexif would decode the whole PNG to look further)
+    try:
+        with _quiet_pillow():
+            value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block does not spoil the pixels: ignored alike on both sides
+        return 1
+    return value if type(value) is int and value in ORIENTATION_STEPS else 1
+
+
+def image_orientation(source) -> int:
+    """`exif_orientation` of an image file (path) or JPEG/PNG bytes, reading the header only; 1 for
+    anything unreadable (what then fails to decode is reported where it is decoded)."""
+    try:
+        with open(source, "rb") if isinstance(source, (str, Path)) else io.BytesIO(source) as f, \
+                open_image(f) as image:
+            return exif_orientation(image)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 1
+
+
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels [rows, cols, C] -> upright, per ORIENTATION_STEPS[orientation] (a view)."""
+    transpose, reverse_rows, reverse_columns = ORIENTATION_STEPS[orientation]
+    if transpose:
+        pixels = pixels.transpose(1, 0, *range(2, pixels.ndim))
+    return pixels[::-1 if reverse_rows else 1, ::-1 if reverse_columns else 1]
 
 
 def _from_pil(image: Image.Image) -> np.ndarray:
@@ -60,19 +128,22 @@ def _decode(data: bytes, source: str, size=None) -> np.ndarray:
     if len(data) > MAX_IMAGE_BYTES:
         raise InvalidImageError(f"{source}: {len(data):,} bytes of image data, over the limit of {MAX_IMAGE_BYTES:,}")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in ("JPEG", "PNG"):
+        with open_image(io.BytesIO(data)) as image:
+            if image.format not in FORMATS:
                 raise InvalidImageError(f"{source}: {image.format} images are not supported (JPEG or PNG)")
             width, height = image.size
-            ratio = draft_ratio(height, width, size) if image.format == "JPEG" else 1
+            ratio = draft_ratio(height, width, size) if image.format != "PNG" else 1
             decoded = -(-width // ratio) * -(-height // ratio)
             if width * height > MAX_IMAGE_PIXELS or decoded > MAX_DECODED_PIXELS:
                 raise InvalidImageError(f"{source}: {width}x{height} pixels is over the limit "
                                         f"({MAX_IMAGE_PIXELS:,} pixels, {MAX_DECODED_PIXELS:,} decoded)")
+            orientation = exif_orientation(image)  # from the header, as the trainer reads it
             if ratio > 1:
                 image.draft(image.mode, (width // ratio, height // ratio))  # libjpeg DCT scaling
             image.load()
-            return _from_pil(image)
+            # Upright after the scaled decode: the ratio depends on min(h, w) only, so it is the
+            # same for the stored and the upright image (the trainer does the same, in this order).
+            return np.ascontiguousarray(orient(_from_pil(image), orientation))
     except InvalidImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -19,7 +19,9 @@ def manifest(tmp_path):
     for i in range(11):
         pixels = np.random.default_rng(i).integers(0, 256, (18 + i, 22, 3), dtype=np.uint8)
         buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG" if i % 2 else "JPEG")
+        exif = Image.Exif()
+        exif[0x0112] = i % 8 + 1  # every EXIF orientation: records carry it, or are upright with --image-size
+        Image.fromarray(pixels).save(buf, format="PNG" if i % 2 else "JPEG", exif=exif.tobytes())
         (tmp_path / f"{i}.img").write_bytes(buf.getvalue())
         lat, lon = ("", "") if i == 5 else (i * 7.0 - 30, 170.0 + i)  # wraps past the antimeridian
         rows.append([f"{i}.img", ["owl", "fox", "bat"][i % 3], lat, lon, "Aves" if i % 3 == 0 else "Mammalia"])

@@ -6,15 +6,17 @@
 writes DIR/SPLIT/ atomically (a temp folder renamed into place); `--split train` writes DIR/train/
 and DIR/tune/, the held-out tuning rows of trainer.data.splits (`trainer.train --data tfrecords:DIR`):
     shard-00000-of-0000N.tfrecord ...   tf.train.Example records: image (encoded bytes), label,
-                                        lat, lon (NaN when unknown), has_location, supercategory
+                                        lat, lon (NaN when unknown), has_location, supercategory,
+                                        orientation (the image's EXIF orientation, 1-8)
     index.json                          format, split, label and supercategory names, counts per
                                         label, number of examples, shard file names, image size
 
 Rows are spread over the shards in a seeded random order, so every shard mixes all labels.
 Without --image-size the original JPEG/PNG bytes are stored untouched (the training pipeline skips
 and names any it cannot decode); with it, each image is decoded and resized by the spec in
-trainer.data.pipeline, then stored as PNG (lossless), and unreadable images are skipped, listed in
-index.json and named on stderr.
+trainer.data.pipeline (turned upright by its EXIF orientation first, so orientation is then 1),
+then stored as PNG (lossless), and unreadable images are skipped, listed in index.json and named
+on stderr.
 Read it back with `trainer.data.pipeline.make_dataset_from_tfrecords(DIR/SPLIT, ...)`.
 """
 from __future__ import annotations
@@ -29,8 +31,10 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from mobile_sdk.fileio import staged_folder
+from mobile_sdk.preprocess import image_orientation
 
-from trainer.data.pipeline import TFRECORD_FORMAT, TFRECORD_INDEX, decode_image, resize_image
+from trainer.data.pipeline import (TFRECORD_FORMAT, TFRECORD_INDEX, TFRECORD_VERSION, decode_image, orient_image,
+                                   resize_image)
 from trainer.data.readers import DatasetError, GeoDataset, load_split
 from trainer.data.splits import DEFAULT_TUNE_FRACTION, tuning_split
 
@@ -39,7 +43,8 @@ from trainer.data.splits import DEFAULT_TUNE_FRACTION, tuning_split
 DEFAULT_SHARDS = 8
 
 
-def _example(image_bytes: bytes, label: int, lat: float, lon: float, has_location: bool, supercategory: int):
+def _example(image_bytes: bytes, orientation: int, label: int, lat: float, lon: float, has_location: bool,
+             supercategory: int):
     def floats(v):
         return tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
 
@@ -50,6 +55,7 @@ def _example(image_bytes: bytes, label: int, lat: float, lon: float, has_locatio
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
         "label": ints(int(label)), "lat": floats(float(lat)), "lon": floats(float(lon)),
         "has_location": ints(int(has_location)), "supercategory": ints(int(supercategory)),
+        "orientation": ints(int(orientation)),
     })).SerializeToString()
 
 
@@ -74,21 +80,24 @@ def write_tfrecords(ds: GeoDataset, out_dir, split: str, shards: int = DEFAULT_S
             for row in tqdm(order, desc=f"tfrecords {split}", unit="img", disable=not progress):
                 try:
                     data = Path(ds.paths[row]).read_bytes()
+                    orientation = image_orientation(data)
                     if image_size is not None:
                         size = (image_size, image_size)
-                        data = tf.io.encode_png(resize_image(decode_image(data, size), size)).numpy()
+                        upright = orient_image(decode_image(data, size), orientation)
+                        data, orientation = tf.io.encode_png(resize_image(upright, size)).numpy(), 1
                 except (OSError, tf.errors.OpError):  # unreadable or undecodable: skipped and named
                     skipped.append(str(ds.paths[row]))
                     continue
-                writers[len(written) % shards].write(_example(data, ds.labels[row], ds.lat[row], ds.lon[row],
-                                                              ds.has_location[row], ds.supercategories[row]))
+                writers[len(written) % shards].write(_example(data, orientation, ds.labels[row], ds.lat[row],
+                                                              ds.lon[row], ds.has_location[row],
+                                                              ds.supercategories[row]))
                 written.append(row)
         finally:
             for w in writers:
                 w.close()
         if skipped:
             print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:10])}", file=sys.stderr)
-        index = {"format": TFRECORD_FORMAT, "version": 1, "split": split, "num_examples": len(written),
+        index = {"format": TFRECORD_FORMAT, "version": TFRECORD_VERSION, "split": split, "num_examples": len(written),
                  "image_size": image_size, "shards": names, "label_names": ds.label_names,
                  "supercategory_names": ds.supercategory_names, "skipped_images": skipped,
                  "counts": np.bincount(ds.labels[written], minlength=ds.num_labels).tolist(),

@@ -4,10 +4,12 @@ mobile_sdk.preprocess; a parity test pins the two together, so keep these names 
 Image spec (docs/CONTRACTS.md "Images"):
 1. `decode_image`: JPEG or PNG bytes -> RGB uint8 [h, w, 3]; grayscale is replicated to three
    channels, RGBA drops its alpha channel (no blending against a background), 16-bit keeps the
-   high byte, EXIF orientation is not applied (on either side). JPEG: accurate integer IDCT
-   (libjpeg ISLOW) and fancy chroma upsampling, i.e. exactly PIL's decode; given the model input size, a large JPEG is
-   decoded at 1/2, 1/4 or 1/8 scale (`mobile_sdk.preprocess.draft_ratio`, libjpeg's DCT scaling,
-   PIL's `draft`), the same on both sides.
+   high byte. JPEG: accurate integer IDCT (libjpeg ISLOW) and fancy chroma upsampling, i.e.
+   exactly PIL's decode; given the model input size, a large JPEG is decoded at 1/2, 1/4 or 1/8
+   scale (`mobile_sdk.preprocess.draft_ratio`, libjpeg's DCT scaling, PIL's `draft`), the same on
+   both sides. Then `orient_image` turns it upright by the EXIF orientation in the file's header,
+   which is read once per dataset, outside the graph (`GeoDataset.orientations`, or the
+   `orientation` feature trainer.prepare stores), with the SDK's `image_orientation`.
 2. `resize_image`: to (H, W) with bilinear interpolation, half-pixel centres, no antialiasing, no
    crop, no aspect-ratio preservation (`tf.image.resize(..., "bilinear", antialias=False)`),
    computed in float32, then round half to even, clip to [0, 255], cast to uint8. An image that
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from mobile_sdk.preprocess import DRAFT_MARGIN
+from mobile_sdk.preprocess import DRAFT_MARGIN, ORIENTATION_STEPS
 from trainer.data.readers import GeoDataset
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ CROP_ASPECT = (3 / 4, 4 / 3)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TFRECORD_INDEX = "index.json"
 TFRECORD_FORMAT = "geoaware-tfrecords"
+TFRECORD_VERSION = 2  # 2: records carry the EXIF orientation
 TFRECORD_FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
@@ -54,6 +57,7 @@ TFRECORD_FEATURES = {
     "lon": tf.io.FixedLenFeature([], tf.float32),
     "has_location": tf.io.FixedLenFeature([], tf.int64),
     "supercategory": tf.io.FixedLenFeature([], tf.int64),
+    "orientation": tf.io.FixedLenFeature([], tf.int64, default_value=1),  # absent in older records: as stored
 }
 
 
@@ -89,6 +93,25 @@ def decode_image(data, size=None) -> tf.Tensor:
     image = tf.cond(tf.io.is_jpeg(data), jpeg, lambda: tf.io.decode_png(data, channels=3, dtype=tf.uint8))
     image.set_shape([None, None, 3])
     return image
+
+
+def orient_image(image, orientation) -> tf.Tensor:
+    """Stored pixels [h, w, 3] -> upright by an EXIF orientation (int scalar; 1 or anything outside
+    1-8 leaves them as stored): mobile_sdk.preprocess.ORIENTATION_STEPS, as the SDK's `orient`.
+    The orientation comes with the element, so this costs one switch, no parsing."""
+    image = tf.convert_to_tensor(image)
+
+    def steps(transpose, reverse_rows, reverse_columns):
+        def apply():
+            out = tf.transpose(image, [1, 0, 2]) if transpose else image
+            axes = [axis for axis, on in ((0, reverse_rows), (1, reverse_columns)) if on]
+            return tf.reverse(out, axes) if axes else tf.identity(out)
+        return apply
+
+    branches = [steps(*ORIENTATION_STEPS[code]) for code in range(2, 9)]  # out of range: the default
+    out = tf.switch_case(tf.cast(orientation, tf.int32) - 2, branches, default=lambda: tf.identity(image))
+    out.set_shape([None, None, 3])
+    return out
 
 
 def resize_image(image, size) -> tf.Tensor:
@@ -154,13 +177,15 @@ def _report_skipped(window, gap) -> bool:
 
 def _finish(ds: tf.data.Dataset, image_size, batch_size: int, training: bool, shuffle_seed: int,
             drop_remainder: bool, load) -> tf.data.Dataset:
-    """(source, data, location, label) elements -> decoded, augmented, resized, batched.
+    """(source, data, orientation, location, label) elements -> decoded, upright, augmented,
+    resized, batched.
 
     `load(data)` gives the encoded bytes (reads a path, or is the identity for records). Reading
     and decoding errors drop the element (`ignore_errors`, at full map speed); a scan over stream
     positions finds the gaps and reports the dropped sources (`skipped_images`, the log)."""
     size = (int(image_size[0]), int(image_size[1])) if np.ndim(image_size) else (int(image_size),) * 2
-    sentinel = (tf.constant(""), tf.constant(_SENTINEL_PNG), tf.fill([2], np.float32(np.nan)), tf.constant(0, tf.int32))
+    sentinel = (tf.constant(""), tf.constant(_SENTINEL_PNG), tf.constant(1, tf.int32), tf.fill([2], np.float32(np.nan)),
+                tf.constant(0, tf.int32))
     ds = ds.concatenate(tf.data.Dataset.from_tensors(sentinel))
 
     def track(state, element):  # each element's stream position and the sources of the LAG before it
@@ -174,8 +199,9 @@ def _finish(ds: tf.data.Dataset, image_size, batch_size: int, training: bool, sh
     ds = tf.data.Dataset.zip((ds, seeds))
 
     def prepare(tracked, seed):
-        position, window, (source, data, location, label) = tracked
+        position, window, (source, data, orientation, location, label) = tracked
         image = decode_image(tf.cond(tf.equal(source, ""), lambda: data, lambda: load(data)), size)
+        image = orient_image(image, orientation)
         if training:
             image = augment_image(image, seed)
         return position, window, source, {"image": resize_image(image, size), "location": location}, label
@@ -214,12 +240,13 @@ def make_dataset(ds: GeoDataset, image_size, batch_size: int, training: bool, sh
     if len(ds) == 0:
         raise ValueError("cannot make a tf.data pipeline from an empty dataset")
     locations = np.where(ds.has_location[:, None], ds.locations, np.nan).astype(np.float32)
-    elements = tf.data.Dataset.from_tensor_slices((ds.paths, locations, ds.labels.astype(np.int32)))
+    elements = tf.data.Dataset.from_tensor_slices((ds.paths, ds.orientations.astype(np.int32), locations,
+                                                   ds.labels.astype(np.int32)))
     if training:
         elements = elements.shuffle(shuffle_buffer or len(ds), seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         elements = elements.repeat()
-    elements = elements.map(lambda path, loc, label: (path, path, loc, label))
+    elements = elements.map(lambda path, orientation, loc, label: (path, path, orientation, loc, label))
     return _finish(elements, image_size, batch_size, training, shuffle_seed, drop_remainder, tf.io.read_file)
 
 
@@ -234,6 +261,9 @@ def read_tfrecord_index(path) -> dict:
         raise ValueError(f"cannot read {index_path}: {exc}") from None
     if index.get("format") != TFRECORD_FORMAT:
         raise ValueError(f"{index_path}: not a {TFRECORD_FORMAT} index (format={index.get('format')!r})")
+    if index.get("version", 1) < 2 and index.get("image_size") is None:
+        log.warning("%s was prepared before records carried the EXIF orientation: its images are used as "
+                    "stored, not upright as the SDK reads them; prepare it again", path)
     missing = [s for s in index["shards"] if not (Path(path) / s).is_file()]
     if missing:
         raise ValueError(f"{path}: shard(s) listed in the index are missing: {missing}")
@@ -271,7 +301,8 @@ def make_dataset_from_tfrecords(path, image_size, batch_size: int, training: boo
 
     def parse(shard, record):
         f = tf.io.parse_single_example(record, TFRECORD_FEATURES)
-        return shard, f["image"], _location(f["lat"], f["lon"], f["has_location"]), tf.cast(f["label"], tf.int32)
+        return (shard, f["image"], tf.cast(f["orientation"], tf.int32),
+                _location(f["lat"], f["lon"], f["has_location"]), tf.cast(f["label"], tf.int32))
 
     records = records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
     return _finish(records, image_size, batch_size, training, shuffle_seed, drop_remainder, tf.identity)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ import numpy as np
 
 from mobile_sdk.errors import BundleError, InvalidLocationError
 from mobile_sdk.geo import validate_location
+from mobile_sdk.preprocess import image_orientation
 from mobile_sdk.taxonomy import LINNAEAN_RANKS, TAXONOMY_FORMAT, Taxonomy
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,13 @@ class GeoDataset:
         """float64 [N, 2] (lat, lon) in degrees; NaN rows where unknown."""
         return np.stack([self.lat, self.lon], axis=1)
 
+    @functools.cached_property
+    def orientations(self) -> np.ndarray:
+        """int32 [N]: each image's EXIF orientation (1-8; 1 = upright as stored), read from the file
+        headers (nothing decoded) on first use. trainer.data.pipeline turns the images upright by it,
+        as the SDK does; an unreadable file counts as 1 here and is skipped where it is decoded."""
+        return np.array([image_orientation(path) for path in self.paths], np.int32)
+
     def subset(self, indices) -> "GeoDataset":
         """Rows `indices` (integer array or boolean mask), same label and supercategory lists."""
         idx = np.asarray(indices)
@@ -99,8 +108,11 @@ class GeoDataset:
             idx = idx.astype(np.int64)  # an empty list is float64 to numpy
         columns = {f: getattr(self, f)[idx] for f in
                    ("paths", "labels", "lat", "lon", "has_location", "dates", "supercategories")}
-        return GeoDataset(**columns, label_names=self.label_names, supercategory_names=self.supercategory_names,
+        rows = GeoDataset(**columns, label_names=self.label_names, supercategory_names=self.supercategory_names,
                           taxonomy=self.taxonomy)
+        if "orientations" in self.__dict__:  # already read: the subset keeps them (cached_property's slot)
+            rows.__dict__["orientations"] = self.orientations[idx]
+        return rows
 
     def train_counts(self) -> np.ndarray:
         """int64 [num_labels]: images per label (head labels have >= 100)."""

@@ -42,9 +42,11 @@ def cached_arrays(path: Path | None, compute: Callable[[], dict], expected_shape
 
 
 def dataset_fingerprint(ds: GeoDataset) -> str:
-    """sha256 of the rows' image paths and locations (what a prediction depends on besides the model)."""
+    """sha256 of the rows' image paths, EXIF orientations and locations (what a prediction depends
+    on besides the model)."""
     digest = hashlib.sha256()
     digest.update("\n".join(ds.paths.tolist()).encode())
+    digest.update(np.ascontiguousarray(ds.orientations, np.int32).tobytes())
     digest.update(np.ascontiguousarray(ds.lat).tobytes() + np.ascontiguousarray(ds.lon).tobytes())
     return digest.hexdigest()
 
