@@ -8,7 +8,8 @@ that the shared machine's load hits them alike:
 - plain: read, decode (the draft rule), [augment,] resize, batch, prefetch: no safety machinery;
 - no orientation: trainer.data.pipeline.make_dataset with its orientation step made the identity, i.e.
   corrupt images skipped and named (position scan, ignore_errors, gap scan, sentinel) only;
-- pipeline: make_dataset as it ships (+ the EXIF orientation, a switch on a per-element int).
+- pipeline: make_dataset as it ships (+ the EXIF orientation: a transpose and a reverse chosen by
+  a per-element int).
 Both evaluation (training=False) and training (shuffle, augmentation). Wall and CPU time (this
 process, all threads) per pass; ratios of medians. Also the one-time cost of reading the
 orientations from the file headers (GeoDataset.orientations) against a decoding pass. Prints JSON.

@@ -95,23 +95,23 @@ def decode_image(data, size=None) -> tf.Tensor:
     return image
 
 
+# ORIENTATION_STEPS as tensors, row = orientation (row 0 and anything outside 1-8: as stored).
+_STEPS = np.array([(False, False, False)] + [ORIENTATION_STEPS[code] for code in range(1, 9)])
+_PERMUTATIONS = tf.constant(np.where(_STEPS[:, :1], [1, 0, 2], [0, 1, 2]), tf.int32)
+_REVERSED_AXES = tf.constant(_STEPS[:, 1:])
+
+
 def orient_image(image, orientation) -> tf.Tensor:
     """Stored pixels [h, w, 3] -> upright by an EXIF orientation (int scalar; 1 or anything outside
     1-8 leaves them as stored): mobile_sdk.preprocess.ORIENTATION_STEPS, as the SDK's `orient`.
-    The orientation comes with the element, so this costs one switch, no parsing."""
-    image = tf.convert_to_tensor(image)
-
-    def steps(transpose, reverse_rows, reverse_columns):
-        def apply():
-            out = tf.transpose(image, [1, 0, 2]) if transpose else image
-            axes = [axis for axis, on in ((0, reverse_rows), (1, reverse_columns)) if on]
-            return tf.reverse(out, axes) if axes else tf.identity(out)
-        return apply
-
-    branches = [steps(*ORIENTATION_STEPS[code]) for code in range(2, 9)]  # out of range: the default
-    out = tf.switch_case(tf.cast(orientation, tf.int32) - 2, branches, default=lambda: tf.identity(image))
-    out.set_shape([None, None, 3])
-    return out
+    No branch: a transpose and a reverse whose permutation and axes are looked up by the
+    orientation (identities for 1)."""
+    code = tf.cast(orientation, tf.int32)
+    code = tf.where((code >= 1) & (code <= 8), code, 0)
+    image = tf.transpose(image, tf.gather(_PERMUTATIONS, code))
+    image = tf.reverse(image, tf.boolean_mask(tf.range(2), tf.gather(_REVERSED_AXES, code)))
+    image.set_shape([None, None, 3])
+    return image
 
 
 def resize_image(image, size) -> tf.Tensor:
