@@ -28,7 +28,7 @@ from tqdm import tqdm
 from mobile_sdk.bundle import (MANIFEST_FILE, MODEL_FILE, WHITELIST_FILE, manifest_for, write_labels,
                                write_manifest)
 from mobile_sdk.fileio import atomic_write_bytes, check_replaceable, owned_temp_folder, staged_folder
-from mobile_sdk.whitelist.builder import write_whitelist
+from mobile_sdk.whitelist.builder import DEFAULT_PRECISION, DEFAULT_RADIUS_MILES, write_whitelist
 
 from .extras import write_extras
 from .fusion import choose_fusion, evaluation_rows, fit_calibration, measure_fusions
@@ -37,8 +37,7 @@ from .verify import check_location_float, check_signature, compare, expected_sig
 
 DEFAULT_CALIBRATION_SAMPLES = 200
 DEFAULT_VERIFY_SAMPLES = 200
-DEFAULT_WHITELIST_RADIUS_MILES = 100.0  # the paper's best radius
-DEFAULT_WHITELIST_PRECISION = 4
+DEFAULT_WHITELIST_RADIUS_MILES, DEFAULT_WHITELIST_PRECISION = DEFAULT_RADIUS_MILES, DEFAULT_PRECISION
 
 
 class ExportError(ValueError):

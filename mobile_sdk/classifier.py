@@ -293,7 +293,8 @@ class GeoClassifier:
                 self._category_mask = chosen if keep else ~chosen
         self._overrides = answers.Overrides(options, self.labels)
         self._split = open_split_models(bundle, options.split_models, options.num_threads)
-        self._nearby_thresholds = nearby.open_thresholds(bundle)
+        # A geo bundle's own thresholds (over its presence logits) flag what lives here beside an image bundle.
+        self._nearby_thresholds = nearby.open_thresholds(bundle if self._geo is None else self._geo)
 
     @classmethod
     def create_from_options(cls, options: GeoClassifierOptions) -> "GeoClassifier":
@@ -375,15 +376,16 @@ class GeoClassifier:
         if self._temperature != 1.0:  # the bundle's calibration (fitted at export on tuning images)
             out = _tempered(out, self._temperature)
         probs = out["probabilities"].reshape(-1).astype(np.float64)
-        vision = geo = None
+        vision = geo = location_logits = None  # location_logits: what the expected-nearby thresholds compare
         if self._has_parts:
             vision = _softmax(out["vision_logits"].reshape(-1))
-            geo = out["geo_logits"].reshape(-1).astype(np.float64)
+            geo = location_logits = out["geo_logits"].reshape(-1).astype(np.float64)
         elif self._geo is not None and location is not None:
             # vision x geo: log softmax(vision logits) + log sigmoid(presence logit), renormalised.
             vision_logits = out["logits"].reshape(-1).astype(np.float64)
             vision = _softmax(vision_logits)
-            geo = -np.logaddexp(0.0, -self._presence_logits(location))
+            location_logits = self._presence_logits(location)
+            geo = -np.logaddexp(0.0, -location_logits)
             out["logits"] = np.log(np.maximum(vision, 1e-300)) + geo
             probs = _softmax(out["logits"])
 
@@ -408,7 +410,7 @@ class GeoClassifier:
         keep = self._category_mask & (scores >= self.options.score_threshold) & (scores >= self._overrides.min_score)
         if mask is not None and self.fusion.whitelist == "hard" and filtered:
             keep &= mask
-        flags = self._nearby_flags(location, allowed, geo)
+        flags = self._nearby_flags(location, allowed, location_logits)
         categories = Categories(_ranked(scores, keep, self.options.max_results), self.labels,
                                 score=scores, vision_score=vision, geo_score=geo, expected_nearby=flags)
         used = location is not None and self._location_matters

@@ -2,19 +2,26 @@
 
 Two methods, chosen by the export and recorded in the manifest's `expected_nearby` section:
 
-- `lpt_r` (models with a separable geo network, i.e. post-processing): a label is expected at a
-  point when its geo logit there reaches the label's threshold: the `percentile` (default 5) of its
-  geo logit over the distinct cells (geohash, `cell_precision`) where it was observed in training
-  ("lowest presence threshold, robust", as in iNaturalist's make_thresholds.py). The thresholds live
-  in `expected_nearby.json`; a label never observed with a location has none (flag None).
+- `lpt_r` (models with a location-only part: the post-processing geo network's geo logits, a geo
+  model's presence logits): a label is expected at a point when its logit there reaches the label's
+  threshold: the `percentile` (default 5) of its logit over the distinct cells (geohash,
+  `cell_precision`) where it was observed in training ("lowest presence threshold, robust", as in
+  iNaturalist's make_thresholds.py). The thresholds live in `expected_nearby.json`; a label never
+  observed with a location has none (flag None).
 - `whitelist` (other models): a label is expected where the whitelist table allows it, i.e. it was
   observed within the table's radius (widened by the location accuracy). Where the table has no
   data nearby the flags are None (unknown).
+
+`Method` is the one home of both for many points at once: converters.export builds it from the
+bundle's own parts, trainer.evaluate from the Keras run, and both report `Method.report` (how often
+the true label is flagged at its own location, and how many labels are flagged).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -104,3 +111,51 @@ def recall_and_count(flags: np.ndarray, truth: np.ndarray) -> dict:
     flags = np.asarray(flags, dtype=bool)
     return {"rows": int(len(truth)), "recall": float(flags[np.arange(len(truth)), truth].mean()),
             "mean_flagged": float(flags.sum(axis=1).mean())}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One model's expected-nearby method over many points: `flags(lat [N], lon [N])` -> bool [N, L],
+    True where a label is flagged (None flags, i.e. unknown, count as not flagged)."""
+    name: str  # one of METHODS
+    flags: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    thresholds: tuple | None = None  # lpt_r: per label, None where a label has none
+
+    def report(self, lat, lon, labels) -> dict:
+        """Over the located rows: how often the true label is flagged (recall) and the mean number of
+        labels flagged; `rows` = 0 (and nothing else) when no row is located."""
+        lat, lon, labels = (np.asarray(a) for a in (lat, lon, labels))
+        located = np.isfinite(lat) & np.isfinite(lon)
+        if not located.any():
+            return {"method": self.name, "rows": 0}
+        return {"method": self.name, **recall_and_count(self.flags(lat[located], lon[located]), labels[located])}
+
+
+def lpt_r_method(geo_logits, lat, lon, labels, num_labels: int, percentile: float = DEFAULT_PERCENTILE,
+                 precision: int = DEFAULT_CELL_PRECISION, chunk: int = 4096) -> Method:
+    """LPT-R thresholds from the training rows (lat, lon, labels) over `geo_logits(latlon float32
+    [N, 2]) -> [N, num_labels]`, the model's location-only logits, which also flag new points."""
+    thresholds = lpt_r_thresholds(geo_logits, lat, lon, labels, num_labels, percentile, precision, chunk)
+    values = np.array([np.nan if t is None else t for t in thresholds], dtype=np.float64)
+
+    def flags(lat, lon):
+        latlon = np.stack([np.asarray(lat, np.float32), np.asarray(lon, np.float32)], axis=1)
+        logits = [np.asarray(geo_logits(latlon[i:i + chunk]), np.float64) for i in range(0, len(latlon), chunk)]
+        return np.concatenate(logits or [np.zeros((0, num_labels))]) >= values  # NaN (no threshold): False
+
+    return Method("lpt_r", flags, tuple(thresholds))
+
+
+def whitelist_method(table) -> Method:
+    """Flags from a `mobile_sdk.whitelist` table: the labels observed within its radius of a point
+    (none where the table has no data nearby: unknown)."""
+
+    def flags(lat, lon):
+        allowed, _ = table.lookup_batch(lat, lon)
+        out = np.zeros((len(allowed), table.num_labels), dtype=bool)
+        for i, labels in enumerate(allowed):
+            if labels is not None:
+                out[i, labels] = True
+        return out
+
+    return Method("whitelist", flags)

@@ -69,6 +69,44 @@ def test_evaluate_methods_hand_computed():
     assert sweep["test_top1"]["50.0"] == 0.75
 
 
+def test_expected_nearby_hand_computed_from_training_rows_only(tmp_path):
+    from types import SimpleNamespace
+
+    from mobile_sdk import nearby
+    from trainer.evaluation.nearby import evaluation_section, methods_for
+
+    # Geo logits by hand: label 0 +1 in the west, label 1 +1 in the east (each -1 elsewhere), label 2
+    # 0 everywhere. Its training cells: label 0 and 2 in the west, 1 in the east, so every threshold
+    # sits at its own region's value and flags {0, 2} in the west, {1, 2} in the east.
+    def geo_logits(latlon):
+        west = (latlon[:, 1] < -100).astype(np.float64) * 2 - 1
+        return np.stack([west, -west, np.zeros(len(latlon))], axis=1)
+
+    image_run = SimpleNamespace(config=SimpleNamespace(model="image"))
+    methods = {"post": nearby.lpt_r_method(geo_logits, TRAIN.lat, TRAIN.lon, TRAIN.labels, 3),
+               "image": methods_for({"image": image_run}, TRAIN)["image"]}
+    assert methods["post"].thresholds == (1.0, 1.0, 0.0)
+    # Reported rows: label 0 in the west, label 1 in the west (not where it was seen), label 1 in
+    # the east, and a row without location (not counted).
+    evalset = make_ds([WEST, WEST, EAST, (np.nan, np.nan)], [0, 1, 1, 0])
+    section = evaluation_section(methods, evalset)
+    assert section == {"labels": 3, "models": {
+        "post": {"method": "lpt_r", "rows": 3, "recall": pytest.approx(2 / 3), "mean_flagged": 2.0},
+        # the 100-mile table: {0, 2} in the west, {1} in the east
+        "image": {"method": "whitelist", "rows": 3, "recall": pytest.approx(2 / 3), "mean_flagged": pytest.approx(5 / 3)}}}
+    # The reported rows' labels choose nothing: other labels change the recall, not what is flagged.
+    relabelled = evaluation_section(methods, make_ds([WEST, WEST, EAST, (np.nan, np.nan)], [0, 0, 1, 0]))
+    assert relabelled["models"]["post"]["recall"] == 1.0
+    assert [m["mean_flagged"] for m in relabelled["models"].values()] == \
+           [m["mean_flagged"] for m in section["models"].values()]
+    report = {"data": "w", "eval_split": "val", "tuning": "t.", "runs": {}, "backbone": "b",
+              "primary": {**evaluate_methods(TRAIN, evalset, {"postprocess": np.full((4, 3), 1 / 3)}), "n": 4,
+                          "expected_nearby": section}}
+    md = render_markdown(report)
+    assert "## Expected nearby" in md and "| post | LPT-R" in md and "| 3 | 66.7% | 2.0 |" in md
+    assert "| image | whitelist table" in md and "| 3 | 66.7% | 1.7 |" in md
+
+
 def test_second_dataset_uses_the_given_radii_and_needs_no_tuning():
     evalset = make_ds([EAST], [1])
     out = evaluate_methods(TRAIN, evalset, {"image": np.array([CONFUSED_TOWARD_0])},
@@ -168,6 +206,15 @@ def test_evaluate_end_to_end_on_a_tiny_world(tiny_world, trained_runs, tmp_path)
                                "tune": len(val) - primary["n"], "reported": primary["n"]}
     assert set(primary["temperatures"]) == {"image", "postprocess", "featuremod"}
     assert all(0.0 <= m["ece"] <= 1.0 for m in methods.values()) and "Calibration" in md
+    # Expected nearby per run, by the bundle's method, over the reported rows with a location.
+    near = primary["expected_nearby"]
+    assert {name: r["method"] for name, r in near["models"].items()} == {
+        "image only": "whitelist", "post-process": "lpt_r", "feature mod.": "whitelist"}
+    from trainer.evaluate import EVAL_TUNE_FRACTION
+    from trainer.data.splits import tuning_split
+    located = int(val.has_location[tuning_split(val.labels, EVAL_TUNE_FRACTION, 0)[1]].sum())
+    assert all(r["rows"] == located and 0.0 <= r["recall"] <= 1.0 for r in near["models"].values())
+    assert near["labels"] == val.num_labels and "## Expected nearby" in md
 
     # Re-evaluating reuses every cached prediction and reproduces the report exactly.
     cached = sorted(p.name for p in (root / "eval" / "cache").iterdir())

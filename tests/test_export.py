@@ -230,6 +230,30 @@ def test_split_parts_reproduce_the_single_model(tiny_bundles, tiny_world, kind, 
         assert np.abs(got["geo_logits"] - expected["geo_logits"]).max() < 1e-5
 
 
+@pytest.mark.parametrize("kind, mode", [_param("image", "float32"), _param("postprocess", "float32")])
+def test_evaluation_reports_expected_nearby_by_the_exports_method(tiny_bundles, random_runs, tiny_world, kind, mode):
+    """trainer.evaluate's expected-nearby method is the bundle's: the same LPT-R thresholds (from the
+    Keras geo head there, geo.tflite here) or the same whitelist table, so on the validation rows
+    it reports the manifest's recall and mean labels flagged."""
+    from mobile_sdk.nearby import read_thresholds
+    from trainer.evaluation.nearby import evaluation_section, methods_for
+
+    out, manifest = tiny_bundles(kind, mode)
+    run = random_runs[kind]
+    train = load_split(tiny_world, "train", label_names=run.labels)
+    val = load_split(tiny_world, "val", label_names=run.labels)
+    method = methods_for({kind: run}, train)[kind]
+    assert method.name == manifest["expected_nearby"]["method"]
+    if kind == "postprocess":
+        exported = read_thresholds(out / "expected_nearby.json", len(run.labels))
+        ours = np.array([np.nan if t is None else t for t in method.thresholds])
+        np.testing.assert_allclose(ours, exported, atol=1e-5)
+        assert np.isfinite(ours).sum() > len(run.labels) // 2
+    report = evaluation_section({kind: method}, val)["models"][kind]
+    assert report == {"method": method.name, **{k: pytest.approx(v, abs=1e-9) for k, v in
+                                               manifest["expected_nearby"]["validation"].items()}}
+
+
 @pytest.mark.parametrize("kind, mode", ALL)
 def test_recommended_fusion_is_the_best_measured_on_tuning_images(tiny_bundles, random_runs, tiny_world, kind, mode):
     """Every candidate was measured through the SDK on the tuning part of val (never the reported

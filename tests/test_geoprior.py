@@ -132,11 +132,17 @@ def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path):
     located = manifest["metrics"]["verification"]["located"]
     # Paris holds two labels with near-equal presence: int8 may flip that tie, nothing else.
     assert located["top1_agreement"] >= 0.8 and located["max_probability_diff"] < 0.15
+    # Expected nearby from the geo model's own presence logits (LPT-R over each label's training cells).
+    nearby = manifest["expected_nearby"]
+    assert nearby["method"] == "lpt_r" and (tmp_path / "geo_bundle" / nearby["file"]).is_file()
+    assert nearby["validation"]["rows"] > 0 and nearby["validation"]["recall"] >= 0.8
 
     with GeoClassifier.from_bundle(tmp_path / "geo_bundle") as geo_only:
         near = geo_only.species_near(*SYDNEY)
         assert near.geo_scored and {c.label for c in near.categories[:2]} == {"sydney_b", "both_c"}
         assert near.categories[0].score > 0.5
+        assert {c.label for c in near.categories} == {"sydney_b", "both_c"}  # the flagged labels
+        assert all(c.expected_nearby for c in near.categories)
         with pytest.raises(GeoAwareError, match="geo model"):
             geo_only.classify(np.zeros((*SIZE, 3), np.uint8), *SYDNEY)
 
@@ -153,6 +159,9 @@ def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path):
         top = at_new_york.categories[0]
         # vision x geo: log P(vision) + log sigmoid(presence logit), renormalised.
         assert top.geo_score < 0 and top.vision_score is not None
+        # The geo bundle's thresholds flag the labels, whitelist off or not.
+        flags = {c.label: c.expected_nearby for c in at_new_york.categories}
+        assert flags == {"newyork_d": True, "paris_a": False, "sydney_b": False, "both_c": False}
         unknown, image_only = fused.classify(photo), plain.classify(photo)
         assert [(c.label, round(c.score, 6)) for c in unknown.categories] == \
                [(c.label, round(c.score, 6)) for c in image_only.categories]

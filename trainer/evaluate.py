@@ -33,6 +33,7 @@ from mobile_sdk.fileio import atomic_write_bytes
 from mobile_sdk.taxonomy import Taxonomy
 from trainer.data.readers import GeoDataset, load_split
 from trainer.data.splits import tuning_split
+from trainer.evaluation import nearby as expected_nearby
 from trainer.evaluation import rollup
 from trainer.evaluation.inference import predict
 from trainer.evaluation.priors import SWEEP_RADII_MILES
@@ -113,6 +114,9 @@ def run_evaluation(args) -> dict:
             {NAMES[k]: (tune_probs[k], probs[k]) for k in runs if k in tune_probs and k in probs},
             tuneset.labels, evalset.labels, Taxonomy(evalset.taxonomy, labels))
         primary["rollup_ranks"] = list(evalset.taxonomy["ranks"])
+    # expected nearby: thresholds (or table) from the training rows, recall on the reported ones
+    primary["expected_nearby"] = expected_nearby.evaluation_section(
+        {NAMES[k]: m for k, m in expected_nearby.methods_for(runs, train).items()}, evalset)
     first_config = next(iter(runs.values())).config
     report = {
         "version": REPORT_VERSION,

@@ -21,6 +21,8 @@ from ..geo import EARTH_RADIUS_KM, great_circle_km, miles_to_km, validate_locati
 from . import codec
 from .codec import MAX_TABLE_PRECISION, RUNS_PER_BLOCK, SETS_PER_BLOCK, label_set_hash
 
+DEFAULT_RADIUS_MILES = 100.0  # the paper's best radius
+DEFAULT_PRECISION = 4
 _SLACK_KM = 1e-3  # absorbs floating-point rounding in the distance test; it only ever adds labels
 _POINTS_PER_CHUNK = 100_000  # observations turned into row intervals at once (~20 rows each at precision 4)
 _TILE_SIDE_BITS = 6  # cells are expanded to (cell, label) pairs 64 x 64 cells at a time
@@ -197,7 +199,8 @@ def _cell_sets(pairs, num_labels: int):
     return np.concatenate(all_keys), np.concatenate(all_ids), packed
 
 
-def build_whitelist(lat, lon, labels, num_labels, radius_miles=100.0, precision=4, label_names=None) -> bytes:
+def build_whitelist(lat, lon, labels, num_labels, radius_miles=DEFAULT_RADIUS_MILES,
+                    precision=DEFAULT_PRECISION, label_names=None) -> bytes:
     """Build the table from training observations; returns the file's bytes.
 
     lat/lon: degrees (NaN rows = unknown, skipped); labels: int label index per observation;
@@ -227,7 +230,8 @@ def build_whitelist(lat, lon, labels, num_labels, radius_miles=100.0, precision=
                           run_key[::RUNS_PER_BLOCK], run_blocks, set_blocks, label_set_hash(label_names))
 
 
-def write_whitelist(path, lat, lon, labels, num_labels, radius_miles=100.0, precision=4, label_names=None) -> Path:
+def write_whitelist(path, lat, lon, labels, num_labels, radius_miles=DEFAULT_RADIUS_MILES,
+                    precision=DEFAULT_PRECISION, label_names=None) -> Path:
     """Build the table and write it atomically (temporary file in the same folder, then rename)."""
     data = build_whitelist(lat, lon, labels, num_labels, radius_miles, precision, label_names)
     return atomic_write_bytes(path, data)

@@ -13,7 +13,7 @@ import numpy as np
 
 from mobile_sdk.fileio import atomic_write_bytes
 from trainer.data.readers import GeoDataset
-from trainer.evaluation import metrics, rollup
+from trainer.evaluation import metrics, nearby, rollup
 from trainer.evaluation.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, product_scores, sweep_prior
 
 
@@ -179,6 +179,10 @@ def render_markdown(report: dict) -> str:
                   rollup.table(primary["rollup"], primary["rollup_ranks"]), "",
                   f"Each threshold is the lowest whose answers contain the true label at least "
                   f"{rollup.TARGET_PRECISION:.0%} of the time on the tuning images (mobile_sdk's rollup_threshold)."]
+    if "expected_nearby" in primary:
+        lines += ["", "## Expected nearby: the true label flagged at its own location", "",
+                  nearby.table(primary["expected_nearby"]), "",
+                  "The bundle's method for each model (converters.export), from the training locations only."]
     lines += ["", "## Table 4: top-1 per supercategory (labels in the evaluated images)", "",
               metrics.table_supercategories(primary["methods"])]
     lines += ["", "## Table 5: top-1 by image backbone", "",
