@@ -66,14 +66,10 @@ def fit_calibration(bundle_dir, ds) -> dict:
     """The manifest's calibration: a temperature fitted (least NLL) on the SDK's scores of the
     rows of `ds` (the tuning images), kept only if it lowers their expected calibration error
     ("if it helps"; else 1.0), with the ECE before and after."""
+    from trainer.evaluation.inference import sdk_scores
     from trainer.evaluation.metrics import expected_calibration_error, fit_temperature, temper
 
-    images = [load_image(path) for path in ds.paths]
-    scores = np.zeros((len(ds), len(ds.label_names)))
-    with GeoClassifier.from_bundle(bundle_dir, GeoClassifierOptions(use_whitelist=False)) as classifier:
-        for row, (image, lat, lon, known) in enumerate(zip(images, ds.lat, ds.lon, ds.has_location)):
-            for c in classifier.classify(image, *((float(lat), float(lon)) if known else (None, None))).categories:
-                scores[row, c.index] = c.score
+    scores = sdk_scores(bundle_dir, ds, GeoClassifierOptions(use_whitelist=False))
     scores /= scores.sum(axis=1, keepdims=True)
     t = fit_temperature(scores, ds.labels)
     before = expected_calibration_error(scores, ds.labels)

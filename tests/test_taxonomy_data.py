@@ -71,3 +71,26 @@ def test_rollup_threshold_is_the_lowest_reaching_the_target_on_tuning_rows():
     assert report["by_rank"] == {"species": {"share": pytest.approx(1 / 3), "accuracy": 1.0},
                                  "genus": {"share": pytest.approx(1 / 3), "accuracy": 1.0},
                                  "none": {"share": pytest.approx(1 / 3), "accuracy": 0.0}}
+
+
+def test_rollup_threshold_on_a_bundle_is_measured_on_the_sdk_scores(tiny_world, tiny_bundle, capsys):
+    """`trainer.rollup --bundle`: the scores an app gets (tempered, fused as the manifest recommends),
+    the threshold chosen on the tuning rows only."""
+    import numpy as np
+
+    from mobile_sdk.classifier import GeoClassifier
+    from trainer.evaluation.inference import sdk_scores
+    from trainer.evaluation.rollup import choose_threshold, main
+    from trainer.data.splits import tuning_split
+
+    out = main(["--data", tiny_world, "--bundle", str(tiny_bundle)])
+    val = load_split(tiny_world, "val")
+    scores = sdk_scores(tiny_bundle, val)
+    with GeoClassifier.from_bundle(tiny_bundle) as clf:
+        for row in np.flatnonzero(val.has_location)[[0, -1]]:
+            result = clf.classify(val.paths[row], float(val.lat[row]), float(val.lon[row]))
+            assert scores[row, [c.index for c in result.categories]] == pytest.approx([c.score for c in result.categories])
+    tune, _ = tuning_split(val.labels, 0.3, 0)
+    chosen, sweep = choose_threshold(scores[tune], val.labels[tune], Taxonomy(val.taxonomy, val.label_names))
+    assert (out["chosen_threshold"], out["tuning_sweep"], out["tuning_rows"]) == (chosen, sweep, len(tune))
+    assert np.allclose(scores.sum(axis=1), 1.0)

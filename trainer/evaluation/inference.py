@@ -1,5 +1,6 @@
 """A model over a dataset, batch by batch, cached on disk: the evaluation's probabilities of a run
-and the post-processing trainer's logits of its frozen image model come from here.
+and the post-processing trainer's logits of its frozen image model come from here; and an exported
+bundle over a dataset through the SDK (`sdk_scores`), as an app would see it.
 
 A cache file is named by a key of everything its arrays depend on (the model file's sha256 and the
 rows), written atomically, and read back only when its shapes match, so a retrained model or another
@@ -99,3 +100,19 @@ def cached_logits(image_model, dataset, cache_path: Path | None, desc: str) -> d
         return {k: np.concatenate(v) for k, v in parts.items()}
 
     return cached_arrays(cache_path, compute, desc=desc)
+
+
+def sdk_scores(bundle_dir, ds: GeoDataset, options=None) -> np.ndarray:
+    """float64 [N, L]: each row's category scores from mobile_sdk's GeoClassifier on an exported
+    bundle (default options: the bundle's calibration temperature and recommended fusion, what an
+    app gets), the image with its location where it has one; labels the SDK drops score 0."""
+    from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
+    from mobile_sdk.preprocess import load_image
+
+    scores = np.zeros((len(ds), ds.num_labels))
+    with GeoClassifier.from_bundle(bundle_dir, options or GeoClassifierOptions()) as classifier:
+        for row, (path, lat, lon, known) in enumerate(zip(ds.paths, ds.lat, ds.lon, ds.has_location)):
+            location = (float(lat), float(lon)) if known else (None, None)
+            for c in classifier.classify(load_image(path), *location).categories:
+                scores[row, c.index] = c.score
+    return scores

@@ -6,7 +6,11 @@ answer is correct when it contains the true label. The threshold is chosen on tu
 the lowest t on a grid whose answers are correct at least `TARGET_PRECISION` of the time (the most
 specific answers that are still rarely wrong), then reported on other rows.
 
-    python -m trainer.evaluation.rollup --data SPEC --run RUN_DIR [--tune-fraction 0.3] [--seed 0]
+    python -m trainer.evaluation.rollup --data SPEC (--run RUN_DIR | --bundle BUNDLE) [--tune-fraction 0.3] [--seed 0]
+
+With --bundle the scores are the SDK's (mobile_sdk.GeoClassifier with default options: the bundle's
+calibration temperature and recommended whitelist fusion), exactly what `rollup_threshold` meets in
+an app; with --run, the run's own probabilities.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import numpy as np
 from mobile_sdk.taxonomy import SPECIES_RANK, Taxonomy
 from trainer.data.readers import load_split
 from trainer.data.splits import tuning_split
-from trainer.evaluation.inference import predict
+from trainer.evaluation.inference import predict, sdk_scores
 from trainer.evaluation.metrics import markdown_table, pct
 
 TARGET_PRECISION = 0.9
@@ -95,22 +99,26 @@ def table(section: dict, ranks) -> str:
 
 
 def main(argv=None) -> dict:
+    from mobile_sdk.bundle import open_bundle
     from trainer.training.runs import load_run
 
     parser = argparse.ArgumentParser(prog="python -m trainer.evaluation.rollup", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--run", required=True, help="a RUN_DIR (its probabilities, location included)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a RUN_DIR (its probabilities, location included)")
+    source.add_argument("--bundle", help="an exported bundle (the SDK's scores with its default options)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--tune-fraction", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    run = load_run(args.run)
-    ds = load_split(args.data, args.split, label_names=list(run.labels))
+    run = load_run(args.run) if args.run else None
+    labels = list(run.labels if run else open_bundle(args.bundle).labels)
+    ds = load_split(args.data, args.split, label_names=labels)
     if not ds.taxonomy:
         raise SystemExit(f"{args.data} has no taxonomy")
-    taxonomy = Taxonomy(ds.taxonomy, list(run.labels))
+    taxonomy = Taxonomy(ds.taxonomy, labels)
     tune, report = tuning_split(ds.labels, args.tune_fraction, args.seed)
-    probs = predict(run, args.run, ds)
+    probs = predict(run, args.run, ds) if run else sdk_scores(args.bundle, ds)
     threshold, sweep = choose_threshold(probs[tune], ds.labels[tune], taxonomy)
     out = {"chosen_threshold": threshold, "target": TARGET_PRECISION, "tuning_sweep": sweep,
            "tuning_rows": int(len(tune)), "reported": rollup_report(probs[report], ds.labels[report], taxonomy, threshold)}
