@@ -74,7 +74,7 @@ def test_rollup_threshold_is_the_lowest_reaching_the_target_on_tuning_rows():
 
 
 def test_rollup_threshold_on_a_bundle_is_measured_on_the_sdk_scores(tiny_world, tiny_bundle, capsys):
-    """`trainer.rollup --bundle`: the scores an app gets (tempered, fused as the manifest recommends),
+    """`trainer.evaluation.rollup --bundle`: the scores an app gets (tempered, fused as the manifest recommends),
     the threshold chosen on the tuning rows only."""
     import numpy as np
 
