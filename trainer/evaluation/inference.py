@@ -18,7 +18,9 @@ from typing import Callable
 
 import numpy as np
 
+from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.fileio import atomic_write_bytes, sha256_file
+from mobile_sdk.preprocess import load_image
 from trainer.data.readers import GeoDataset
 
 logger = logging.getLogger(__name__)
@@ -106,9 +108,6 @@ def sdk_scores(bundle_dir, ds: GeoDataset, options=None) -> np.ndarray:
     """float64 [N, L]: each row's category scores from mobile_sdk's GeoClassifier on an exported
     bundle (default options: the bundle's calibration temperature and recommended fusion, what an
     app gets), the image with its location where it has one; labels the SDK drops score 0."""
-    from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
-    from mobile_sdk.preprocess import load_image
-
     scores = np.zeros((len(ds), ds.num_labels))
     with GeoClassifier.from_bundle(bundle_dir, options or GeoClassifierOptions()) as classifier:
         for row, (path, lat, lon, known) in enumerate(zip(ds.paths, ds.lat, ds.lon, ds.has_location)):

@@ -19,6 +19,7 @@ import json
 
 import numpy as np
 
+from mobile_sdk.bundle import open_bundle
 from mobile_sdk.taxonomy import SPECIES_RANK, Taxonomy
 from trainer.data.readers import load_split
 from trainer.data.splits import tuning_split
@@ -99,7 +100,6 @@ def table(section: dict, ranks) -> str:
 
 
 def main(argv=None) -> dict:
-    from mobile_sdk.bundle import open_bundle
     from trainer.training.runs import load_run
 
     parser = argparse.ArgumentParser(prog="python -m trainer.evaluation.rollup", description=__doc__.splitlines()[0])
