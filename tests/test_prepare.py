@@ -133,3 +133,21 @@ def test_force_never_replaces_a_folder_prepare_did_not_write(manifest, tmp_path,
     assert exc.value.code == 2
     assert "has no index.json, so it was not written by trainer.prepare" in capsys.readouterr().err
     assert [p.name for p in split.iterdir()] == ["thesis.txt"]
+
+
+def test_records_from_before_the_orientation_feature_are_read_as_stored_with_a_warning(manifest, tmp_path, caplog):
+    """An older prepare (index version 1) wrote no `orientation`: its records parse (default 1,
+    as stored), and reading the folder warns that it differs from the SDK's upright images."""
+    import logging
+
+    prepare.main(["--data", manifest, "--split", "val", "--out", str(tmp_path / "rec")])
+    split_dir = tmp_path / "rec" / "val"
+    index = json.loads((split_dir / "index.json").read_text())
+    assert index["version"] == 2
+    with caplog.at_level(logging.WARNING):
+        read_tfrecord_index(split_dir)
+    assert not caplog.records
+    (split_dir / "index.json").write_text(json.dumps({**index, "version": 1}))
+    with caplog.at_level(logging.WARNING):
+        read_tfrecord_index(split_dir)
+    assert "before records carried the EXIF orientation" in caplog.records[-1].getMessage()
