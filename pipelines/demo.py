@@ -67,12 +67,14 @@ def train_stage(paths: Paths, kind: str, settings: Settings, seed: int) -> Stage
         args += ["--image-size", str(settings.image_size), "--alpha", str(settings.alpha)]
     else:
         args += ["--init", str(paths.run("image"))]
+    if model == "featuremod":  # the hybrid: it starts at the post-processing model (docs/training.md)
+        args += ["--geo-init", str(paths.run("postprocess"))]
     if kind == CONTROL:
         args += ["--location-dropout", "1"]
     if settings.steps_per_epoch:
         args += ["--steps-per-epoch", str(settings.steps_per_epoch)]
     titles = {"image": "image-only MobileNet V2", "postprocess": "post-processing geo net on the frozen image model",
-              "featuremod": "feature-modulation MobileNet V2 from the image-only weights",
+              "featuremod": "feature-modulation MobileNet V2 from the image-only weights and the post-processing geo logits",
               CONTROL: "the image control: feature modulation's recipe with every location dropped"}
     # An interrupted run (no stamp) resumes from its state/; a finished run of other settings or
     # of another image model is deleted first (`stale`), so it is never resumed as this one.

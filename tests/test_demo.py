@@ -167,10 +167,13 @@ def test_demo_stages_run_the_preset_then_reuse_everything(tmp_path):
     demo_commands(tmp_path, preset.RUN, cli)
     assert cli.modules() == ["trainer.world", "train-image", "train-postprocess", "train-featuremod",
                              "train-image_control", "trainer.evaluate", "converters.export"]
-    world, image, post = cli.calls[:3]
+    world, image, post, featuremod = cli.calls[:4]
     control, evaluate = cli.calls[4:6]
+    # Feature modulation is the hybrid: it adds the post-processing run's geo logits.
+    assert featuremod[featuremod.index("--geo-init") + 1] == str(tmp_path / "runs" / "postprocess")
     # The image control: feature modulation's recipe and epochs from the same image run, no location.
     assert control[control.index("--model") + 1] == "featuremod"
+    assert control[control.index("--geo-init") + 1] == str(tmp_path / "runs" / "postprocess")
     assert control[control.index("--location-dropout") + 1] == "1"
     assert control[control.index("--epochs") + 1] == str(preset.RUN.featuremod_epochs)
     assert evaluate[evaluate.index("--image-control") + 1] == str(tmp_path / "runs" / "image_control")

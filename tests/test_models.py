@@ -95,6 +95,28 @@ def test_featuremod_variants_start_from_image_model_and_ignore_unknown(image_mod
         np.testing.assert_allclose(model(known)["logits"].numpy(), image_model(known)["logits"].numpy(), atol=1e-5)
 
 
+def test_hybrid_featuremod_starts_at_its_postprocessing_model_exactly(image_model):
+    """featuremod with a post-processing run's geo head: identical to that model until trained,
+    and one location dropout reaches both the modulation and the added geo logits."""
+    head = networks.build_geo_head(CLASSES)
+    _randomize([layer for layer in head.layers if layer.weights], seed=2)  # a "trained" geo head
+    postprocess = networks.build_postprocess_model(image_model, head)
+    hybrid = networks.build_featuremod_model(image_model, geo_head=head, location_dropout=1.0)
+    image_model.trainable = True  # build_postprocess_model froze it; the hybrid trains it end to end
+    assert set(hybrid.output) == {"probabilities", "logits"}
+    for batch in (_batch(), _batch(known=False)):
+        np.testing.assert_allclose(hybrid(batch)["logits"].numpy(), postprocess(batch)["logits"].numpy(), atol=1e-5)
+    assert np.abs(postprocess(_batch())["geo_logits"].numpy()).max() > 0  # the geo logits do take part
+    # Training with every location dropped is exactly the image model, geo logits included (no
+    # head dropout here, so training-mode outputs are deterministic).
+    plain = networks.build_image_model(CLASSES, image_size=SIZE, alpha=0.35, dropout=0.0)
+    hybrid = networks.build_featuremod_model(plain, geo_head=head, location_dropout=1.0)
+    known = _batch()
+    np.testing.assert_allclose(hybrid(known, training=True)["logits"].numpy(),
+                               plain(known, training=True)["logits"].numpy(), atol=1e-6)
+    assert np.abs(postprocess(known)["logits"].numpy() - image_model(known)["logits"].numpy()).max() > 1e-3
+
+
 def test_featuremod_shares_image_weights(image_model):
     model = networks.build_featuremod_model(image_model)
     image_ids = {id(w) for w in image_model.weights}

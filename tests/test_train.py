@@ -2,6 +2,7 @@
 (32 px, alpha 0.35, 3 classes, 2 steps an epoch), plus slow end-to-end runs in subprocesses."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -502,6 +503,25 @@ def test_postprocess_geo_net_starts_from_a_geoprior_run(image_run, tmp_path):
                                predict_logits(geo, x["location"]), atol=1e-3, rtol=1e-3)
     with pytest.raises(RunError, match="--encoding sincos --geo-net residual"):
         loop.train(config.replace(encoding="fourier"), tmp_path / "other", synthetic_splits())
+
+
+def test_hybrid_featuremod_adds_the_postprocessing_geo_logits_of_the_same_image_run(image_run, tmp_path):
+    image_dir, _, _ = image_run
+    loop.train(tiny_config("postprocess", init=str(image_dir), epochs=2), tmp_path / "post", synthetic_splits())
+    post = load_run(tmp_path / "post").model
+    config = tiny_config("featuremod", init=str(image_dir), geo_init=str(tmp_path / "post"))
+    _, hybrid, _ = loop.build_models(config, synthetic_splits(), None)  # as training starts (the demo trains it)
+    x, _ = _arrays(8, seed=7)
+    np.testing.assert_allclose(hybrid(x)["logits"].numpy(), post(x)["logits"].numpy(), atol=1e-4)
+    assert np.abs(post(x)["geo_logits"].numpy()).max() > 0
+    with pytest.raises(RunError, match="is a image run"):  # --geo-init must name a post-processing run
+        loop.build_models(config.replace(geo_init=str(image_dir)), synthetic_splits(), None)
+    other = tmp_path / "other_image"
+    shutil.copytree(image_dir, other)
+    with pytest.raises(RunError, match="not --init"):  # its geo logits complement another image model
+        loop.build_models(config.replace(init=str(other)), synthetic_splits(), None)
+    with pytest.raises(ValueError, match="needs --init"):
+        tiny_config("featuremod", geo_init=str(tmp_path / "post"))
 
 
 @pytest.mark.slow

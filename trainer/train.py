@@ -50,8 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--strategy", default="default", choices=STRATEGIES)
     p.add_argument("--tpu", default="", help="TPU name or grpc:// address for --strategy tpu")
     p.add_argument("--epochs", type=int, default=10, help="the most epochs; training stops earlier on a plateau")
-    p.add_argument("--patience", type=int, default=3,
-                   help="stop after this many epochs without a better top-1 on the tuning rows")
+    p.add_argument("--patience", type=int,
+                   help="stop after this many epochs without a better top-1 on the tuning rows "
+                        "(default 10 for postprocess, whose epochs take seconds; else 3)")
     p.add_argument("--tune", help="data SPEC whose split 'tune' picks the epoch (default: hold out --tune-fraction "
                                   "of train, seeded and label-stratified); never trained on nor reported")
     p.add_argument("--tune-fraction", type=float, default=DEFAULT_TUNE_FRACTION)
@@ -63,7 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--geo-net", default=networks.DEFAULT_GEO_NET, choices=networks.GEO_NETS,
                    help="geo network: the paper's MLP or SINR's residual net")
     p.add_argument("--geo-init", metavar="RUN_DIR",
-                   help="postprocess: start the geo net from this geoprior run (same labels, encoding, geo net)")
+                   help="postprocess: start the geo net from this geoprior run (same labels, encoding, geo net); "
+                        "featuremod: add this post-processing run's geo logits (same --init) to the modulated "
+                        "network's, so it starts at post-processing's accuracy (the hybrid)")
     p.add_argument("--variant", default="add", choices=sorted(VARIANTS),
                    help="feature modulation: " + ", ".join(f"{k} = {v}" for k, v in VARIANTS.items()))
     p.add_argument("--blocks", help="feature modulation: comma list of layer names (MobileNet V2: or block numbers)")

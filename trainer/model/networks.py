@@ -113,10 +113,12 @@ def build_image_model(num_classes: int, backbone: str = "mobilenet_v2", image_si
 
 
 def _geo_net(location, encoding, units, location_dropout, seed, prefix, geo_net=DEFAULT_GEO_NET):
-    """location -> (geo features, known flag [B, 1]). `units` applies to the paper's net only."""
+    """location -> (geo features, known flag [B, 1]). `units` applies to the paper's net only;
+    `location_dropout` None takes `location` as already dropped (by the caller's LocationDropout)."""
     if geo_net not in GEO_NETS:
         raise ValueError(f"unknown geo net {geo_net!r}; choose one of {GEO_NETS}")
-    location = LocationDropout(location_dropout, seed=seed, name=f"{prefix}_location_dropout")(location)
+    if location_dropout is not None:
+        location = LocationDropout(location_dropout, seed=seed, name=f"{prefix}_location_dropout")(location)
     encoded = LocationEncoder(encoding, name=f"{prefix}_location_encoder")(location)
     x = encoded
     if geo_net == "paper":
@@ -209,12 +211,18 @@ def build_postprocess_model(image_model: keras.Model, geo_head: keras.Model) -> 
 def build_featuremod_model(image_model: keras.Model, encoding: str = DEFAULT_ENCODING,
                            modulated_layers=None, variant: str = DEFAULT_VARIANT,
                            location_dropout: float = 0.1, units=FEATUREMOD_GEO_UNITS,
-                           seed: int | None = None, geo_net: str = DEFAULT_GEO_NET) -> keras.Model:
+                           seed: int | None = None, geo_net: str = DEFAULT_GEO_NET,
+                           geo_head: keras.Model | None = None) -> keras.Model:
     """Rewire `image_model` (from build_image_model, possibly trained) with geo feature modulation.
 
     The backbone graph is rebuilt layer by layer from the same layer objects, so every image weight
     carries over; a FeatureModulation is inserted after each chosen layer (for `film`, before it
     when the chosen layer is the block's activation, else followed by a ReLU).
+
+    With `geo_head` (build_geo_head, e.g. a trained post-processing run's) the model is the hybrid:
+    the head's gated geo logits are added to the modulated network's logits. Modulation starts as
+    the identity, so the hybrid starts exactly at that post-processing model (docs/training.md).
+    One location dropout feeds both, so a dropped location leaves the image path alone.
     """
     image_model.trainable = True  # end to end (paper §5.3), even if a post-processing build froze it
     backbone = image_model.get_layer(_BACKBONE_NAME)
@@ -231,7 +239,8 @@ def build_featuremod_model(image_model: keras.Model, encoding: str = DEFAULT_ENC
         raise ValueError("feature modulation needs at least one modulated layer")
 
     inputs = _inputs(image_model.input["image"].shape[1])
-    geo, known = _geo_net(inputs["location"], encoding, units, location_dropout, seed, "fm", geo_net)
+    location = LocationDropout(location_dropout, seed=seed, name="fm_location_dropout")(inputs["location"])
+    geo, known = _geo_net(location, encoding, units, None, seed, "fm", geo_net)
     tensors = {id(backbone.inputs[0]): image_model.get_layer("pixel_scaling")(inputs["image"])}
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.InputLayer):
@@ -251,6 +260,8 @@ def build_featuremod_model(image_model: keras.Model, encoding: str = DEFAULT_ENC
     x = tensors[id(backbone.output)]
     for name in _HEAD_LAYERS:
         x = image_model.get_layer(name)(x)
+    if geo_head is not None:
+        x = geo_head({"vision_logits": x, "location": location})["logits"]
     return keras.Model(inputs, _named_outputs(x), name="featuremod")
 
 

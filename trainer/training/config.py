@@ -150,7 +150,9 @@ class TrainConfig:
     init: str | None = None  # image-only RUN_DIR; required for postprocess, recommended for featuremod
     encoding: str = DEFAULT_ENCODING
     geo_net: str = DEFAULT_GEO_NET  # paper (256-128-128 / 128-256) | residual (SINR); trainer.model.networks.GEO_NETS
-    geo_init: str | None = None  # postprocess: a geoprior RUN_DIR whose geo net starts the head
+    # postprocess: a geoprior RUN_DIR whose geo net starts the head; featuremod: a postprocess
+    # RUN_DIR (from the same --init) whose geo head is added to the logits (the hybrid)
+    geo_init: str | None = None
     # geoprior (presence-only, trainer.training.geoprior): the weight of an observation's own label against
     # the 'assume negative' terms of every other label and of the random background points.
     pos_weight: float = 2048.0
@@ -160,7 +162,7 @@ class TrainConfig:
     dropout: float = 0.2
     optimizer: OptimizerConfig | None = None
     epochs: int = 10  # the cap: training stops earlier on a plateau of the tuning top-1
-    patience: int = 3  # epochs without a better tuning top-1 before stopping
+    patience: int | None = None  # epochs without a better tuning top-1 before stopping; None: the kind's
     # Tuning rows pick the epoch and stop training; they are never trained on nor reported. By
     # default a seeded, label-stratified tune_fraction of train (trainer.data.splits); `tune` names a
     # data SPEC whose split "tune" is used instead.
@@ -188,7 +190,10 @@ class TrainConfig:
         _require(self.model not in ("image", "geoprior") or not self.init, "init",
                  "applies to postprocess and featuremod only")
         _require(self.geo_net in GEO_NETS, "geo_net", f"{self.geo_net!r} is not one of {GEO_NETS}")
-        _require(self.geo_init is None or self.model == "postprocess", "geo_init", "applies to postprocess only")
+        _require(self.geo_init is None or self.model in ("postprocess", "featuremod"), "geo_init",
+                 "applies to postprocess and featuremod only")
+        _require(self.geo_init is None or self.model != "featuremod" or self.init, "init",
+                 "the hybrid (featuremod --geo-init) needs --init: the image run its post-processing run started from")
         _require(self.pos_weight > 0 and math.isfinite(self.pos_weight), "pos_weight",
                  f"must be a positive finite number, got {self.pos_weight}")
         _require(self.encoding in ENCODINGS, "encoding", f"{self.encoding!r} is not one of {ENCODINGS}")
@@ -213,6 +218,10 @@ class TrainConfig:
         _require(self.tune is None or (isinstance(self.tune, str) and self.tune != ""), "tune",
                  "must be None or a data SPEC")
         _require(0 < self.tune_fraction < 1, "tune_fraction", f"must be in (0, 1), got {self.tune_fraction}")
+        if self.patience is None:
+            # A post-processing epoch is a pass over cached logits (about a second): its top-1 on the
+            # few tuning rows is noisy from epoch to epoch while the loss still falls, so it waits longer.
+            object.__setattr__(self, "patience", 10 if self.model == "postprocess" else 3)
         for name in ("epochs", "batch_size", "patience"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, name, f"must be an int >= 1, got {value!r}")

@@ -153,6 +153,17 @@ def _init_geo_head(head, config: TrainConfig, labels: list[str]) -> None:
     networks.init_geo_from(head, geo.model)
 
 
+def _hybrid_geo_head(config: TrainConfig, labels: list[str]):
+    """featuremod --geo-init: the trained geo head of a post-processing run over the same image run."""
+    if not config.geo_init:
+        return None
+    run = _load_init_run(config.geo_init, "--geo-init", "postprocess", config, labels)
+    if Path(run.config.init).resolve() != Path(config.init).resolve():
+        raise RunError(f"--geo-init {config.geo_init} post-processed the image run {run.config.init}, not --init "
+                       f"{config.init}: its geo logits complement another image model")
+    return run.model.get_layer("geo_head")
+
+
 def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
     """(model trained on logits, model saved as model.keras, the Splits it trains on)."""
     num_classes = len(splits.labels)
@@ -176,7 +187,8 @@ def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
         image_model = (_load_image_run(config, splits.labels) if config.init else networks.build_image_model(
             num_classes, config.backbone, config.image_size, config.alpha, config.weights_arg, config.dropout))
         saved = networks.build_featuremod_model(image_model, config.encoding, config.modulated_layers, config.variant,
-                                              config.location_dropout, seed=config.seed, geo_net=config.geo_net)
+                                              config.location_dropout, seed=config.seed, geo_net=config.geo_net,
+                                              geo_head=_hybrid_geo_head(config, splits.labels))
     else:
         saved = networks.build_image_model(num_classes, config.backbone, config.image_size, config.alpha,
                                          config.weights_arg, config.dropout)
