@@ -67,7 +67,7 @@ def train_stage(paths: Paths, kind: str, settings: Settings, seed: int) -> Stage
         args += ["--image-size", str(settings.image_size), "--alpha", str(settings.alpha)]
     else:
         args += ["--init", str(paths.run("image"))]
-    if model == "featuremod":  # the hybrid: it starts at the post-processing model (docs/training.md)
+    if kind == "featuremod":  # the hybrid: it starts at the post-processing model (docs/training.md)
         args += ["--geo-init", str(paths.run("postprocess"))]
     if kind == CONTROL:
         args += ["--location-dropout", "1"]

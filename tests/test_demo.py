@@ -173,7 +173,8 @@ def test_demo_stages_run_the_preset_then_reuse_everything(tmp_path):
     assert featuremod[featuremod.index("--geo-init") + 1] == str(tmp_path / "runs" / "postprocess")
     # The image control: feature modulation's recipe and epochs from the same image run, no location.
     assert control[control.index("--model") + 1] == "featuremod"
-    assert control[control.index("--geo-init") + 1] == str(tmp_path / "runs" / "postprocess")
+    # ... without the hybrid's geo logits: its epochs are chosen, and it is reported, on images alone.
+    assert "--geo-init" not in control
     assert control[control.index("--location-dropout") + 1] == "1"
     assert control[control.index("--epochs") + 1] == str(preset.RUN.featuremod_epochs)
     assert evaluate[evaluate.index("--image-control") + 1] == str(tmp_path / "runs" / "image_control")
