@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -542,18 +543,36 @@ def test_a_reachable_address_that_is_no_tpu_fails_within_bounded_time(tmp_path):
 
 # --- multi-worker: real worker processes on free localhost ports ---------------------------------
 
-# `python -m trainer.train` that also prints a digest of the final weights it trained in memory.
+# `python -m trainer.train` that also prints a line after every training step and checkpoint (the
+# events a test waits for), the TFRecord files each input pipeline reads, and a digest of the
+# final weights it trained in memory.
 WORKER = textwrap.dedent("""
-    import hashlib, sys
+    import hashlib, os, sys
     import numpy as np
+    import tensorflow as tf
     from trainer import train
+    from trainer.data import pipeline
     from trainer.training import loop
     trained = []
     class Recording(loop.DistributedSteps):
         def __init__(self, strategy, model, *args):
             super().__init__(strategy, model, *args)
             trained.append(model)
-    loop.DistributedSteps = Recording
+        def train_step(self, iterator):
+            counts = super().train_step(iterator)
+            print("trained a step", flush=True)
+            return counts
+    save, shard_files = tf.train.CheckpointManager.save, pipeline.shard_files
+    def announced_save(manager, *args, **kwargs):
+        path = save(manager, *args, **kwargs)
+        print("saved a checkpoint", flush=True)
+        return path
+    def recorded_files(files, shard):
+        chosen = shard_files(files, shard)
+        print("reads", " ".join(sorted(os.path.join(*f.split(os.sep)[-2:]) for f in chosen)), flush=True)
+        return chosen
+    loop.DistributedSteps, tf.train.CheckpointManager.save, pipeline.shard_files = (
+        Recording, announced_save, recorded_files)
     code = train.main(sys.argv[1:])
     if trained:
         weights = b"".join(np.asarray(w).tobytes() for w in trained[-1].get_weights())
@@ -572,35 +591,74 @@ def _free_ports(n):
     return ports
 
 
-def _start_workers(args_of_index, ports):
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    return [_python(["-c", WORKER, *args_of_index(i)],
-                    env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-            for i in range(len(ports))]
+class Worker:
+    """One worker process of a localhost cluster. A thread collects its output, so the test can wait
+    for a line (an event, not a sleep) and no worker blocks on a full pipe while its peers wait
+    for it in a collective."""
+
+    def __init__(self, args, index, ports):
+        cluster = {"worker": [f"localhost:{p}" for p in ports]}
+        self.proc = _python(["-c", WORKER, *args], env={
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})})
+        self.lines, self.ended, self.changed = [], False, threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+        with self.changed:
+            self.ended = True
+            self.changed.notify_all()
+
+    def count(self, text):
+        return sum(line.startswith(text) for line in self.lines)
+
+    def wait_for(self, text, times=1, timeout=900) -> bool:
+        """Whether `times` lines starting with `text` came before the output ended (or the timeout)."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.count(text) >= times or self.ended, timeout)
+            return self.count(text) >= times
+
+    def finish(self, timeout=1800) -> tuple[int, str]:
+        self.proc.wait(timeout)
+        self.reader.join()
+        return self.proc.returncode, "".join(self.lines)
 
 
-def _finish(procs, timeout=900):
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+def _cluster(args_of_index, n=2, ports=None):
+    ports = ports or _free_ports(n)
+    return [Worker(args_of_index(i), i, ports) for i in range(n)]
+
+
+def _finish(workers, timeout=1800):
+    """Every worker exits 0 with the same final weights; their outputs."""
+    outs = []
+    for worker in workers:
+        code, out = worker.finish(timeout)
+        assert code == 0, out[-4000:]
+        outs.append(out)
     digests = [line for out in outs for line in out.splitlines() if line.startswith("final weights")]
-    assert len(digests) == len(procs) and len(set(digests)) == 1, digests  # every worker: the same weights
+    assert len(digests) == len(workers) and len(set(digests)) == 1, digests  # every worker: the same weights
     return outs
 
 
-def _tiny_args(world, model, out, *extra):
-    return ["--data", str(world), "--model", model, "--out", str(out), "--image-size", "32", "--alpha", "0.35",
-            "--batch-size", "16", "--steps-per-epoch", "4", "--epochs", "2", *extra]
+def _tiny_args(data, model, out, *extra, steps=4, epochs=2):
+    """32 px, alpha 0.35, global batch 16; `steps=None` trains whole epochs."""
+    return ["--data", str(data), "--model", model, "--out", str(out), "--image-size", "32", "--alpha", "0.35",
+            "--batch-size", "16", "--epochs", str(epochs), *(["--steps-per-epoch", str(steps)] if steps else []),
+            *extra]
 
 
 @pytest.mark.slow
 def test_two_workers_train_every_model_kind_like_one_process(tiny_world, tmp_path):
     from converters.export import export_bundle
 
-    ports = _free_ports(2)
     for model, init in (("image", ()), ("featuremod", ()), ("postprocess", ("--init", str(tmp_path / "image-0")))):
-        _finish(_start_workers(lambda i: _tiny_args(tiny_world, model, tmp_path / f"{model}-{i}",
-                                                    "--strategy", "multiworker", *init), ports))
+        _finish(_cluster(lambda i: _tiny_args(tiny_world, model, tmp_path / f"{model}-{i}",
+                                              "--strategy", "multiworker", *init)))
         assert not (tmp_path / f"{model}-1").exists()  # only the chief writes its run folder
         run = load_run(tmp_path / f"{model}-0")
         assert run.config.strategy == "multiworker" and run.metrics["epochs_done"] == 2
@@ -613,3 +671,35 @@ def test_two_workers_train_every_model_kind_like_one_process(tiny_world, tmp_pat
     assert single.returncode == 0, out[-3000:]
     one, two = (load_run(tmp_path / name).metrics["history"][-1] for name in ("single", "image-0"))
     assert abs(one["tune_loss"] - two["tune_loss"]) < 0.15 and abs(one["loss"] - two["loss"]) < 0.25, (one, two)
+
+
+@pytest.mark.slow
+def test_two_workers_read_their_own_tfrecord_files_and_resume_after_kill_9(tiny_world, tmp_path):
+    """Two workers on a prepared dataset each read their own TFRecord files. One is killed with
+    SIGKILL in the middle of epoch 2: the other stops by itself, saying what to do, and the same
+    two commands started again (the same ports) resume after epoch 1 and finish alike."""
+    from trainer import prepare
+    from trainer.data.pipeline import read_tfrecord_index
+
+    prepare.main(["--data", tiny_world, "--split", "train", "--out", str(tmp_path / "prepared")])
+    files = read_tfrecord_index(tmp_path / "prepared" / "train")["shards"]
+    assert len(files) == prepare.DEFAULT_SHARDS == 8
+    ports = _free_ports(2)
+    args = lambda i: _tiny_args(f"tfrecords:{tmp_path / 'prepared'}", "image", tmp_path / f"run-{i}",  # noqa: E731
+                                "--strategy", "multiworker", "--patience", "3", epochs=3)
+    chief, worker = _cluster(args, ports=ports)
+    # Epoch 1 (4 steps) is checkpointed; kill when the chief has trained 2 steps of epoch 2.
+    assert chief.wait_for("trained a step", times=6, timeout=1800), chief.lines[-30:]
+    worker.proc.send_signal(signal.SIGKILL)
+    worker.finish()
+    code, out = chief.finish(timeout=600)  # its peer is gone: it must stop by itself, saying what to do
+    assert code == 3 and "start every worker again with the same command" in out, out[-3000:]
+    assert chief.count("saved a checkpoint") == 1  # epoch 2 never completed
+    for index, w in enumerate((chief, worker)):  # worker i read files i, i + 2, ... of train, nothing else
+        reads = {line.split(None, 1)[1].strip() for line in w.lines if line.startswith("reads train")}
+        assert reads == {" ".join(f"train/{f}" for f in files[index::2])}, reads
+    outs = _finish(_cluster(args, ports=ports))
+    assert all("resuming after epoch 1 of 3" in out for out in outs), outs[0][-3000:]
+    metrics = load_run(tmp_path / "run-0").metrics
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3] and metrics["epochs_done"] == 3
+    assert not (tmp_path / "run-1").exists()

@@ -17,6 +17,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import tensorflow as tf
+
 from mobile_sdk.bundle import MODEL_KINDS
 from mobile_sdk.encoding import DEFAULT_ENCODING, ENCODINGS
 from trainer.data.splits import DEFAULT_TUNE_FRACTION
@@ -127,6 +129,15 @@ def main(argv=None) -> int:
     except ValueError as exc:  # config, data, run-folder and strategy errors are all ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except tf.errors.UnavailableError as exc:  # multi-worker: a peer stopped (kill -9, crash, preemption)
+        lines = [line for line in exc.message.splitlines() if line.strip()] or [type(exc).__name__]
+        print(f"error: {next((line for line in lines if 'aborted by' in line), lines[0])}\n"
+              "A worker of the cluster stopped: start every worker again with the same command; "
+              "training resumes after the last completed epoch", file=sys.stderr)
+        return 3
+    if not metrics:  # a non-chief worker of multi-worker training: the chief wrote the run
+        print("worker finished; the chief worker writes the run folder")
+        return 0
     print(f"kept epoch {metrics.get('epoch')} of {metrics.get('epochs_done')} "
           f"({TUNE_METRIC} {metrics.get(TUNE_METRIC, float('nan')):.4f} on {metrics.get('tune_size')} tuning rows); "
           f"run in {args.out}")

@@ -270,6 +270,17 @@ def read_tfrecord_index(path) -> dict:
     return index
 
 
+def shard_files(files: list[str], shard: tuple[int, int]) -> list[str]:
+    """The files input pipeline `index` of `count` reads (`shard=(count, index)`): every count-th
+    from the index-th, so the workers of multi-worker training read disjoint files."""
+    count, first = shard
+    if not files[first::count]:
+        raise ValueError(f"{os.path.dirname(files[0]) if files else 'the dataset'} has {len(files)} TFRecord files, "
+                         f"fewer than the {count} input pipelines (workers) reading it: prepare it with --shards "
+                         "of at least the worker count")
+    return files[first::count]
+
+
 def make_dataset_from_tfrecords(path, image_size, batch_size: int, training: bool, shuffle_seed: int = 0,
                                 repeat: bool = False, drop_remainder: bool = False, shuffle_buffer: int = 10_000,
                                 shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
@@ -280,11 +291,7 @@ def make_dataset_from_tfrecords(path, image_size, batch_size: int, training: boo
     the index-th on: one input pipeline's share in multi-worker training."""
     _check_args(batch_size)
     index = read_tfrecord_index(path)
-    count, first = shard
-    files = [os.path.join(str(path), s) for s in index["shards"]][first::count]
-    if not files:
-        raise ValueError(f"{path} has {len(index['shards'])} TFRecord files, fewer than the {count} input "
-                         "pipelines (workers) reading it: prepare it with --shards of at least the worker count")
+    files = shard_files([os.path.join(str(path), s) for s in index["shards"]], shard)
     shards = tf.data.Dataset.from_tensor_slices(files)
     if training:
         shards = shards.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)

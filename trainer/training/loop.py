@@ -341,6 +341,10 @@ def train(config: TrainConfig, run_dir, splits: Splits | None = None) -> dict:
         checkpoint = tf.train.Checkpoint(model=trained, optimizer=optimizer, epoch=epoch_var, best=best_var,
                                          best_epoch=best_epoch_var)
         manager = tf.train.CheckpointManager(checkpoint, state_dir, max_to_keep=1)
+        # Created here on every worker: a restore would create it on the chief alone (only it has
+        # resume state), and under MultiWorkerMirroredStrategy creating a variable is a collective
+        # every worker must join; a lone one pairs with the others' next collective and fails.
+        _ = checkpoint.save_counter
         if manager.latest_checkpoint:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         if is_multiworker(strategy):  # only the chief has resume state: hand it to every worker
