@@ -1,6 +1,6 @@
 """`make bench`: the paper's results and our performance numbers -> docs/benchmarks.md.
 
-    python -m benchmarks.run [--only accuracy,geography,perf,scale,split] [--budget-min 45] [--seeds 3] [--quick]
+    python -m benchmarks.run [--only accuracy,demo,geography,perf,scale,split] [--budget-min 45] [--seeds 3] [--quick]
 
 Sections:
 - accuracy: the `bench` world, every method (image only, priors with radius sweep, post-processing,
@@ -11,6 +11,8 @@ Sections:
 - scale: the whitelist table and the priors index from 500 to 50,000 labels and 270k to 30M
   observations (benchmarks.scale), growth fitted and projected.
 - split: per-frame latency of the split geo/vision models (geo cached) vs the single model.
+- demo: the accuracy targets of a finished `make demo` (--demo-out, default out/demo), keyed NAME_demo;
+  it trains nothing, and says NOT RUN where no demo has finished.
 
 Each section is cached in out/bench/sections/NAME.md with its own command and date, so
 `--only perf` reruns one section and docs/benchmarks.md is rebuilt from the latest of each.
@@ -29,7 +31,7 @@ from pathlib import Path
 from benchmarks.common import Section, machine
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("accuracy", "geography", "perf", "scale", "split")
+SECTIONS = ("accuracy", "demo", "geography", "perf", "scale", "split")
 DOC = REPO / "docs" / "benchmarks.md"
 JSON_DOC = REPO / "docs" / "benchmarks.json"
 
@@ -40,6 +42,10 @@ def run_section(name: str, args) -> Section:
 
         return accuracy.run(args.out / "accuracy", budget_min=args.budget_min, quick=args.quick, seed=args.seed,
                             seeds=args.seeds)
+    if name == "demo":
+        from benchmarks import accuracy
+
+        return accuracy.from_demo(args.demo_out)
     if name == "geography":
         from benchmarks import geography
 
@@ -107,6 +113,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=1,
                         help="accuracy: repeat with seeds SEED..SEED+N-1 and report mean ± std (make bench: 3)")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench", help="work folder")
+    parser.add_argument("--demo-out", type=Path, default=REPO / "out" / "demo",
+                        help="demo: the folder of a finished `make demo` whose results it reports")
     parser.add_argument("--doc", type=Path, default=DOC, help="Markdown file to write")
     parser.add_argument("--json", type=Path, default=JSON_DOC, help="machine-readable targets file to write")
     parser.add_argument("--assemble", action="store_true", help="only rebuild --doc from the cached sections")

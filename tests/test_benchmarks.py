@@ -118,6 +118,20 @@ def test_accuracy_targets_from_a_report():
                      "featuremod_minus_postprocess_top1": (-5.0, -1.0),
                      "featuremod_unknown_minus_image_control_top1": (0.5, 1.0),
                      "default_fusion_minus_best_fusion_top1": (-0.8, -0.5)}
+    # Another world's targets (the demo's) carry its name, so they never overwrite the bench's.
+    from presets import demo
+
+    demo_keys = {t.key for t in targets_from(methods, "oracle", demo.RUN, fusion) if t.key}
+    assert demo_keys == {"postprocess_minus_oracle_top1_demo", "image_only_top1_demo",
+                         "featuremod_minus_postprocess_top1_demo", "featuremod_unknown_minus_image_control_top1_demo",
+                         "default_fusion_minus_best_fusion_top1_demo"}
+
+
+def test_demo_section_without_a_finished_demo_says_not_run(tmp_path):
+    from benchmarks.accuracy import from_demo
+
+    section = from_demo(tmp_path / "nothing")
+    assert [t.met for t in section.targets] == [None] and "make demo" in section.targets[0].detail
 
 
 def test_assemble_collects_target_verdicts(tmp_path):
