@@ -312,6 +312,7 @@ def test_force_semantics(tiny_bundles, random_runs, tmp_path, monkeypatch):
     out = tmp_path / "bundle"
     shutil.copytree(tiny_bundles("postprocess", "float32")[0], out)
     before = _tree(out)
+    tiny_bundles("postprocess", "int8")  # _fast_export's source, built now: the session fixture converts lazily
     monkeypatch.setattr(export_mod, "convert_model", lambda *a: pytest.fail("must refuse before converting"))
     with pytest.raises(ReplaceRefusedError, match="already exists; pass --force"):
         export_bundle(random_runs["postprocess"], out, "int8")
