@@ -7,7 +7,8 @@ cell (22 km north-south), the accuracy then being the cell's half-diagonal.
 Compared (top-1 on the same rows; the bundle must have geo.tflite and vision.tflite):
 - model only: exact location; obscured location as given ("nothing"); obscured location with the
   geo logits averaged over 16 points of the accuracy disc ("disc average");
-- the SDK (model + hard whitelist): exact location; obscured location with and without `accuracy_m`.
+- the SDK (model + the bundle's recommended whitelist fusion): exact location; obscured location
+  with and without `accuracy_m`.
 The rows are the evaluation's tuning rows (trainer.data.splits.tuning_split of the validation split),
 never the reported ones.
 """
