@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidOptionsError
+from .ranking import best_first
 
 REASONS = ("denylist", "no_observation_within_radius", "below_label_threshold", "below_score_threshold",
            "below_expected_nearby_threshold", "geo_down_weighted")
@@ -91,18 +92,17 @@ class Overrides:
         return None if mask is None else mask | self.always_allow
 
 
-def excluded_labels(labels, vision: np.ndarray, scores: np.ndarray, kept: np.ndarray, k: int, *,
+def excluded_labels(labels, vision: np.ndarray, scores: np.ndarray, top_final: np.ndarray, k: int, *,
                     category_mask: np.ndarray, whitelist: np.ndarray | None, whitelisted_out: bool,
                     nearby: np.ndarray | None, min_score: np.ndarray, score_threshold: float) -> tuple[Excluded, ...]:
-    """The vision top-k labels missing from the final top-k (ranked over the `kept` labels).
+    """The vision top-k labels missing from the final top-k (`top_final`: the answer's first k label indices).
 
     `vision`: image-only probabilities [L]; `scores`: final scores [L]; `whitelist`: the mask the
     whitelist applied (None when it did not filter); `nearby`: expected-nearby flags (None: unknown)."""
     if k == 0:
         return ()
-    top_vision = np.argsort(-vision, kind="stable")[:k]
-    final = np.flatnonzero(kept)
-    top_final = set(final[np.argsort(-scores[final], kind="stable")[:k]].tolist())
+    top_vision = best_first(vision, k)[:k]
+    top_final = set(top_final[:k].tolist())
     out = []
     for i in top_vision.tolist():
         if i in top_final:

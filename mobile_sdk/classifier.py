@@ -33,6 +33,7 @@ from .bundle import Bundle, open_bundle
 from .errors import GeoAwareError, InvalidImageError, InvalidLocationError, InvalidOptionsError
 from .geo import validate_location
 from .preprocess import prepare_image
+from .ranking import Ranking
 from .split_runner import open_split_models
 from .taxonomy import Taxon
 
@@ -163,26 +164,36 @@ class Category:
 class Categories(Sequence):
     """The ranked answer, read like a tuple of `Category` (index, iterate, slice, len, ==).
 
-    Each Category is built when first read: an app that looks at the top few of thousands of
-    labels pays for those few only, so `max_results=None` (every label) costs no more than 5."""
+    Each Category is built when first read, and the ranking is sorted only as far as it is read
+    (`Ranking`): an app that looks at the top few of thousands of labels pays for those few only, so
+    `max_results=None` (every label) costs no more than 5."""
 
-    __slots__ = ("_order", "_labels", "_columns", "_built")
+    __slots__ = ("_ranking", "_labels", "_columns", "_built")
 
-    def __init__(self, order, labels, **columns):
-        self._order = np.asarray(order, dtype=np.int64)  # label indices, best first
+    def __init__(self, ranking, labels, **columns):
+        # a Ranking, or label indices best first
+        self._ranking = ranking if isinstance(ranking, Ranking) else Ranking.of_order(ranking)
         self._labels = labels
         self._columns = columns  # Category field -> values for every label (indexed by label), or None
-        self._built = [None] * len(self._order)
+        self._built = {}
 
     def __len__(self) -> int:
-        return len(self._built)
+        return self._ranking.size
 
     def __getitem__(self, position):
         if isinstance(position, slice):
             return tuple(self[i] for i in range(*position.indices(len(self))))
-        category = self._built[position]  # raises IndexError like a tuple
+        if isinstance(position, numbers.Integral) and not isinstance(position, (bool, np.bool_)):
+            position = int(position)
+            if position < 0:
+                position += len(self)
+            if not 0 <= position < len(self):
+                raise IndexError("Categories index out of range")
+        else:
+            raise TypeError(f"Categories indices must be integers or slices, not {type(position).__name__}")
+        category = self._built.get(position)
         if category is None:
-            index = int(self._order[position])
+            index = int(self._ranking.first(position + 1)[position])
             category = self._built[position] = Category(
                 index=index, label=self._labels[index],
                 **{name: None if values is None else _python(values[index]) for name, values in self._columns.items()})
@@ -211,8 +222,8 @@ def _python(value):
 
 def _ranked(scores: np.ndarray, keep: np.ndarray, limit: int | None) -> np.ndarray:
     """Indices of the kept labels by descending score (ties: lower index first), at most `limit`."""
-    kept = np.flatnonzero(keep)
-    return kept[np.argsort(-scores[kept], kind="stable")][:limit]
+    ranking = Ranking(scores, keep, limit)
+    return ranking.first(ranking.size)
 
 
 @dataclass(frozen=True)
@@ -251,9 +262,11 @@ def _tempered(out: dict, temperature: float) -> dict:
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax in float64; -inf logits (labels removed by a hard whitelist) get exactly 0."""
-    z = logits.astype(np.float64) - logits.max()
-    e = np.exp(z)
-    return e / e.sum()
+    e = logits.astype(np.float64)  # a copy, then in place: the same arithmetic, fewer allocations
+    e -= e.max()
+    np.exp(e, out=e)
+    e /= e.sum()
+    return e
 
 
 class GeoClassifier:
@@ -293,6 +306,8 @@ class GeoClassifier:
                 chosen[[index[n] for n in names]] = True
                 self._category_mask = chosen if keep else ~chosen
         self._overrides = answers.Overrides(options, self.labels)
+        # a label is kept when its score reaches both score_threshold and its own label threshold
+        self._min_score = np.maximum(self._overrides.min_score, options.score_threshold)
         self._split = open_split_models(bundle, options.split_models, options.num_threads)
         # A geo bundle's own thresholds (over its presence logits) flag what lives here beside an image bundle.
         self._nearby_thresholds = nearby.open_thresholds(bundle if self._geo is None else self._geo)
@@ -395,31 +410,34 @@ class GeoClassifier:
         # off) is also what the fusion filters by, unless the fusion is off.
         allowed = self._whitelist_allowed(location, accuracy_m, off=self.options.use_whitelist is False)
         mask = None if self.fusion.whitelist == "off" else self._whitelist_mask(allowed)
-        if mask is not None and not mask.all() and mask.any():
+        if mask is not None and 0 < np.count_nonzero(mask) < mask.size:
             hard = self.fusion.whitelist == "hard"
-            weight = mask.astype(np.float64) if hard else np.where(mask, 1.0, self.fusion.floor)
             if "logits" in out:  # softmax(logits + log w): exact even where a probability underflowed
                 logits = out["logits"].reshape(-1)
                 if hard:  # log 0 = -inf outside: exactly 0 there, the softmax of the allowed logits inside
                     scores = np.zeros(len(mask))
                     scores[mask] = _softmax(logits[mask])
                 else:
-                    scores = _softmax(logits + np.log(weight))
+                    scores = _softmax(logits + np.log(np.where(mask, 1.0, self.fusion.floor)))
                 filtered = True
-            elif (probs * weight).sum() > 0:  # else the model gave the allowed labels nothing: keep it
-                scores, filtered = probs * weight / (probs * weight).sum(), True
-        keep = self._category_mask & (scores >= self.options.score_threshold) & (scores >= self._overrides.min_score)
+            else:
+                weight = mask.astype(np.float64) if hard else np.where(mask, 1.0, self.fusion.floor)
+                if (probs * weight).sum() > 0:  # else the model gave the allowed labels nothing: keep it
+                    scores, filtered = probs * weight / (probs * weight).sum(), True
+        keep = self._category_mask & (scores >= self._min_score)
         if mask is not None and self.fusion.whitelist == "hard" and filtered:
             keep &= mask
         flags = self._nearby_flags(location, allowed, location_logits)
-        categories = Categories(_ranked(scores, keep, self.options.max_results), self.labels,
-                                score=scores, vision_score=vision, geo_score=geo, expected_nearby=flags)
+        ranking = Ranking(scores, keep, self.options.max_results)
+        categories = Categories(ranking, self.labels, score=scores, vision_score=vision, geo_score=geo,
+                                expected_nearby=flags)
         used = location is not None and self._location_matters
         taxonomy, threshold = self._bundle.taxonomy, self.options.rollup_threshold
         rollup = None if taxonomy is None or threshold is None else taxonomy.rollup(
             np.where(self._category_mask, scores, 0.0), threshold)
-        excluded = answers.excluded_labels(
-            self.labels, probs if vision is None else vision, scores, keep, self.options.excluded_top_k,
+        k = self.options.excluded_top_k
+        excluded = () if k == 0 else answers.excluded_labels(
+            self.labels, probs if vision is None else vision, scores, ranking.first(k), k,
             category_mask=self._category_mask, whitelist=mask, whitelisted_out=filtered, nearby=flags,
             min_score=self._overrides.min_score, score_threshold=self.options.score_threshold)
         return ClassificationResult(categories, used, filtered, self.model_version, location, rollup, excluded,

@@ -45,6 +45,8 @@ def validate_location(lat, lon) -> tuple[float, float] | None:
     Returns None when both are None (location unknown), else (lat, wrapped lon) as floats.
     Raises InvalidLocationError naming the problem otherwise.
     """
+    if type(lat) is float and type(lon) is float and -90.0 <= lat <= 90.0 and math.isfinite(lon):
+        return lat, _wrap_degrees(lon)  # the common case, decided without the checks below
     if lat is None and lon is None:
         return None
     if lat is None or lon is None:
@@ -79,6 +81,9 @@ def validate_locations(latlon, allow_unknown: bool = True) -> tuple[np.ndarray, 
         raise InvalidLocationError(f"locations must be numeric, got {exc}") from None
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise InvalidLocationError(f"locations must have shape [N, 2] (lat, lon), got {arr.shape}")
+    lat, lon = arr[:, 0], arr[:, 1]
+    if ((lat >= -90.0) & (lat <= 90.0) & (lon >= -180.0) & (lon < 180.0)).all():  # the common case:
+        return arr.copy(), np.ones(len(arr), dtype=bool)  # every row known, valid and already wrapped
     nan = np.isnan(arr)
     unknown = nan.all(axis=1)
     if (nan.any(axis=1) & ~unknown).any():

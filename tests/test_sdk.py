@@ -204,6 +204,29 @@ def test_categories_are_dataclasses_built_for_what_is_read(geo_bundle):
     assert sorted(c.index for c in top2.categories) == [0, 2] and top2.categories != cats
 
 
+def test_ranking_sorts_only_what_is_read_and_equals_the_stable_argsort():
+    """best_first / Ranking give exactly the stable descending argsort's prefix (ties in index order,
+    NaN last), for many sizes, heavy ties and NaN, read a little or all the way."""
+    from mobile_sdk.ranking import Ranking, best_first
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        size = int(rng.integers(0, 600))
+        values = rng.integers(0, int(rng.integers(1, 50)), size).astype(np.float64)  # many ties
+        if trial % 3 == 0 and size:
+            values[rng.random(size) < 0.05] = np.nan
+        full = np.argsort(-values, kind="stable")
+        n = int(rng.integers(1, 12))
+        prefix = best_first(values, n)
+        assert len(prefix) >= min(n, size) and np.array_equal(prefix, full[:len(prefix)])
+        keep = rng.random(size) < 0.7
+        limit = None if trial % 2 else int(rng.integers(1, 20))
+        expected = np.flatnonzero(keep)[np.argsort(-values[keep], kind="stable")][:limit]
+        ranking = Ranking(values, keep, limit)
+        assert ranking.size == len(expected)
+        assert np.array_equal(ranking.first(n)[:len(expected)], expected[:n])
+        assert np.array_equal(ranking.first(ranking.size), expected)
+
+
 def test_longitude_wraps(geo_bundle):
     with GeoClassifier.from_bundle(geo_bundle) as clf:
         a = clf.classify(IMAGE, PARIS[0], PARIS[1] + 360.0)
