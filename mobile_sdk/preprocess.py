@@ -15,6 +15,7 @@ actually decoded (after JPEG draft scaling), so a decompression bomb costs nothi
 """
 from __future__ import annotations
 
+import functools
 import io
 import threading
 import warnings
@@ -207,6 +208,21 @@ def _axis_weights(in_size: int, out_size: int):
     return lower, upper, (centre - floor).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=32)
+def _resize_plan(in_height: int, in_width: int, height: int, width: int):
+    """Gather indices and weights of one resize (an app resizes frames of the same size again and
+    again): top and bottom rows, y weights [H, 1]; left and right byte columns of a flat RGB row
+    and their x weights, [W * 3] each."""
+    top, bottom, y_lerp = _axis_weights(in_height, height)
+    left, right, x_lerp = _axis_weights(in_width, width)
+    channel = np.arange(3)
+    left, right = ((cols[:, None] * 3 + channel).ravel() for cols in (left, right))
+    plan = top, bottom, y_lerp[:, None], left, right, np.repeat(x_lerp, 3)
+    for array in plan:
+        array.flags.writeable = False  # shared by every call of this size
+    return plan
+
+
 def resize_image(image: np.ndarray, size) -> np.ndarray:
     """uint8 [h, w, 3] -> C-contiguous uint8 [H, W, 3] per the contract; a same-size image passes through."""
     image = load_image(image) if not (isinstance(image, np.ndarray) and image.dtype == np.uint8
@@ -216,14 +232,10 @@ def resize_image(image: np.ndarray, size) -> np.ndarray:
         raise ValueError(f"target size must be positive, got {size!r}")
     if image.shape[:2] == (height, width):
         return np.ascontiguousarray(image)
-    top, bottom, y_lerp = _axis_weights(image.shape[0], height)
-    left, right, x_lerp = _axis_weights(image.shape[1], width)
+    top, bottom, y_lerp, left, right, x_lerp = _resize_plan(*image.shape[:2], height, width)
     # Rows as flat [w * 3] vectors, so every gather and every float32 op below runs over whole
     # output rows (a trailing axis of 3 would make numpy loop 3 elements at a time).
     rows = np.ascontiguousarray(image).reshape(image.shape[0], -1)
-    channel = np.arange(3)
-    left, right = ((cols[:, None] * 3 + channel).ravel() for cols in (left, right))
-    x_lerp = np.repeat(x_lerp, 3)
 
     def lerp_columns(row_indices):
         """TF's top_values/bottom_values: left + (right - left) * x_lerp, in float32."""
@@ -238,13 +250,17 @@ def resize_image(image: np.ndarray, size) -> np.ndarray:
     # The same float32 arithmetic as the kernel, in place: top + (bottom - top) * y_lerp.
     out, bottom_values = lerp_columns(top), lerp_columns(bottom)
     bottom_values -= out
-    bottom_values *= y_lerp[:, None]
+    bottom_values *= y_lerp
     out += bottom_values
     np.rint(out, out=out)  # round half to even, as tf.round
-    np.clip(out, 0, 255, out=out)
+    # No clip to [0, 255] needed (the trainer's is a no-op): with 0 <= lerp < 1, a + (b - a) * lerp
+    # rounds into [min(a, b), max(a, b)] (IEEE rounding is monotone), so every value stays in [0, 255].
     return out.astype(np.uint8).reshape(height, width, 3)
 
 
 def prepare_image(image, size) -> np.ndarray:
     """What the model's `image` input takes: uint8 [1, H, W, 3]."""
+    if type(image) is np.ndarray and image.dtype == np.uint8 and image.shape == (*size, 3) \
+            and image.flags.c_contiguous:  # already what the model takes (the camera-frame case)
+        return image[None]
     return resize_image(load_image(image, size), size)[None]
