@@ -57,16 +57,29 @@ def encode_varints(values: np.ndarray) -> bytes:
 def decode_varints(data) -> np.ndarray:
     raw = np.frombuffer(data, dtype=np.uint8)
     more = raw >= 0x80
-    if not more.any():  # every value below 128
+    cont = np.flatnonzero(more)
+    if not cont.size:  # every value below 128
         return raw.astype(np.int64)
     if more[-1]:
         raise WhitelistTableError("corrupted whitelist table: a varint runs past the end of its block")
-    last = np.flatnonzero(~more)
-    starts = np.r_[0, last[:-1] + 1]
-    shift = (np.arange(raw.size) - np.repeat(starts, last - starts + 1)) * 7
-    if shift.max() > 7 * (VARINT_MAX_BYTES - 1):
-        raise WhitelistTableError("corrupted whitelist table: varint longer than 5 bytes")
-    return np.add.reduceat((raw & 0x7F).astype(np.int64) << shift, starts)
+    # Horner from each value's last byte back to its first: v[c] = low7[c] + (v[c + 1] << 7) for every
+    # byte c that continues, one pass per continuing byte of the longest value (deeper ones settle
+    # first). A few numpy calls whatever the block's size: the first lookup decodes whole blocks.
+    after = cont + 1
+    deeper = cont[more[after]]  # continuing bytes followed by another: values of 3 or more bytes
+    passes = 1
+    while deeper.size:
+        passes += 1
+        if passes >= VARINT_MAX_BYTES:
+            raise WhitelistTableError("corrupted whitelist table: varint longer than 5 bytes")
+        deeper = deeper[more[deeper + passes]]
+    values = raw.astype(np.int64)
+    low = values[cont] & 0x7F
+    for _ in range(passes):
+        values[cont] = low + (values[after] << 7)
+    first = np.ones(raw.size, dtype=bool)
+    first[after] = False  # a byte after a continuing one does not start a value
+    return values[first]
 
 
 def deflate(data: bytes) -> bytes:

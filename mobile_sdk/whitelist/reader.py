@@ -8,8 +8,10 @@ bounded caches (a phone asks about the same area again and again).
 from __future__ import annotations
 
 import mmap
+import operator
 import os
 from bisect import bisect_right
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +174,12 @@ class WhitelistTable:
         """Set id per cell key (int64 array), -1 where the table has no cell."""
         keys = np.asarray(keys, dtype=np.int64)
         out = np.full(keys.shape, -1, dtype=np.int64)
-        if not self._block_keys:
+        if not self._block_keys or not keys.size:
             return out
+        # Searched in key order: sorted needles make numpy's binary searches 2-3x faster (each starts
+        # where the previous ended, in cache) than the sort costs.
+        order = np.argsort(keys, axis=None)
+        keys = keys.ravel()[order]
         block = np.searchsorted(self._layout.block_keys, keys, side="right") - 1
         touched = np.flatnonzero(np.bincount(block + 1, minlength=len(self._block_keys) + 1)[1:]).tolist()
         if not touched:
@@ -189,7 +195,9 @@ class WhitelistTable:
         _, starts, stops, set_ids = merged
         run = np.searchsorted(starts, keys, side="right") - 1
         inside = (block >= 0) & (run >= 0) & (keys < stops[np.maximum(run, 0)])
-        out[inside] = set_ids[run[inside]]
+        found = np.full(keys.size, -1, dtype=np.int64)
+        found[inside] = set_ids[run[inside]]
+        out.ravel()[order] = found  # out is a fresh C-contiguous array: ravel is a view
         return out
 
     def lookup_batch(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
@@ -204,12 +212,11 @@ class WhitelistTable:
         set_ids = np.full(known.size, -1, dtype=np.int64)
         set_ids[known] = self.set_ids(geohash.encode(locs[known, 0], locs[known, 1], self.precision))
         unique, inverse = np.unique(set_ids, return_inverse=True)
-        cached = self._sets.get
-
-        def answer(set_id):  # warm: one dict hit per distinct set
-            labels = None if set_id < 0 else cached(set_id)
-            return labels if labels is not None or set_id < 0 else self.set_labels(set_id)
-        answers = np.fromiter(map(answer, unique.tolist()), dtype=object, count=unique.size)
+        ids = unique.tolist()
+        labels = list(map(self._sets.get, ids))  # warm: one dict hit per distinct set (-1: None, not covered)
+        if sum(map(operator.is_, labels, repeat(None))) > (ids[0] < 0):  # sets not decoded yet (arrays: no ==)
+            labels = [self.set_labels(i) if found is None and i >= 0 else found for i, found in zip(ids, labels)]
+        answers = np.fromiter(labels, dtype=object, count=unique.size)
         return answers[inverse.ravel()], set_ids >= 0
 
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
