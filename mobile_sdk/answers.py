@@ -103,21 +103,26 @@ def excluded_labels(labels, vision: np.ndarray, scores: np.ndarray, top_final: n
         return ()
     top_vision = best_first(vision, k)[:k]
     top_final = set(top_final[:k].tolist())
+    # Python values of the k labels at once: a numpy scalar read per label and rule costs more.
+    rows = zip(top_vision.tolist(), category_mask[top_vision].tolist(),
+               [True] * k if whitelist is None or not whitelisted_out else whitelist[top_vision].tolist(),
+               scores[top_vision].tolist(), min_score[top_vision].tolist(),
+               [None] * k if nearby is None else nearby[top_vision].tolist(), vision[top_vision].tolist())
     out = []
-    for i in top_vision.tolist():
+    for i, listed, whitelisted, score, label_min, near, vision_score in rows:
         if i in top_final:
             continue
-        if not category_mask[i]:
+        if not listed:
             reason = "denylist"
-        elif whitelisted_out and whitelist is not None and not whitelist[i]:
+        elif not whitelisted:
             reason = "no_observation_within_radius"
-        elif scores[i] < min_score[i]:
+        elif score < label_min:
             reason = "below_label_threshold"
-        elif scores[i] < score_threshold:
+        elif score < score_threshold:
             reason = "below_score_threshold"
-        elif nearby is not None and nearby[i] is False:
+        elif near is False:
             reason = "below_expected_nearby_threshold"
         else:
             reason = "geo_down_weighted"
-        out.append(Excluded(i, labels[i], float(vision[i]), reason))
+        out.append(Excluded(i, labels[i], vision_score, reason))
     return tuple(out)

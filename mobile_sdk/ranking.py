@@ -10,12 +10,15 @@ import math
 
 import numpy as np
 
+SMALL = 128  # below this many values one argsort costs less than the partition's several numpy calls
+_NONE = np.zeros(0, dtype=np.int64)
+
 
 def best_first(values: np.ndarray, n: int) -> np.ndarray:
     """Positions of the `n` largest values, largest first, ties in position order: the first n of
     the stable descending argsort (NaN last), without sorting the rest. A prefix of that order of
     length >= n is returned (ties at the n-th value come along)."""
-    if 4 * n < values.size:
+    if 4 * n < values.size and values.size > SMALL:
         bound = np.partition(values, values.size - n)[values.size - n]  # the n-th largest (NaN: largest)
         candidates = np.flatnonzero(values >= bound)  # everything outside is smaller than every candidate
         if candidates.size >= n:  # else NaN took places among the n largest: sort everything
@@ -33,7 +36,7 @@ class Ranking:
         self._scores = scores
         self._kept = np.flatnonzero(keep)
         self.size = self._kept.size if limit is None else min(limit, self._kept.size)
-        self._order, self._sorted = self._kept[:0], 0  # the first `_sorted` kept labels, best first
+        self._order, self._sorted = _NONE, 0  # the first `_sorted` kept labels, best first
 
     @classmethod
     def of_order(cls, order) -> "Ranking":
