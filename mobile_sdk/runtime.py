@@ -79,7 +79,7 @@ class TFLiteModel:
 
     def _bound(self):
         """This thread's (interpreter, signature inputs, signature outputs, tensors): `tensors` is
-        (image index, location index, {output name: index}) with the tensors allocated once, so that
+        ({input name: index}, {output name: index}) with the tensors allocated once, so that
         set_tensor/invoke/get_tensor skip what a signature runner redoes on every call (resize and
         re-allocate each input: ~0.08 ms a call at 64 px); or a signature runner when the signature's
         tensors are not the interpreter's own (a model with several subgraphs)."""
@@ -94,12 +94,11 @@ class TFLiteModel:
                 runner = interpreter.get_signature_runner(SIGNATURE_KEY)
                 inputs, outputs = runner.get_input_details(), runner.get_output_details()
                 own = {d["index"] for d in interpreter.get_input_details() + interpreter.get_output_details()}
-                if set(inputs) == {IMAGE_INPUT, LOCATION_INPUT} and own.issuperset(
-                        d["index"] for d in (*inputs.values(), *outputs.values())):
+                if own.issuperset(d["index"] for d in (*inputs.values(), *outputs.values())):
                     del runner  # it holds the interpreter's internals: invoke() refuses to run while it lives
                     with filtered_native_stderr(_XNNPACK_NOTICE):  # a float model's delegate prints an INFO line
                         interpreter.allocate_tensors()
-                    tensors = (inputs[IMAGE_INPUT]["index"], inputs[LOCATION_INPUT]["index"],
+                    tensors = ({name: d["index"] for name, d in inputs.items()},
                                {name: d["index"] for name, d in outputs.items()})
                 else:
                     tensors = runner
@@ -110,22 +109,26 @@ class TFLiteModel:
             bound = self._local.bound = (interpreter, inputs, outputs, tensors)
         return bound
 
-    def run(self, image: np.ndarray, location: np.ndarray) -> dict[str, np.ndarray]:
-        """image uint8 [1, H, W, 3]; location float32 [1, 2] (NaN = unknown). Returns output copies."""
+    def _invoke(self, **values: np.ndarray) -> dict[str, np.ndarray]:
+        """One inference on this thread's interpreter: input name -> array; output name -> a copy."""
         interpreter, _, _, tensors = self._bound()
         first = not getattr(self._local, "ran", False)
         try:
             # a float model's first run prints LiteRT's "Created ... XNNPACK delegate" INFO line
             with filtered_native_stderr(_XNNPACK_NOTICE) if first else contextlib.nullcontext():
                 if not isinstance(tensors, tuple):  # the signature runner
-                    out = dict(tensors(image=image, location=location))  # GetTensor returns copies
+                    out = dict(tensors(**values))  # GetTensor returns copies
                 else:
-                    image_index, location_index, outputs = tensors
-                    interpreter.set_tensor(image_index, image)
-                    interpreter.set_tensor(location_index, location)
+                    inputs, outputs = tensors
+                    for name, value in values.items():
+                        interpreter.set_tensor(inputs[name], value)
                     interpreter.invoke()
                     out = {name: interpreter.get_tensor(index) for name, index in outputs.items()}  # copies
             self._local.ran = True
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, KeyError) as exc:
             raise ModelError(f"{self.source}: inference failed: {exc}") from None
         return out
+
+    def run(self, image: np.ndarray, location: np.ndarray) -> dict[str, np.ndarray]:
+        """image uint8 [1, H, W, 3]; location float32 [1, 2] (NaN = unknown). Returns output copies."""
+        return self._invoke(image=image, location=location)

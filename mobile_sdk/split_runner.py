@@ -27,8 +27,7 @@ class PartModel(TFLiteModel):
         self.input_name, self.output_name = input_name, output_name
         super().__init__(path, num_threads=num_threads)
 
-    def _check_signature(self, runner) -> None:
-        inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    def _check_signature(self, inputs: dict, outputs: dict) -> None:
         if set(inputs) != {self.input_name} or self.output_name not in outputs:
             raise ModelError(f"{self.source}: expected input {self.input_name!r} and output {self.output_name!r}, "
                              f"found inputs {sorted(inputs)} and outputs {sorted(outputs)}")
@@ -38,11 +37,7 @@ class PartModel(TFLiteModel):
 
     def run_part(self, value: np.ndarray) -> np.ndarray:
         """One batch-1 input -> the part's output row [L] (a copy)."""
-        try:
-            out = self._runner()(**{self.input_name: value})
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"{self.source}: inference failed: {exc}") from None
-        return np.array(out[self.output_name]).reshape(-1)
+        return self._invoke(**{self.input_name: value})[self.output_name].reshape(-1)
 
 
 class SplitModels:
