@@ -82,7 +82,7 @@ def test_expected_nearby_hand_computed_from_training_rows_only(tmp_path):
         west = (latlon[:, 1] < -100).astype(np.float64) * 2 - 1
         return np.stack([west, -west, np.zeros(len(latlon))], axis=1)
 
-    image_run = SimpleNamespace(config=SimpleNamespace(model="image"))
+    image_run = SimpleNamespace(model=SimpleNamespace(output={"probabilities": None, "logits": None}))
     methods = {"post": nearby.lpt_r_method(geo_logits, TRAIN.lat, TRAIN.lon, TRAIN.labels, 3),
                "image": methods_for({"image": image_run}, TRAIN)["image"]}
     assert methods["post"].thresholds == (1.0, 1.0, 0.0)

@@ -25,12 +25,9 @@ def location_logits(run):
     """latlon float32 [N, 2] -> [N, L] of a run's location-only logits, or None for runs without them.
 
     Post-processing: the geo head alone, fed zero vision logits (its geo logits are added after it
-    and do not depend on them); a geo model (trainer.geoprior): its presence logits."""
-    if run.config.model == "geoprior":
-        from trainer.training.geoprior import predict_logits
-
-        return lambda latlon: predict_logits(run.model, latlon)
-    if run.config.model != "postprocess":
+    and do not depend on them)."""
+    outputs = run.model.output
+    if not (isinstance(outputs, dict) and "geo_logits" in outputs):  # as converters.geo_parts.has_parts
         return None
     import tensorflow as tf
 
