@@ -52,7 +52,7 @@ def run_section(name: str, args) -> Section:
         if args.quick:  # two nets, one epoch, no full-size timing
             return geography.run(max_test=500, geo_epochs=1, geo_minutes=None, seed=args.seed,
                                  variants=geography.VARIANTS[:2], time_full_run=False, latency_repeats=5)
-        return geography.run(seed=args.seed)
+        return geography.run(seed=args.seed, seeds=args.seeds)
     if name == "scale":
         from benchmarks import scale
 
@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny smoke variant (tiny world, few repeats)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1,
-                        help="accuracy: repeat with seeds SEED..SEED+N-1 and report mean ± std (make bench: 3)")
+                        help="accuracy: repeat with seeds SEED..SEED+N-1 and report mean ± std; geography: the best geo net's "
+                        "margins over the priors at N seeds (make bench: 3)")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench", help="work folder")
     parser.add_argument("--demo-out", type=Path, default=REPO / "out" / "demo",
                         help="demo: the folder of a finished `make demo` whose results it reports")

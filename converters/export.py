@@ -176,7 +176,8 @@ def export_bundle(model, out, quantize: str, data: str | None = None, force: boo
                     outputs=expected.outputs, whitelist_radius_miles=whitelist_radius,
                     whitelist_precision=whitelist_precision, training=_training_summary(run),
                     metrics={"validation": run.metrics, "verification": verification},
-                    recommended_fusion=recommended_fusion, calibration=calibration, sections=sections)
+                    recommended_fusion=recommended_fusion, calibration=calibration, sections=sections,
+                    geo_objective=run.config.geo_objective if run.config.model == "geoprior" else None)
 
             # Calibration and fusion are measured through the SDK on this very bundle, so
             # provisional manifests go in first; the final one (with both) replaces them, still last.

@@ -28,6 +28,7 @@ from .encoding import ENCODINGS
 from .errors import BundleError, BundleIntegrityError, WhitelistTableError
 from .runtime import TFLiteModel
 from .fileio import atomic_write_bytes, read_regular_file, sha256_file
+from .geo_scores import GEO_OBJECTIVES
 from .taxonomy import Taxonomy
 from .whitelist.codec import label_set_hash
 from .whitelist.reader import WhitelistTable
@@ -100,7 +101,7 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
                  whitelist_precision: int | None = None, training: dict | None = None,
                  metrics: dict | None = None, model_version: str | None = None,
                  recommended_fusion: dict | None = None, calibration: dict | None = None,
-                 sections: dict | None = None) -> dict:
+                 sections: dict | None = None, geo_objective: str | None = None) -> dict:
     """The manifest of a bundle folder whose other files are already written: hashes them all.
 
     `outputs`: the model's output names; `training`: a JSON-able summary of the training config;
@@ -110,6 +111,8 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
     combination GeoClassifier applies unless its options say otherwise. `calibration`:
     {"temperature": T, ...}; GeoClassifier divides the model's logits by T.
     `sections`: the optional manifest sections (`OPTIONAL_SECTIONS`) describing optional files.
+    `geo_objective`: a geo model's (model_kind geoprior) training objective, which says what its
+    logits mean (`mobile_sdk.geo_scores`).
     """
     bundle_dir = Path(bundle_dir)
     if model_kind not in MODEL_KINDS:
@@ -159,6 +162,8 @@ def manifest_for(bundle_dir, *, model_kind: str, backbone: str, input_size, num_
         manifest["recommended_fusion"] = dict(recommended_fusion)
     if calibration is not None:
         manifest["calibration"] = dict(calibration)
+    if geo_objective is not None:
+        manifest["geo_objective"] = geo_objective
     _check_manifest(manifest, bundle_dir)
     if len(labels) != num_labels:
         raise ValueError(f"{bundle_dir}: {LABELS_FILE} has {len(labels)} labels, num_labels is {num_labels}")
@@ -227,6 +232,8 @@ def _check_manifest(m, where) -> None:
         t = calibration.get("temperature") if isinstance(calibration, dict) else None
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             fail(f"calibration {calibration!r} (needs a positive, finite temperature)")
+    if "geo_objective" in m and (m["geo_objective"] not in GEO_OBJECTIVES or m["model_kind"] != "geoprior"):
+        fail(f"geo_objective {m['geo_objective']!r} (one of {GEO_OBJECTIVES}, for model_kind geoprior only)")
     needed = [MODEL_FILE, LABELS_FILE] + ([WHITELIST_FILE] if wl else [])
     for section, section_files in OPTIONAL_SECTIONS.items():
         if m.get(section) is not None:

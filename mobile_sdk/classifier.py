@@ -5,10 +5,12 @@
         print(result.categories[0].label, result.location_used)
 
 The model fuses image and location itself (its `probabilities` output), or, for an image-only bundle
-with a geo bundle (`geo_bundle_path`, a presence-only geo model from trainer.training.geoprior), the SDK
-multiplies the image probabilities by each label's presence probability at the location (vision x
-geo, as Mac Aodha et al. 2019 and iNaturalist's app do). The SDK adds the paper's whitelist (eq. 3)
-on top: `hard` drops labels with no training observation within the radius,
+with a geo bundle (`geo_bundle_path`, a geo model trained on observations by
+trainer.training.geoprior), the SDK multiplies the image probabilities by the geo model's score of
+each label at the location: P(label | location) for a softmax-trained geo model (the paper's
+Bayesian prior, eq. 2), the label's presence probability for a presence-only one (vision x geo, as
+Mac Aodha et al. 2019 and iNaturalist's app do; mobile_sdk.geo_scores). The SDK adds the paper's
+whitelist (eq. 3) on top: `hard` drops labels with no training observation within the radius,
 `soft` multiplies them by a floor so a stale table can never zero a label out. Scores are then
 renormalised to sum to 1 over the labels that remain. Which of off / soft / hard applies is the
 bundle's `recommended_fusion` (measured at export on tuning images) unless the options say
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import answers, nearby
+from . import answers, geo_scores, nearby
 from .accuracy import validate_accuracy_m, widened_whitelist
 from .answers import Excluded
 from .bundle import Bundle, open_bundle
@@ -157,7 +159,8 @@ class Category:
     label: str
     score: float  # the final score: the model's fused probability after the whitelist, renormalised
     vision_score: float | None = None  # image-only probability, where the model exposes vision_logits
-    geo_score: float | None = None  # the geo network's logit added to the vision logit (0 = no evidence)
+    # the geo network's logit added to the vision logit (0 = no evidence); with a geo bundle, its log score
+    geo_score: float | None = None
     expected_nearby: bool | None = None  # flagged expected at this location (None: unknown, see nearby.py)
 
 
@@ -243,8 +246,9 @@ class ClassificationResult:
 
 @dataclass(frozen=True)
 class NearbySpecies:
-    """species_near's answer: the labels expected nearby, sorted by score: sigmoid(geo logit) where the
-    model has a separable geo network, else 1.0 for each whitelisted label."""
+    """species_near's answer: the labels expected nearby, sorted by score: a geo bundle's score
+    (mobile_sdk.geo_scores) or sigmoid(geo logit) where the model has a separable geo network, else
+    1.0 for each whitelisted label."""
     categories: Sequence[Category]  # a Categories, like ClassificationResult's
     whitelist_covered: bool  # the table has training data near this point
     geo_scored: bool  # scores come from the model's geo network
@@ -309,8 +313,10 @@ class GeoClassifier:
         # a label is kept when its score reaches both score_threshold and its own label threshold
         self._min_score = np.maximum(self._overrides.min_score, options.score_threshold)
         self._split = open_split_models(bundle, options.split_models, options.num_threads)
-        # A geo bundle's own thresholds (over its presence logits) flag what lives here beside an image bundle.
+        # A geo bundle's expected-nearby thresholds are on its own scores: they answer where it is present.
         self._nearby_thresholds = nearby.open_thresholds(bundle if self._geo is None else self._geo)
+        self._geo_objective = None if self._geo is None else \
+            self._geo.manifest.get("geo_objective", geo_scores.UNRECORDED_GEO_OBJECTIVE)
 
     @classmethod
     def create_from_options(cls, options: GeoClassifierOptions) -> "GeoClassifier":
@@ -383,7 +389,7 @@ class GeoClassifier:
         accuracy_m: how far (metres) the true point may lie from (lat, lon), None = exact."""
         self._check_open()
         if self._geo_only:
-            raise GeoAwareError("this bundle is a geo model (location -> per-label presence): use species_near, "
+            raise GeoAwareError("this bundle is a geo model (location -> per-label scores): use species_near, "
                                 "or pass it as geo_bundle_path beside an image-only bundle")
         location = validate_location(lat, lon)
         accuracy_m = validate_accuracy_m(accuracy_m)
@@ -397,11 +403,10 @@ class GeoClassifier:
             vision = _softmax(out["vision_logits"].reshape(-1))
             geo = location_logits = out["geo_logits"].reshape(-1).astype(np.float64)
         elif self._geo is not None and location is not None:
-            # vision x geo: log softmax(vision logits) + log sigmoid(presence logit), renormalised.
+            # vision x geo: log softmax(vision logits) + the geo model's log score, renormalised.
             vision_logits = out["logits"].reshape(-1).astype(np.float64)
             vision = _softmax(vision_logits)
-            location_logits = self._presence_logits(location)
-            geo = -np.logaddexp(0.0, -location_logits)
+            geo = location_logits = self._geo_log_scores(location)
             out["logits"] = np.log(np.maximum(vision, 1e-300)) + geo
             probs = _softmax(out["logits"])
 
@@ -443,10 +448,11 @@ class GeoClassifier:
         return ClassificationResult(categories, used, filtered, self.model_version, location, rollup, excluded,
                                     None if location is None else accuracy_m)
 
-    def _presence_logits(self, location) -> np.ndarray:
-        """The geo bundle's per-label presence logits at a known location."""
+    def _geo_log_scores(self, location) -> np.ndarray:
+        """The geo bundle's per-label log scores at a known location (mobile_sdk.geo_scores)."""
         blank = np.zeros((1, *self._geo.input_size, 3), dtype=np.uint8)
-        return self._geo.model.run(blank, np.array([location], dtype=np.float32))["logits"].reshape(-1).astype(np.float64)
+        logits = self._geo.model.run(blank, np.array([location], dtype=np.float32))["logits"].reshape(-1)
+        return geo_scores.log_scores(logits, self._geo_objective)
 
     def classify_batch(self, images, locations=None, accuracy_m=None) -> list[ClassificationResult]:
         """Classify many images. `locations`: None, or one (lat, lon) pair or None per image;
@@ -480,10 +486,11 @@ class GeoClassifier:
         return results
 
     def _geo_logits(self, location) -> np.ndarray | None:
-        """The post-processing model's geo logits at a point. They do not depend on the image (they
-        are added to the image logits), so the single model gives them from a blank image."""
+        """The geo bundle's log scores, or the post-processing model's geo logits at a point. These do
+        not depend on the image (they are added to the image logits), so the single model gives them
+        from a blank image."""
         if self._geo is not None:
-            return self._presence_logits(location)
+            return self._geo_log_scores(location)
         if not self._has_parts:
             return None
         if self._split is not None:
@@ -493,11 +500,11 @@ class GeoClassifier:
 
     def species_near(self, lat, lon, max_results: int | None = None, accuracy_m=None) -> NearbySpecies:
         """The labels expected nearby at this location (nearby.py: the geo network's per-label
-        thresholds, or the whitelist), ranked by sigmoid(geo logit) where there is a separable geo
-        network: a geo bundle (alone or beside an image bundle) answers with its presence
-        probabilities, a post-processing model with sigmoid of its geo logits. Without thresholds or
-        table data here, every label is ranked by the geo network; without one, the whitelist alone
-        answers."""
+        thresholds, or the whitelist), ranked by the geo network's score where there is a separable
+        one: a geo bundle (alone or beside an image bundle) answers with its scores (P(label |
+        location), or presence probabilities: mobile_sdk.geo_scores), a post-processing model with
+        sigmoid of its geo logits. Without thresholds or table data here, every label is ranked by
+        the geo network; without one, the whitelist alone answers."""
         self._check_open()
         location = validate_location(lat, lon)
         if location is None:
@@ -510,7 +517,10 @@ class GeoClassifier:
         covered = mask is not None
         geo = self._geo_logits(location)
         flags = self._nearby_flags(location, allowed, geo)
-        scores = None if geo is None else 1.0 / (1.0 + np.exp(-geo.astype(np.float64)))
+        if geo is None:
+            scores = None
+        else:  # the geo bundle's log scores, or the post-processing model's geo logits
+            scores = np.exp(geo) if self._geo is not None else 1.0 / (1.0 + np.exp(-geo.astype(np.float64)))
         if self._nearby_thresholds is not None and geo is not None:
             listed = flags == True  # noqa: E712 -- elementwise over an object array of True/False/None
         else:

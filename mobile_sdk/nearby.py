@@ -3,11 +3,11 @@
 Two methods, chosen by the export and recorded in the manifest's `expected_nearby` section:
 
 - `lpt_r` (models with a location-only part: the post-processing geo network's geo logits, a geo
-  model's presence logits): a label is expected at a point when its logit there reaches the label's
-  threshold: the `percentile` (default 5) of its logit over the distinct cells (geohash,
-  `cell_precision`) where it was observed in training ("lowest presence threshold, robust", as in
-  iNaturalist's make_thresholds.py). The thresholds live in `expected_nearby.json`; a label never
-  observed with a location has none (flag None).
+  model's log scores, mobile_sdk.geo_scores): a label is expected at a point when that value there
+  reaches the label's threshold: the `percentile` (default 5) of the value over the distinct cells
+  (geohash, `cell_precision`) where it was observed in training ("lowest presence threshold,
+  robust", as in iNaturalist's make_thresholds.py). The thresholds live in `expected_nearby.json`;
+  a label never observed with a location has none (flag None).
 - `whitelist` (other models): a label is expected where the whitelist table allows it, i.e. it was
   observed within the table's radius (widened by the location accuracy). Where the table has no
   data nearby the flags are None (unknown).

@@ -5,6 +5,7 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
+from mobile_sdk.geo_scores import GEO_OBJECTIVES, log_scores  # noqa: E402
 from trainer.model import networks  # noqa: E402
 from trainer.training import geoprior  # noqa: E402
 from trainer.training.config import OptimizerConfig, TrainConfig  # noqa: E402
@@ -40,6 +41,40 @@ def test_presence_only_loss_learns_two_disjoint_ranges(geo_net):
     assert inside[0, 1] < 0.1 and inside[1, 0] < 0.1  # and low inside the other's
     far = _scores(model, [[0.0, -60.0], [60.0, -100.0], [-70.0, 0.0], [10.0, 80.0]])
     assert far.max() < 0.1  # background points teach "absent where never observed"
+
+
+def test_softmax_objective_learns_two_disjoint_ranges():
+    model, history = geoprior.fit(_toy_observations(), _toy_config(geo_objective="softmax"), log=lambda _: None)
+    assert history[-1]["loss"] < history[0]["loss"]
+    probs = geoprior.label_probs(geoprior.predict_logits(model, np.array(list(CENTRES.values()), np.float32)), "softmax")
+    assert probs[0, 0] > 0.9 and probs[1, 1] > 0.9  # P(label | location): each range's own label
+
+
+@pytest.mark.parametrize("objective", GEO_OBJECTIVES)
+def test_model_probabilities_are_the_sdk_scores_of_its_logits(objective):
+    """The Keras model's `probabilities` output and mobile_sdk.geo_scores agree (parity), and
+    label_probs renormalises them: softmax(f) as is, sigmoid(f) divided by its sum."""
+    model = networks.build_geo_model(5, "fourier", "paper", objective=objective)
+    _randomize(model)
+    out = model({"image": np.zeros((3, 1, 1, 3), np.uint8),
+                 "location": np.array([[10.0, 20.0], [-40.0, 170.0], [89.0, -179.0]], np.float32)})
+    logits, probs = out["logits"].numpy(), out["probabilities"].numpy()
+    np.testing.assert_allclose(np.exp(log_scores(logits, objective)), probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(geoprior.label_probs(logits, objective), probs / probs.sum(axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-7)
+    if objective == "softmax":
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_log_scores_by_hand_and_unknown_objective():
+    z = np.array([[0.0, np.log(3.0)], [800.0, -800.0]])
+    np.testing.assert_allclose(log_scores(z, "softmax")[0], np.log([0.25, 0.75]))
+    np.testing.assert_allclose(log_scores(z, "presence")[0], np.log([0.5, 0.75]))
+    assert np.isfinite(log_scores(z, "presence")).all() and np.isfinite(log_scores(z, "softmax")).all()
+    with pytest.raises(ValueError, match="geo objective"):
+        log_scores(z, "hinge")
+    with pytest.raises(ValueError, match="geo_objective"):
+        _toy_config(geo_objective="hinge")
 
 
 def test_assume_negative_loss_terms():
@@ -106,9 +141,11 @@ def test_reads_npz_csv_and_names_bad_files(tmp_path):
         geoprior.load_observations(str(bad))
 
 
-def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path):
+@pytest.mark.parametrize("objective", ["softmax", pytest.param("presence", marks=pytest.mark.slow)])
+def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path, objective):
     """`trainer.train --model geoprior` on a CSV of observations -> int8 geo bundle (location kept
-    float) -> GeoClassifier: species_near alone, and vision x geo beside an image-only bundle."""
+    float, the objective and expected-nearby thresholds on its scores in the bundle) ->
+    GeoClassifier: species_near alone, and vision x geo beside an image-only bundle."""
     from converters.export import export_bundle
     from converters.verify import check_location_float
     from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
@@ -123,26 +160,28 @@ def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path):
     observations = tmp_path / "obs.csv"
     observations.write_text("label,lat,lon\n" + "\n".join(rows) + "\n")
     run = tmp_path / "run"
+    chosen = [] if objective == "softmax" else ["--objective", objective, "--pos-weight", "4"]  # softmax: the default
     assert train_main(["--model", "geoprior", "--observations", str(observations), "--out", str(run),
-                       "--encoding", "fourier", "--epochs", "6", "--batch-size", "64", "--lr", "3e-3",
-                       "--pos-weight", "4"]) == 0
+                       "--epochs", "6", "--batch-size", "64", "--lr", "3e-3", *chosen]) == 0
     manifest = export_bundle(run, tmp_path / "geo_bundle", "int8", calibration_samples=50, verify_samples=40)
     assert manifest["model_kind"] == "geoprior" and manifest["location_encoding"] == "fourier"
+    assert manifest["geo_objective"] == objective and manifest["training"]["geo_net"] == "paper"
     check_location_float((tmp_path / "geo_bundle" / "model.tflite").read_bytes())
     located = manifest["metrics"]["verification"]["located"]
-    # Paris holds two labels with near-equal presence: int8 may flip that tie, nothing else.
+    # Paris holds two labels with near-equal scores: int8 may flip that tie, nothing else.
     assert located["top1_agreement"] >= 0.8 and located["max_probability_diff"] < 0.15
-    # Expected nearby from the geo model's own presence logits (LPT-R over each label's training cells).
+    # Expected nearby from the geo model's own log scores (LPT-R over each label's training cells).
     nearby = manifest["expected_nearby"]
     assert nearby["method"] == "lpt_r" and (tmp_path / "geo_bundle" / nearby["file"]).is_file()
     assert nearby["validation"]["rows"] > 0 and nearby["validation"]["recall"] >= 0.8
 
     with GeoClassifier.from_bundle(tmp_path / "geo_bundle") as geo_only:
         near = geo_only.species_near(*SYDNEY)
-        assert near.geo_scored and {c.label for c in near.categories[:2]} == {"sydney_b", "both_c"}
-        assert near.categories[0].score > 0.5
-        assert {c.label for c in near.categories} == {"sydney_b", "both_c"}  # the flagged labels
+        assert near.geo_scored and {c.label for c in near.categories} == {"sydney_b", "both_c"}  # the flagged labels
         assert all(c.expected_nearby for c in near.categories)
+        assert near.categories[0].score > (0.3 if objective == "softmax" else 0.5)
+        if objective == "softmax":  # P(label | location): Sydney's two labels hold nearly all of it
+            assert sum(c.score for c in near.categories) > 0.9
         with pytest.raises(GeoAwareError, match="geo model"):
             geo_only.classify(np.zeros((*SIZE, 3), np.uint8), *SYDNEY)
 
@@ -157,11 +196,15 @@ def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path):
         at_new_york = fused.classify(photo, *NEW_YORK)
         assert at_new_york.location_used and at_new_york.categories[0].label == "newyork_d"
         top = at_new_york.categories[0]
-        # vision x geo: log P(vision) + log sigmoid(presence logit), renormalised.
+        # vision x geo: log P(vision) + the geo bundle's log score, renormalised.
         assert top.geo_score < 0 and top.vision_score is not None
         # The geo bundle's thresholds flag the labels, whitelist off or not.
         flags = {c.label: c.expected_nearby for c in at_new_york.categories}
         assert flags == {"newyork_d": True, "paris_a": False, "sydney_b": False, "both_c": False}
+        by_label = {c.label: c for c in at_new_york.categories}
+        fused_by_hand = np.array([np.log(by_label[n].vision_score) + by_label[n].geo_score for n in by_label])
+        np.testing.assert_allclose([c.score for c in by_label.values()],
+                                   np.exp(fused_by_hand) / np.exp(fused_by_hand).sum(), rtol=1e-6)
         unknown, image_only = fused.classify(photo), plain.classify(photo)
         assert [(c.label, round(c.score, 6)) for c in unknown.categories] == \
                [(c.label, round(c.score, 6)) for c in image_only.categories]

@@ -472,6 +472,12 @@ def test_manifest_writer_validates(tmp_path, models):
                 dict(input_size=(32,)), dict(outputs=["logits"]), dict(num_labels=0)):
         with pytest.raises(ValueError):
             bundle_mod.manifest_for(tmp_path, **{**common, **bad})
+    # geo_objective: a geo bundle's, one of mobile_sdk.geo_scores.GEO_OBJECTIVES (the reader's rule too)
+    for bad in (dict(geo_objective="softmax"), dict(model_kind="geoprior", geo_objective="hinge")):
+        with pytest.raises(BundleError, match="geo_objective"):
+            bundle_mod.manifest_for(tmp_path, **{**common, **bad})
+    assert bundle_mod.manifest_for(tmp_path, **{**common, "model_kind": "geoprior",
+                                                "geo_objective": "softmax"})["geo_objective"] == "softmax"
     manifest = bundle_mod.manifest_for(tmp_path, **common)
     assert manifest["whitelist"] is None and manifest["model_version"] == manifest["files"]["model.tflite"][:12]
     bundle_mod.write_manifest(tmp_path, manifest)

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "geoprior" in {a.split("=", 1)[-1] for a in argv if a.startswith("--model")} | \
             {argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--model"}:
-        from trainer.training import geoprior  # presence-only: observations, no images (its own trainer)
+        from trainer.training import geoprior  # observations, no images (its own trainer)
 
         return geoprior.main(argv)
     args = parse_args(argv)

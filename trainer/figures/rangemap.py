@@ -5,7 +5,8 @@
 
 Panels drawn (one PNG):
 - the post-processing run's geo logit for the label (the learned log P(G|L)/P(G|not L) residual),
-  or a geoprior run's presence probability sigmoid(f) (trainer.training.geoprior);
+  or a geoprior run's score (trainer.training.geoprior): P(label | location) = softmax(f), or
+  the presence probability sigmoid(f) of a presence-only run;
 - with --prior, the Bayesian radius prior P(L|G) from the training observations of DATA_SPEC;
 - with --truth WORLD_DIR, the world generator's true range density for the label;
 - with --observations FILE (an observation file or data SPEC, as trainer.training.geoprior reads), the
@@ -227,13 +228,16 @@ def geo_panel(model, labels, label: str, grid: Grid, source: str = "") -> tuple[
     return f"{label}: post-processing geo logit {source}".strip(), scores
 
 
-def presence_panel(model, labels, label: str, grid: Grid, source: str = "") -> tuple[str, np.ndarray]:
-    """A geoprior run's presence probability sigmoid(f) for the label."""
+def geoprior_panel(model, labels, label: str, grid: Grid, objective: str, source: str = "") -> tuple[str, np.ndarray]:
+    """A geoprior run's score for the label (mobile_sdk.geo_scores): P(label | location) = softmax(f)
+    for a softmax-trained run, the presence probability sigmoid(f) for a presence-only one."""
+    from mobile_sdk.geo_scores import log_scores
     from trainer.training.geoprior import predict_logits
 
     index = label_index(list(labels), label)
-    logits = predict_logits(model, grid.latlon)[:, index].astype(np.float64)
-    return f"{label}: presence-only geo net σ(f) {source}".strip(), 1.0 / (1.0 + np.exp(-logits))
+    scores = np.exp(log_scores(predict_logits(model, grid.latlon), objective)[:, index])
+    meaning = "P(label | location)" if objective == "softmax" else "presence σ(f)"
+    return f"{label}: geo net {meaning} {source}".strip(), scores
 
 
 def observation_points(spec: str, label: str) -> np.ndarray:
@@ -295,8 +299,9 @@ def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=No
 
         run = load_run(run_dir)
         try:
-            draw = presence_panel if run.config.model == "geoprior" else geo_panel
-            panels.append(draw(run.model, run.labels, label, grid, f"({Path(run_dir).name})"))
+            source = f"({Path(run_dir).name})"
+            panels.append(geoprior_panel(run.model, run.labels, label, grid, run.config.geo_objective, source)
+                          if run.config.model == "geoprior" else geo_panel(run.model, run.labels, label, grid, source))
         except RangeMapError as exc:
             if prior_spec is None and truth_world is None and observations is None:
                 raise

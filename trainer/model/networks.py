@@ -14,6 +14,7 @@ import os
 import keras
 
 from mobile_sdk.encoding import DEFAULT_ENCODING
+from mobile_sdk.geo_scores import GEO_OBJECTIVES
 from trainer.model.layers import (DEFAULT_VARIANT, FeatureModulation, GateByKnown, KnownFlag,
                                   LocationDropout, LocationEncoder, PixelScaling)
 
@@ -163,16 +164,20 @@ GEO_MODEL_IMAGE_SIZE = 1  # a geo model's image input is ignored: the smallest t
 
 
 def build_geo_model(num_classes: int, encoding: str = DEFAULT_ENCODING, geo_net: str = DEFAULT_GEO_NET,
-                    units=POSTPROCESS_GEO_UNITS, seed: int | None = None) -> keras.Model:
-    """A geo model on its own (presence-only training, trainer.training.geoprior): location ->
-    {"logits": per-label presence logit f (0 when the location is unknown),
-     "probabilities": sigmoid(f), each label's own presence probability (they do not sum to 1)}.
+                    units=POSTPROCESS_GEO_UNITS, seed: int | None = None, objective: str = "presence") -> keras.Model:
+    """A geo model on its own (trained on observations, trainer.training.geoprior): location ->
+    {"logits": per-label logit f (0 when the location is unknown),
+     "probabilities": what f means for the training `objective` (mobile_sdk.geo_scores): softmax(f)
+     = P(label | location) for softmax, sigmoid(f) = each label's own presence probability (they do
+     not sum to 1) for presence}.
 
     Like the image-only model, which takes the location and ignores it, this takes a (1x1) image
     and ignores it, so it exports and loads through the one contract signature."""
     inputs = _inputs(GEO_MODEL_IMAGE_SIZE)
     logits = _gated_geo_logits(inputs["location"], num_classes, encoding, units, 0.0, seed, geo_net)
-    probs = keras.layers.Activation("sigmoid", name="probabilities")(logits)
+    if objective not in GEO_OBJECTIVES:
+        raise ValueError(f"unknown geo objective {objective!r}; choose one of {GEO_OBJECTIVES}")
+    probs = keras.layers.Activation("sigmoid" if objective == "presence" else "softmax", name="probabilities")(logits)
     return keras.Model(inputs, {"probabilities": probs, "logits": logits}, name="geo_model")
 
 

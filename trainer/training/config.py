@@ -15,6 +15,7 @@ import keras
 
 from mobile_sdk.bundle import MODEL_KINDS
 from mobile_sdk.encoding import DEFAULT_ENCODING, ENCODINGS
+from mobile_sdk.geo_scores import GEO_OBJECTIVES
 from trainer.data.splits import DEFAULT_TUNE_FRACTION
 from trainer.model.layers import DEFAULT_VARIANT, VARIANTS
 from trainer.model.networks import BACKBONES, DEFAULT_GEO_NET, GEO_NETS, MIN_IMAGE_SIZE, default_modulated_layers
@@ -153,8 +154,12 @@ class TrainConfig:
     # postprocess: a geoprior RUN_DIR whose geo net starts the head; featuremod: a postprocess
     # RUN_DIR (from the same --init) whose geo head is added to the logits (the hybrid)
     geo_init: str | None = None
-    # geoprior (presence-only, trainer.training.geoprior): the weight of an observation's own label against
-    # the 'assume negative' terms of every other label and of the random background points.
+    # geoprior (trainer.training.geoprior): the training objective, softmax (cross-entropy over
+    # labels) or presence (assume-negative); a run whose config lacks it was trained presence-only,
+    # the only objective then (the CLI's default is softmax, the better one on real observations).
+    geo_objective: str = "presence"
+    # geoprior presence: the weight of an observation's own label against the 'assume negative'
+    # terms of every other label and of the random background points.
     pos_weight: float = 2048.0
     modulated_layers: tuple[str, ...] | None = None
     variant: str = DEFAULT_VARIANT
@@ -194,6 +199,8 @@ class TrainConfig:
                  "applies to postprocess and featuremod only")
         _require(self.geo_init is None or self.model != "featuremod" or self.init, "init",
                  "the hybrid (featuremod --geo-init) needs --init: the image run its post-processing run started from")
+        _require(self.geo_objective in GEO_OBJECTIVES, "geo_objective",
+                 f"{self.geo_objective!r} is not one of {GEO_OBJECTIVES}")
         _require(self.pos_weight > 0 and math.isfinite(self.pos_weight), "pos_weight",
                  f"must be a positive finite number, got {self.pos_weight}")
         _require(self.encoding in ENCODINGS, "encoding", f"{self.encoding!r} is not one of {ENCODINGS}")

@@ -1,17 +1,21 @@
-"""Presence-only geo model: a geo network trained from observations alone (label + location, no
-images), with SINR's "assume negative" loss and random background points (Cole et al. 2023).
+"""Geo model from observations alone (label + location, no images): location -> a logit f per label.
 
     python -m trainer.train --model geoprior --observations FILE --out RUN_DIR
-        [--encoding fourier] [--geo-net residual] [--epochs 4] [--batch-size 2048] [--lr 5e-4]
-        [--pos-weight 2048] [--val-fraction 0.05] [--seed 0]
+        [--objective softmax|presence] [--encoding fourier] [--geo-net paper] [--epochs 20]
+        [--batch-size 2048] [--lr 5e-4] [--pos-weight 2048] [--val-fraction 0.05] [--seed 0]
 
 FILE is an observation file (.npz like the shared iNat500 file: train_locs as [lat, lon], train_ids,
 taxon_ids, taxon_names; or a .csv with columns label, lat, lon) or any data SPEC the dataset readers load
 (its train split's locations). Rows without a location are skipped.
 
-The model (trainer.model.networks.build_geo_model) maps a location to a presence logit f per label;
-sigmoid(f) is that label's own presence probability. For an observation (x, y) and a uniformly
-random point r on the sphere, the loss is, averaged over labels (SINR's "AN-full"):
+Two objectives (the model, trainer.model.networks.build_geo_model, and mobile_sdk.geo_scores say what f means):
+
+- `softmax` (the default): cross-entropy of softmax(f) on the observations' labels, the paper's
+  post-processing loss with no image; softmax(f) is P(label | location). On held-out real
+  observations it ranks labels best (docs/benchmarks.md, "Real geography").
+- `presence`: SINR's "assume negative" loss with random background points (Cole et al. 2023);
+  σ(f_j) is label j's own presence probability. For an observation (x, y) and a uniformly random
+  point r on the sphere, the loss is, averaged over labels ("AN-full"):
 
     pos_weight * -log σ(f_y(x))  +  Σ_{j≠y} -log(1 - σ(f_j(x)))  +  Σ_j -log(1 - σ(f_j(r)))
 
@@ -34,13 +38,16 @@ import numpy as np
 
 from mobile_sdk.encoding import ENCODINGS
 from mobile_sdk.geo import validate_locations
+from mobile_sdk.geo_scores import GEO_OBJECTIVES, log_scores
 from trainer.data.readers import load_split
 from trainer.evaluation.metrics import top_k_hits
 
-# The CLI's defaults: SINR's recipe (residual net, batch 2048) on the multi-scale encoding, and as
-# many epochs as fit the ~10 minute budget for ~272k observations on a 2-core machine.
-DEFAULT_ENCODING_GEOPRIOR, DEFAULT_GEO_NET_GEOPRIOR = "fourier", "residual"
-DEFAULT_EPOCHS = 4
+# The CLI's defaults: the geo net that ranks labels best on held-out real observations (the
+# geography benchmark: softmax, the multi-scale encoding, the paper's MLP; Adam 5e-4 and batch 2048
+# as SINR), with the epochs its seed spread trains (the best one on validation is kept).
+DEFAULT_OBJECTIVE = "softmax"
+DEFAULT_ENCODING_GEOPRIOR, DEFAULT_GEO_NET_GEOPRIOR = "fourier", "paper"
+DEFAULT_EPOCHS = 20
 DEFAULT_BATCH = 2048
 DEFAULT_VAL_FRACTION = 0.05
 VALIDATION_METRIC = "val_loglik"  # picks model.keras: mean log P(true label | location)
@@ -153,20 +160,10 @@ def assume_negative_loss(logits_obs, labels, logits_bg, pos_weight: float):
     return tf.reduce_mean(at_obs) + tf.reduce_mean(tf.nn.softplus(logits_bg))
 
 
-def presence_to_label_probs(logits: np.ndarray) -> np.ndarray:
-    """P(label | location) from presence logits: σ(f) renormalised over labels (the presence-only
-    prior of Mac Aodha et al. 2019, used as P(L|G))."""
-    scores = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
-    return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-300)
-
-
-def label_probs(logits: np.ndarray, objective: str = "presence") -> np.ndarray:
-    """P(label | location) of a geo model trained with `objective`."""
-    if objective == "presence":
-        return presence_to_label_probs(logits)
-    z = np.asarray(logits, np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def label_probs(logits: np.ndarray, objective: str) -> np.ndarray:
+    """P(label | location) of a geo model trained with `objective`: its scores (mobile_sdk.geo_scores)
+    renormalised over labels (for presence, the presence-only prior of Mac Aodha et al. 2019)."""
+    return np.exp(log_scores(log_scores(logits, objective), "softmax"))
 
 
 def label_metrics(probs: np.ndarray, labels: np.ndarray, ks=(1, 5, 10)) -> dict:
@@ -178,16 +175,13 @@ def label_metrics(probs: np.ndarray, labels: np.ndarray, ks=(1, 5, 10)) -> dict:
 
 
 def predict_logits(model, latlon, batch: int = 8192) -> np.ndarray:
-    """[N, 2] degrees -> [N, L] presence logits."""
+    """[N, 2] degrees -> [N, L] logits."""
     import tensorflow as tf
 
     forward = tf.function(lambda x: model(_with_blank_image(x), training=False)["logits"])
     latlon = np.asarray(latlon, np.float32)
     return np.concatenate([forward(latlon[i:i + batch]).numpy() for i in range(0, len(latlon), batch)]) \
         if len(latlon) else np.zeros((0, model.output["logits"].shape[-1]), np.float32)
-
-
-OBJECTIVES = ("presence", "softmax")
 
 
 def _with_blank_image(location):
@@ -198,17 +192,12 @@ def _with_blank_image(location):
 
 
 def fit(obs: Observations, config, val: Observations | None = None, on_epoch=None, log=print,
-        objective: str = "presence", max_seconds: float | None = None):
-    """Train a geo model on `obs` (config: a TrainConfig of model geoprior). Each epoch ends with
-    on_epoch(epoch, model, metrics) when given; returns (model, [metrics per epoch]).
-    Metrics: the mean training loss, the epoch's seconds and, with `val`, val_* label metrics.
-
-    objective: `presence` (the assume-negative loss; probabilities are σ(f) renormalised) or
-    `softmax` (cross-entropy of softmax(f) on the observations' labels, the paper's post-processing
-    loss with no image; for comparison in the geography benchmark).
+        max_seconds: float | None = None):
+    """Train a geo model on `obs` with config.geo_objective (config: a TrainConfig of model
+    geoprior). Each epoch ends with on_epoch(epoch, model, metrics) when given; returns (model,
+    [metrics per epoch]). Metrics: the mean training loss, the epoch's seconds and, with `val`,
+    val_* label metrics of P(label | location) (label_probs).
     max_seconds: stop after the first epoch that ends past this training time (config.epochs caps it)."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     import keras
     import tensorflow as tf
 
@@ -216,7 +205,8 @@ def fit(obs: Observations, config, val: Observations | None = None, on_epoch=Non
 
     keras.utils.set_random_seed(config.seed)
     num_labels = len(obs.label_names)
-    model = build_geo_model(num_labels, config.encoding, config.geo_net, seed=config.seed)
+    objective = config.geo_objective
+    model = build_geo_model(num_labels, config.encoding, config.geo_net, seed=config.seed, objective=objective)
     batch = config.batch_size
     steps = max(1, len(obs) // batch)  # drop the ragged last batch: one traced shape
     if config.steps_per_epoch:
@@ -304,6 +294,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--observations", required=True, metavar="FILE",
                    help="observations: .npz (like the shared iNat500 file), .csv (label,lat,lon) or a data SPEC")
     p.add_argument("--out", required=True, help="RUN_DIR")
+    p.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=GEO_OBJECTIVES,
+                   help="softmax: P(label | location), ranks labels best (default); presence: each label's "
+                   "own presence probability (assume-negative loss with random background points)")
     p.add_argument("--encoding", default=DEFAULT_ENCODING_GEOPRIOR, choices=ENCODINGS)
     p.add_argument("--geo-net", default=DEFAULT_GEO_NET_GEOPRIOR, choices=GEO_NETS)
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
@@ -312,7 +305,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
     p.add_argument("--lr", type=float, help="default 5e-4")
     p.add_argument("--pos-weight", type=float, default=2048.0,
-                   help="weight of an observation's own label against the assume-negative terms")
+                   help="presence: weight of an observation's own label against the assume-negative terms")
     p.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help="observations held out to pick the best epoch")
     p.add_argument("--seed", type=int, default=0)
@@ -330,7 +323,8 @@ def config_from_args(args):
     if args.lr is not None:
         optimizer = dataclasses.replace(optimizer, learning_rate=args.lr)
     data = str(Path(args.observations).resolve()) if Path(args.observations).is_file() else args.observations
-    return TrainConfig(data=data, model="geoprior", encoding=args.encoding, geo_net=args.geo_net,
+    return TrainConfig(data=data, model="geoprior", geo_objective=args.objective, encoding=args.encoding,
+                       geo_net=args.geo_net,
                        pos_weight=args.pos_weight, optimizer=optimizer, epochs=args.epochs,
                        batch_size=args.batch_size, seed=args.seed, steps_per_epoch=args.steps_per_epoch)
 
