@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobile_sdk.geo_scores import log_scores
 from trainer.data.readers import load_split
 from trainer.evaluation.priors import LabelHistogram
 from trainer.world.load import load_world
@@ -231,7 +232,6 @@ def geo_panel(model, labels, label: str, grid: Grid, source: str = "") -> tuple[
 def geoprior_panel(model, labels, label: str, grid: Grid, objective: str, source: str = "") -> tuple[str, np.ndarray]:
     """A geoprior run's score for the label (mobile_sdk.geo_scores): P(label | location) = softmax(f)
     for a softmax-trained run, the presence probability sigmoid(f) for a presence-only one."""
-    from mobile_sdk.geo_scores import log_scores
     from trainer.training.geoprior import predict_logits
 
     index = label_index(list(labels), label)
