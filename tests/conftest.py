@@ -3,7 +3,9 @@ built once per `pytest` session in-process, and the shared-data guard.
 
 - `tiny_world`: the `tiny` world (presets/tiny.py), seed 0, as a path string.
 - `random_runs`: one untrained run folder per model kind (fast; for export and interface tests);
-  `trained_runs`: the same three trained by the trainer.train CLI for a few steps (slow tests).
+- `smoke_demo`: `python -m pipelines.demo --quick` run once (slow tests): its trained runs of every
+  kind (runs/KIND), world, evaluation and bundle serve the demo's own end-to-end test and the
+  evaluation's, so the session trains the tiny models once.
 - `tiny_bundles(kind, mode)`: each (kind, quantization) bundle of a random run, exported once;
   `tiny_bundle`: the post-processing int8 one.
 - `inat500_observations`: ../shared/data/inat500_observations.npz (or under $GEOAWARE_SHARED_DATA),
@@ -12,11 +14,21 @@ built once per `pytest` session in-process, and the shared-data guard.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
-from harness import EXPORT_SAMPLES, shared_file
+from harness import EXPORT_SAMPLES, IMAGE_MODEL_KINDS, REPO, shared_file
+
+
+class SmokeDemo(NamedTuple):
+    out: Path  # the demo's output folder (world/, runs/KIND/, eval/, bundle/, ...)
+    stdout: str
+    runs: dict  # {kind: run folder} for image, postprocess, featuremod
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +55,14 @@ def random_runs(tiny_world, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def trained_runs(tiny_world, tmp_path_factory) -> dict:
-    """{kind: run folder} trained for a few steps on the tiny world (see harness.trained_runs)."""
-    from harness import trained_runs
-
-    return trained_runs(tiny_world, tmp_path_factory.mktemp("trained_runs"))
+def smoke_demo(tmp_path_factory) -> SmokeDemo:
+    """The demo's smoke variant, run as a user runs it (each stage a `python -m` command)."""
+    out = tmp_path_factory.mktemp("smoke_demo") / "demo"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    completed = subprocess.run([sys.executable, "-m", "pipelines.demo", "--quick", "--out", str(out)], cwd=REPO,
+                               env=env, capture_output=True, text=True, timeout=1800)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return SmokeDemo(out, completed.stdout, {kind: out / "runs" / kind for kind in IMAGE_MODEL_KINDS})
 
 
 @pytest.fixture(scope="session")

@@ -143,16 +143,3 @@ def random_runs(world: str, root: Path) -> dict[str, Path]:
     randomize_geo_weights(fm, 2, scale=0.03)  # a perturbation, as after training
     out["featuremod"] = write_run(root / "featuremod", fm, TrainConfig(model="featuremod", **base), labels)
     return out
-
-
-def trained_runs(world: str, root: Path) -> dict[str, Path]:
-    """One run per model kind trained by the trainer.train CLI for a few steps (the smoke preset's
-    sizes); the geo runs start from the image-only one."""
-    from trainer import train
-
-    common = ["--data", str(world), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", str(TINY.batch_size)]
-    runs = {kind: root / kind for kind in IMAGE_MODEL_KINDS}  # image first: the geo runs start from it
-    for kind in IMAGE_MODEL_KINDS:
-        extra = ["--image-size", str(SIZE), "--alpha", str(ALPHA)] if kind == "image" else ["--init", str(runs["image"])]
-        assert train.main([*common, "--model", kind, "--out", str(runs[kind]), *extra]) == 0, kind
-    return runs

@@ -1,17 +1,12 @@
 """The stage engine and the demo's stages: reuse logic with a fake CLI (milliseconds) and the
 demo's smoke variant end to end once (slow)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipelines import demo, stages
 from presets import demo as preset
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def counting_stage(out: Path, calls: list, key="v1", name="make"):
@@ -194,19 +189,17 @@ def test_changed_epochs_rerun_that_training_and_what_follows(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_demo_end_to_end(tmp_path):
-    out = tmp_path / "demo"
-    command = [sys.executable, "-m", "pipelines.demo", "--quick", "--out", str(out)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+def test_smoke_demo_end_to_end(smoke_demo):
+    """`python -m pipelines.demo --quick` (run once per session by the smoke_demo fixture, which
+    fails on a non-zero exit) writes every output and ends by saying where they are."""
+    out = smoke_demo.out
     for path in ("world/train.json", "runs/image/model.keras", "runs/postprocess/model.keras",
                  "runs/featuremod/model.keras", "runs/image_control/model.keras", "eval/report.json",
                  "eval/fusion.json", "bundle/model.tflite",
                  "bundle/manifest.json", "rangemap.png"):
         assert (out / path).exists(), path
-    assert "top-1" in first.stdout and "post-processing" in first.stdout
-    assert str(out) in first.stdout  # it ends by saying where the outputs are
+    assert "top-1" in smoke_demo.stdout and "post-processing" in smoke_demo.stdout
+    assert str(out) in smoke_demo.stdout  # it ends by saying where the outputs are
 
 
 def test_the_image_curve_is_printed_when_the_run_records_it(tmp_path, capsys):

@@ -165,12 +165,13 @@ def test_cli_without_runs_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_end_to_end_on_a_tiny_world(tiny_world, trained_runs, tmp_path):
+def test_evaluate_end_to_end_on_a_tiny_world(smoke_demo, tmp_path):
     from trainer.data.readers import load_split
     from trainer.evaluate import main
     from trainer.evaluation.priors import SWEEP_RADII_MILES, select_radius
 
-    root, runs = tmp_path, trained_runs
+    root, runs = tmp_path, smoke_demo.runs  # the demo's tiny runs of every kind, on its tiny world
+    tiny_world = str(smoke_demo.out / "world")
     val = load_split(tiny_world, "val")
     # Second data: 10 world images as a CSV manifest, plus a row with a label the runs never saw
     # and a row with an invalid latitude; both must be skipped and counted.
@@ -243,12 +244,12 @@ def test_combine_reports_makes_one_column_per_backbone(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_refuses_data_with_other_labels_than_the_runs(tiny_world, trained_runs, tmp_path):
+def test_evaluate_refuses_data_with_other_labels_than_the_runs(smoke_demo, tmp_path):
     from trainer.evaluate import main
     from trainer.world.build import write_world
     from trainer.world.load import load_world
 
-    runs = trained_runs
+    runs, tiny_world = smoke_demo.runs, smoke_demo.out / "world"
     other = write_world(tmp_path / "other", "tiny", seed=1, progress=False)
     if load_world(other).label_names == load_world(tiny_world).label_names:
         pytest.skip("seed 1 happened to draw the same species names")

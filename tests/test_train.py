@@ -409,7 +409,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
 def test_cli_on_a_tiny_world_and_resume_after_kill_9(tiny_world, tmp_path):
     image = tmp_path / "image"
     base = ["-m", "trainer.train", "--data", str(tiny_world), "--image-size", "32", "--alpha", "0.35",
-            "--batch-size", "8", "--steps-per-epoch", "40"]
+            "--batch-size", "8", "--steps-per-epoch", "10"]
     cmd = base + ["--model", "image", "--epochs", "4", "--patience", "1", "--out", str(image)]
     proc = _python(cmd)
     # Kill -9 as soon as the run's event file says epoch 1 is checkpointed (epoch 2 is starting).
