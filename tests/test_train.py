@@ -353,6 +353,17 @@ def _python(code_or_args, env=None, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def test_importing_the_trainer_leaves_tensorflow_unstarted():
+    """MultiWorkerMirroredStrategy configures collectives (and tests set logical devices) only before
+    TensorFlow's runtime starts: no module of the trainer may make a tensor at import."""
+    code = ("import tensorflow as tf, trainer.train; cpu = tf.config.list_physical_devices('CPU')[0]; "
+            "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2); "
+            "print('unstarted')")
+    proc = _python(["-c", code])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "unstarted" in out, out[-3000:]
+
+
 @pytest.mark.slow
 def test_replica_local_statistics_are_averaged_and_the_chief_state_broadcast():
     """Keras 3 BatchNorm statistics have no aggregation, so each replica updates its own copy:

@@ -95,10 +95,12 @@ def decode_image(data, size=None) -> tf.Tensor:
     return image
 
 
-# ORIENTATION_STEPS as tensors, row = orientation (row 0 and anything outside 1-8: as stored).
+# ORIENTATION_STEPS as arrays, row = orientation (row 0 and anything outside 1-8: as stored). Numpy,
+# not tensors: a tensor made at import starts TensorFlow's runtime, after which
+# MultiWorkerMirroredStrategy can no longer configure its collectives (nor logical devices be set).
 _STEPS = np.array([(False, False, False)] + [ORIENTATION_STEPS[code] for code in range(1, 9)])
-_PERMUTATIONS = tf.constant(np.where(_STEPS[:, :1], [1, 0, 2], [0, 1, 2]), tf.int32)
-_REVERSED_AXES = tf.constant(_STEPS[:, 1:])
+_PERMUTATIONS = np.where(_STEPS[:, :1], [1, 0, 2], [0, 1, 2]).astype(np.int32)
+_REVERSED_AXES = _STEPS[:, 1:]
 
 
 def orient_image(image, orientation) -> tf.Tensor:
