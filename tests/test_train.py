@@ -664,7 +664,8 @@ def _tiny_args(data, model, out, *extra, steps=4, epochs=2):
 
 
 @pytest.mark.slow
-def test_two_workers_train_every_model_kind_like_one_process(tiny_world, tmp_path):
+def test_two_workers_train_and_export_every_model_kind(tiny_world, tmp_path):
+    """Both exit 0 with identical weights, only the chief writes its run folder, the run exports."""
     from converters.export import export_bundle
 
     for model, init in (("image", ()), ("featuremod", ()), ("postprocess", ("--init", str(tmp_path / "image-0")))):
@@ -676,12 +677,44 @@ def test_two_workers_train_every_model_kind_like_one_process(tiny_world, tmp_pat
     manifest = export_bundle(str(tmp_path / "featuremod-0"), tmp_path / "bundle", "float32", data=str(tiny_world),
                              verify_samples=8)
     assert manifest["metrics"]["verification"]["samples"] > 0
-    # One process, the same global batch of 16 and the same data: metrics within noise.
-    single = _python(["-m", "trainer.train", *_tiny_args(tiny_world, "image", tmp_path / "single")])
-    out, _ = single.communicate(timeout=900)
-    assert single.returncode == 0, out[-3000:]
-    one, two = (load_run(tmp_path / name).metrics["history"][-1] for name in ("single", "image-0"))
-    assert abs(one["tune_loss"] - two["tune_loss"]) < 0.15 and abs(one["loss"] - two["loss"]) < 0.25, (one, two)
+
+
+# The least "noise" the parity check allows (3x the spread between two seeds can be tiny by chance).
+# Measured (post-processing as below, from a tiny image run of 12 steps): one process, seeds 0, 1, 2,
+# ended at tune loss 0.788, 0.800, 0.779 and training loss 0.846, 0.857, 0.840; two workers, seed 0,
+# at 0.842 and 0.898 (0.05 above the seeds' mean), after moving from 1.785 and 1.949 in epoch 1.
+PARITY_NOISE_FLOOR = 0.1
+
+
+def _single_process(args):
+    proc = _python(["-m", "trainer.train", *args])
+    out, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, out[-3000:]
+
+
+@pytest.mark.slow
+def test_two_workers_reach_the_metrics_of_one_process_within_seed_noise(tiny_world, tmp_path):
+    """One process and 2 workers with the same global batch of 16 on the same data: the 2-worker run's
+    final tuning and training loss lie within the spread between one process's seeds. Measured on
+    post-processing, whose geo head learns the tiny world's ranges within 4 epochs (tune loss about
+    1.8 -> 0.8); the tiny image model does not learn within a test's budget (its tuning top-1 stays
+    at the majority label for 6 epochs), so its metrics would agree whether training worked or not."""
+    _single_process(_tiny_args(tiny_world, "image", tmp_path / "image"))
+    post = ("--init", str(tmp_path / "image"), "--patience", "4")
+    _finish(_cluster(lambda i: _tiny_args(tiny_world, "postprocess", tmp_path / f"two-{i}", "--strategy",
+                                          "multiworker", *post, steps=None, epochs=4)))
+    for seed in (0, 1):
+        _single_process(_tiny_args(tiny_world, "postprocess", tmp_path / f"one-{seed}", *post, "--seed", str(seed),
+                                   steps=None, epochs=4))
+    singles = [load_run(tmp_path / f"one-{seed}").metrics["history"] for seed in (0, 1)]
+    two = load_run(tmp_path / "two-0").metrics["history"]
+    for metric in ("tune_loss", "loss"):
+        first, last = ([h[epoch][metric] for h in singles] for epoch in (0, -1))
+        noise = max(3 * abs(last[0] - last[1]), PARITY_NOISE_FLOOR)
+        assert min(first) - max(last) > 5 * noise, (metric, first, last)  # training moved it far beyond the noise
+        assert abs(two[-1][metric] - np.mean(last)) <= noise, (metric, two[-1][metric], last)
+
+
 
 
 @pytest.mark.slow
