@@ -1,4 +1,4 @@
-"""`make demo`: the whole system on the `demo` world, end to end, in about 15 minutes on 2 cores.
+"""`make demo`: the whole system on the `demo` world, end to end, on 2 cores (timings: presets/demo.py).
 
     python -m pipelines.demo [--out out/demo] [--fresh] [--quick]
 

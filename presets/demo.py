@@ -1,12 +1,14 @@
-"""`make demo`: the whole system on the `demo` world, budgeted to ~15 minutes on 2 cores.
+"""`make demo`: the whole system on the `demo` world, end to end, on 2 cores.
 
     python -m pipelines.demo                  # RUN (what `make demo` runs)
     python -m pipelines.demo --quick          # SMOKE: the tiny world, a few steps per stage
 
-Measured on the 2-core dev machine before the world's version 2, the image control and the fusion
-stages: `make demo ARGS=--fresh` with RUN took 7 min 17 s (load ~1; venv already installed): world
-36 s, image 228 s, post-processing 22 s, feature modulation 88 s, the rest 60 s. The current demo
-has not been timed on an idle machine.
+Measured on the 2-core dev machine while it was shared with other work (load 11-20), seed 0: world
+69 s; image-only 25 epochs to its plateau (kept 22), about 55-70 s each; post-processing 49 epochs
+(238 s with the logits cache); feature modulation 482 s and the image control 406 s (3 epochs
+each); evaluation 220 s; export 330 s; the rest about 3 min: about an hour in all. Not yet timed
+on an idle machine (before the world's version 2 and the longer image training, the demo took
+7 min 17 s idle, its image stage 228 s for 10 epochs).
 """
 from presets import Settings, tiny
 
