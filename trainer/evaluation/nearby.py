@@ -27,7 +27,7 @@ def location_logits(run):
     Post-processing: the geo head alone, fed zero vision logits (its geo logits are added after it
     and do not depend on them)."""
     outputs = run.model.output
-    if not (isinstance(outputs, dict) and "geo_logits" in outputs):  # as converters.geo_parts.has_parts
+    if not (isinstance(outputs, dict) and "geo_logits" in outputs):  # a model with separable geo logits
         return None
     import tensorflow as tf
 

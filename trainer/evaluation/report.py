@@ -182,7 +182,7 @@ def render_markdown(report: dict) -> str:
     if "expected_nearby" in primary:
         lines += ["", "## Expected nearby: the true label flagged at its own location", "",
                   nearby.table(primary["expected_nearby"]), "",
-                  "The bundle's method for each model (converters.export), from the training locations only."]
+                  "The bundle's method for each model (the one its exported bundle uses), from the training locations only."]
     lines += ["", "## Table 4: top-1 per supercategory (labels in the evaluated images)", "",
               metrics.table_supercategories(primary["methods"])]
     lines += ["", "## Table 5: top-1 by image backbone", "",

@@ -12,7 +12,7 @@ Two objectives (the model, trainer.model.networks.build_geo_model, and mobile_sd
 
 - `softmax` (the default): cross-entropy of softmax(f) on the observations' labels, the paper's
   post-processing loss with no image; softmax(f) is P(label | location). On held-out real
-  observations it ranks labels best (docs/benchmarks.md, "Real geography").
+  observations it ranks labels best (the "Real geography" benchmark results).
 - `presence`: SINR's "assume negative" loss with random background points (Cole et al. 2023);
   σ(f_j) is label j's own presence probability. For an observation (x, y) and a uniformly random
   point r on the sphere, the loss is, averaged over labels ("AN-full"):
