@@ -44,7 +44,7 @@ def disc_points(lat, lon, radius_km, n, rng):
 
 def measure(bundle_dir, data: str, tune_fraction: float = 0.3, seed: int = 0) -> dict:
     from converters.verify import load_samples
-    from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
+    from mobile_sdk import GeoClassifier, GeoClassifierOptions
     from trainer.data.readers import load_split
     from trainer.data.splits import tuning_split
 

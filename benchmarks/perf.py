@@ -191,7 +191,7 @@ def classify_ratios(work: Path, repeats: int, quick: bool):
 
     from PIL import Image
 
-    from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
+    from mobile_sdk import GeoClassifier, GeoClassifierOptions
     from mobile_sdk.preprocess import resize_image
 
     found = inat500_table(work)

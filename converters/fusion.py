@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mobile_sdk import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.bundle import open_bundle
-from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.fileio import atomic_write_bytes
 from mobile_sdk.preprocess import load_image
 

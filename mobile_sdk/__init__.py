@@ -4,13 +4,7 @@ Never imports TensorFlow (tests/test_sdk.py checks it in a subprocess).
 """
 from .answers import Excluded  # noqa: F401
 from .bundle import Bundle, open_bundle  # noqa: F401
-from .classifier import (  # noqa: F401
-    Category,
-    ClassificationResult,
-    GeoClassifier,
-    GeoClassifierOptions,
-    NearbySpecies,
-)
+from .classifier import GeoClassifier  # noqa: F401
 from .errors import (  # noqa: F401
     BundleError,
     BundleIntegrityError,
@@ -22,7 +16,9 @@ from .errors import (  # noqa: F401
     ModelError,
     WhitelistTableError,
 )
+from .options import GeoClassifierOptions  # noqa: F401
 from .preprocess import load_image, resize_image  # noqa: F401
+from .results import Category, ClassificationResult, NearbySpecies  # noqa: F401
 from .taxonomy import Taxon, Taxonomy  # noqa: F401
 from .whitelist.builder import build_whitelist, write_whitelist  # noqa: F401
 from .whitelist.reader import WhitelistTable  # noqa: F401

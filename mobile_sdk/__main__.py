@@ -9,8 +9,9 @@ import argparse
 import json
 import sys
 
-from .classifier import GeoClassifier, GeoClassifierOptions
+from .classifier import GeoClassifier
 from .errors import GeoAwareError
+from .options import GeoClassifierOptions
 
 
 def main(argv=None) -> int:

@@ -170,7 +170,7 @@ def comparison_table(report: dict) -> str:
 def sdk_examples(paths: Paths, limit: int, scan: int = 300) -> list[dict]:
     """Classify validation images through the SDK with and without their location; return (and
     print) those whose answer the location changed, fixes first."""
-    from mobile_sdk.classifier import GeoClassifier
+    from mobile_sdk import GeoClassifier
     from trainer.data.readers import load_split
 
     val = load_split(str(paths.world), "val")

@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
+from mobile_sdk import GeoClassifier, GeoClassifierOptions
 from mobile_sdk import bundle as bundle_mod
 from mobile_sdk import nearby
 from mobile_sdk.__main__ import main as cli_main
 from mobile_sdk.accuracy import disc_cells, validate_accuracy_m
-from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.errors import BundleError, InvalidLocationError, InvalidOptionsError
 from mobile_sdk.fileio import sha256_file
 from mobile_sdk.geo import great_circle_km

@@ -259,7 +259,7 @@ def test_recommended_fusion_is_the_best_measured_on_tuning_images(tiny_bundles, 
     """Every candidate was measured through the SDK on the tuning part of val (never the reported
     part), and the best (first on ties) is what the manifest recommends and GeoClassifier applies."""
     from converters.fusion import CANDIDATES, candidate_name, evaluation_rows, measure_fusions
-    from mobile_sdk.classifier import GeoClassifier
+    from mobile_sdk import GeoClassifier
 
     out, manifest = tiny_bundles(kind, mode)
     fusion = manifest["recommended_fusion"]

@@ -148,7 +148,7 @@ def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path, objective):
     GeoClassifier: species_near alone, and vision x geo beside an image-only bundle."""
     from converters.export import export_bundle
     from converters.verify import check_location_float
-    from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
+    from mobile_sdk import GeoClassifier, GeoClassifierOptions
     from mobile_sdk.errors import GeoAwareError
     from test_sdk import LABELS, NEW_YORK, PARIS, SIZE, SYDNEY, _tiny_tflite, _write_bundle
     from trainer.train import main as train_main

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from mobile_sdk import GeoClassifier, GeoClassifierOptions
 from mobile_sdk import bundle as bundle_mod
 from mobile_sdk import preprocess
 from mobile_sdk.__main__ import main as cli_main
-from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.errors import (BundleError, BundleIntegrityError, GeoAwareError, InvalidImageError,
                                InvalidLocationError, InvalidOptionsError)
 from mobile_sdk.preprocess import load_image, prepare_image

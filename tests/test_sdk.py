@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mobile_sdk import GeoClassifier, GeoClassifierOptions
 from mobile_sdk import bundle as bundle_mod
 from mobile_sdk.__main__ import main as cli_main
-from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.errors import (BundleError, BundleIntegrityError, GeoAwareError, InvalidImageError,
                                InvalidLocationError, LabelSetMismatchError, ModelError, WhitelistTableError)
 from mobile_sdk.fileio import sha256_file
@@ -184,7 +184,7 @@ def test_categories_are_dataclasses_built_for_what_is_read(geo_bundle):
     """`categories` reads like a tuple of Category; each is built on first read and then kept."""
     import pickle
 
-    from mobile_sdk.classifier import Categories, Category
+    from mobile_sdk.results import Categories, Category
     with GeoClassifier.from_bundle(geo_bundle) as clf:
         result = clf.classify(IMAGE)
         top2 = clf.classify(IMAGE, *PARIS)

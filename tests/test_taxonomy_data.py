@@ -78,7 +78,7 @@ def test_rollup_threshold_on_a_bundle_is_measured_on_the_sdk_scores(tiny_world, 
     the threshold chosen on the tuning rows only."""
     import numpy as np
 
-    from mobile_sdk.classifier import GeoClassifier
+    from mobile_sdk import GeoClassifier
     from trainer.evaluation.inference import sdk_scores
     from trainer.evaluation.rollup import choose_threshold, main
     from trainer.data.splits import tuning_split

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from mobile_sdk.classifier import GeoClassifier, GeoClassifierOptions
+from mobile_sdk import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.fileio import atomic_write_bytes, sha256_file
 from mobile_sdk.preprocess import load_image
 from trainer.data.readers import GeoDataset
