@@ -71,7 +71,7 @@ def plain_dataset(ds, size: int, training: bool, seed: int = 0):
 
 def measure(images: int = 150, size: int = 64, repeats: int = 7) -> dict:
     from trainer.data import pipeline
-    from trainer.data.readers import GeoDataset
+    from trainer.data.dataset import GeoDataset
 
     with tempfile.TemporaryDirectory(prefix="geoaware-pipeline-bench-") as tmp:
         files = photo_files(Path(tmp), images)

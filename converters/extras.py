@@ -1,6 +1,6 @@
 """The optional files of a bundle, written by converters.export next to model.tflite:
 
-- `taxonomy.json` when the training data has a taxonomy (trainer.data.readers readers);
+- `taxonomy.json` when the training data has a taxonomy (the trainer's dataset readers);
 - `geo.tflite` + `vision.tflite` for post-processing models (converters.geo_parts), verified
   against model.tflite;
 - the "expected nearby" method (mobile_sdk.nearby): LPT-R thresholds over the training locations

@@ -11,7 +11,7 @@ lack a rank (missing or null): it then forms a group of its own there, never mer
 
 Roll-up (as iNaturalist's app and SpeciesNet do instead of a confident wrong species): when the top
 label alone scores below a threshold, answer with the lowest taxon whose labels' summed score
-reaches it. The readers in `trainer.data.readers` fill the same dictionary from the datasets.
+reaches it. The trainer's dataset readers fill the same dictionary from the datasets.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def test_a_command_starts_quietly_and_writes_progress_lines_to_a_log(tmp_path):
     (tmp_path / "probe" / "run.py").write_text(
         "import logging, tensorflow as tf\nfrom tqdm import tqdm\n"
         "for _ in tqdm(range(3), desc='steps'):\n    tf.constant(1)\n"
-        "logging.getLogger('trainer.data.readers').info('summary line')\n")
+        "logging.getLogger('trainer.data.rows').info('summary line')\n")
     code = "import sys, runpy; sys.argv[:1] = ['-m']; import trainer; runpy.run_module('probe.run', run_name='__main__')"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.data.readers import (DatasetError, GeoDataset, load_split, read_csv_manifest, read_inat2017, read_inat2021,
-                                  read_yfcc)
+from trainer.data.csv_tables import read_csv_manifest, read_yfcc
+from trainer.data.dataset import DatasetError, GeoDataset
+from trainer.data.inat import read_inat2017, read_inat2021
+from trainer.data.readers import load_split
 
 
 def write_image(path, fmt="JPEG", size=(12, 10)):
@@ -48,7 +50,7 @@ def inat2021(tmp_path):
 
 
 def test_inat2021_reader_keeps_good_rows_and_counts_bad_ones(inat2021, caplog):
-    with caplog.at_level(logging.INFO, logger="trainer.data.readers"):
+    with caplog.at_level(logging.INFO, logger="trainer.data.rows"):
         ds = read_inat2021(inat2021 / "train.json")
     # Categories sorted by id: 3 canus, 7 viridis, 9 terrestris.
     assert ds.label_names == ["Picus canus", "Picus viridis", "Bombus terrestris"]
@@ -61,7 +63,7 @@ def test_inat2021_reader_keeps_good_rows_and_counts_bad_ones(inat2021, caplog):
     assert np.isnan(ds.locations[1]).all()
     assert ds.dates.tolist() == ["2019-05-01", "", "", ""]
     assert ds.skipped == {"invalid_location": 1, "missing_file": 1, "unknown_label": 1, "unreadable_file": 1}
-    summary = [r.getMessage() for r in caplog.records if r.name == "trainer.data.readers"]
+    summary = [r.getMessage() for r in caplog.records if r.name == "trainer.data.rows"]
     assert len(summary) == 1
     assert "kept 4 of 8 rows (1 without location); skipped 4" in summary[0]
     assert "invalid_location=1, missing_file=1, unknown_label=1, unreadable_file=1" in summary[0]
@@ -91,7 +93,7 @@ def test_inat2017_reader_joins_locations_by_image_id(tmp_path, caplog):
                  {"id": 12, "lat": "north", "lon": 3.0, "date": "", "user_id": 7}]  # non-numeric: skipped
     (tmp_path / "val2017_locations.json").write_text(json.dumps(locations))
     spec = f"inat2017:{tmp_path}/{{split}}2017.json,{tmp_path}/{{split}}2017_locations.json,{tmp_path / 'img'}"
-    with caplog.at_level(logging.INFO, logger="trainer.data.readers"):
+    with caplog.at_level(logging.INFO, logger="trainer.data.rows"):
         ds = load_split(spec, "val")
     assert [p.rsplit("/", 1)[1] for p in ds.paths] == ["a.jpg", "b.jpg", "d.jpg"]
     np.testing.assert_array_equal(ds.locations[0], [-33.9, 151.2])
@@ -114,7 +116,7 @@ def test_csv_manifest_reader(tmp_path, caplog):
             ["nope.jpg", "fox", "1", "2", ""]]
     with open(tmp_path / "m.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    with caplog.at_level(logging.INFO, logger="trainer.data.readers"):
+    with caplog.at_level(logging.INFO, logger="trainer.data.rows"):
         ds = load_split(f"csv:{tmp_path / 'm.csv'}", "train", label_names=["owl", "fox"])
     assert ds.labels.tolist() == [1, 0]
     assert ds.has_location.tolist() == [True, False]
@@ -221,7 +223,7 @@ def test_malformed_rows_are_counted_not_crashes(inat2021, caplog):
     doc["annotations"] += [{"image_id": [1, 2], "category_id": 7}, {"image_id": 22, "category_id": 7},
                            {"image_id": 23, "category_id": 7}, "junk", {"image_id": 20, "category_id": {"x": 1}}]
     (inat2021 / "train.json").write_text(json.dumps(doc))
-    with caplog.at_level(logging.INFO, logger="trainer.data.readers"):
+    with caplog.at_level(logging.INFO, logger="trainer.data.rows"):
         ds = read_inat2021(inat2021 / "train.json")
     assert len(ds) == 4
     assert ds.skipped == {"duplicate_id": 1, "invalid_location": 3, "malformed_row": 5, "missing_file": 1,

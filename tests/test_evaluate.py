@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from trainer.data.readers import GeoDataset
+from trainer.data.dataset import GeoDataset
 from trainer.evaluation.report import (
                                        NAMES,
                                        UNKNOWN,

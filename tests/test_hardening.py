@@ -422,7 +422,7 @@ def test_large_jpeg_is_drafted_identically_on_both_sides(tf_decode, tmp_path):
         np.testing.assert_array_equal(prepare_image(data, size)[0], resize_image(decode_image(data, size), size).numpy())
     # The trainer's eval pipeline does the same from files.
     from trainer.data.pipeline import make_dataset
-    from trainer.data.readers import GeoDataset
+    from trainer.data.dataset import GeoDataset
     path = tmp_path / "photo.jpg"
     path.write_bytes(data)
     ds = GeoDataset(paths=np.array([str(path)]), labels=np.zeros(1, np.int32), lat=np.array([np.nan]),
@@ -512,7 +512,7 @@ def test_exif_orientation_is_identical_in_the_trainer_and_the_sdk(tf_decode, tmp
     """All 8 orientations, JPEG and PNG, plus large JPEGs decoded at reduced scale: the training
     pipeline (orientation read when the dataset is indexed, applied in tf.data) and the SDK give
     equal pixels. Draft and orientation commute: the scale depends on min(h, w) only."""
-    from trainer.data.readers import GeoDataset
+    from trainer.data.dataset import GeoDataset
     from trainer.data.pipeline import make_dataset, orient_image
 
     decode_image, resize_image = tf_decode

@@ -7,7 +7,7 @@ import tensorflow as tf
 from PIL import Image
 
 from trainer.data.pipeline import augment_image, decode_image, make_dataset, resize_image
-from trainer.data.readers import GeoDataset
+from trainer.data.dataset import GeoDataset
 
 
 def encode(pixels, fmt, mode=None):

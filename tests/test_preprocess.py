@@ -184,7 +184,7 @@ def test_trainer_eval_pipeline_equals_sdk_on_files(tf_pipeline, tmp_path):
     and the location the model gets: NaN for unknown in both."""
     try:
         from trainer.data.pipeline import make_dataset
-        from trainer.data.readers import GeoDataset
+        from trainer.data.dataset import GeoDataset
     except ImportError as exc:
         pytest.skip(f"trainer.data/pipeline not available: {exc}")
     paths = []

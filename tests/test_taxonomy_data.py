@@ -6,7 +6,9 @@ import json
 import pytest
 
 from mobile_sdk.taxonomy import Taxonomy
-from trainer.data.readers import DatasetError, load_split, read_inat2021
+from trainer.data.dataset import DatasetError
+from trainer.data.inat import read_inat2021
+from trainer.data.readers import load_split
 from trainer.world.build import write_world
 
 from test_data import write_image

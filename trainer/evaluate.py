@@ -31,7 +31,8 @@ import numpy as np
 
 from mobile_sdk.fileio import atomic_write_bytes
 from mobile_sdk.taxonomy import Taxonomy
-from trainer.data.readers import GeoDataset, load_split
+from trainer.data.dataset import GeoDataset
+from trainer.data.readers import load_split
 from trainer.data.splits import tuning_split
 from trainer.evaluation import nearby as expected_nearby
 from trainer.evaluation import rollup

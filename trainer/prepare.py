@@ -33,9 +33,10 @@ from tqdm import tqdm
 from mobile_sdk.fileio import staged_folder
 from mobile_sdk.preprocess import image_orientation
 
+from trainer.data.dataset import DatasetError, GeoDataset
 from trainer.data.pipeline import (TFRECORD_FORMAT, TFRECORD_INDEX, TFRECORD_VERSION, decode_image, orient_image,
                                    resize_image)
-from trainer.data.readers import DatasetError, GeoDataset, load_split
+from trainer.data.readers import load_split
 from trainer.data.splits import DEFAULT_TUNE_FRACTION, tuning_split
 
 # Files per split: each worker of multi-worker training reads its own files, so this is the most

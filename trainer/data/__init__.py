@@ -1,2 +1,3 @@
-"""Datasets: the readers of every supported format (`readers`), the tuning split (`splits`), both
-without TensorFlow, and the tf.data input pipeline with THE image preprocessing spec (`pipeline`)."""
+"""Datasets: the record type (`dataset`), a data SPEC to its reader (`readers`), the readers of each
+format (`inat`, `csv_tables`) and what they share (`rows`), the tuning split (`splits`), all without
+TensorFlow, and the tf.data input pipeline with THE image preprocessing spec (`pipeline`)."""

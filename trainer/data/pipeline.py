@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobile_sdk.preprocess import DRAFT_MARGIN, ORIENTATION_STEPS
-from trainer.data.readers import GeoDataset
+from trainer.data.dataset import GeoDataset
 
 log = logging.getLogger(__name__)
 

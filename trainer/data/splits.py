@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.data.readers import DatasetError
+from trainer.data.dataset import DatasetError
 
 # The held-out rows depend on the data only, not on the training seed, so an image run and the
 # geo runs started from it (and several seeds of one run) never tune on each other's training rows.

@@ -21,7 +21,7 @@ import numpy as np
 from mobile_sdk import GeoClassifier, GeoClassifierOptions
 from mobile_sdk.fileio import atomic_write_bytes, sha256_file
 from mobile_sdk.preprocess import load_image
-from trainer.data.readers import GeoDataset
+from trainer.data.dataset import GeoDataset
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from mobile_sdk.fileio import atomic_write_bytes
-from trainer.data.readers import GeoDataset
+from trainer.data.dataset import GeoDataset
 from trainer.evaluation import metrics, nearby, rollup
 from trainer.evaluation.priors import PRIOR_METHODS, SWEEP_RADII_MILES, LabelHistogram, product_scores, sweep_prior
 
