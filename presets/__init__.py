@@ -5,7 +5,7 @@
     presets/bench.py   `make bench` (its accuracy section)
 
 Each file has a docstring with the command that runs it, `WORLD` (the keyword arguments of
-`trainer.world.Preset`: what `python -m trainer.world --preset NAME` generates) and, for an
+`trainer.world.presets.Preset`: what `python -m trainer.world --preset NAME` generates) and, for an
 experiment, `RUN` (the `Settings` of its stages) and `SMOKE` (its smoke variant). The demo, the
 bench, the world generator, the tests and the docs read these files; change a number here, not there.
 This package imports nothing from the project, so every wing may read it.

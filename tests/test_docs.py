@@ -1,5 +1,6 @@
 """The docs stay true: presets are data in one place and the docs quote the numbers they hold; the
 docs speak of the project only (no issue numbers, no machine paths)."""
+import ast
 import re
 from pathlib import Path
 
@@ -55,6 +56,56 @@ def test_docs_name_no_issue_numbers_or_machine_paths(doc):
     text = doc.read_text()
     assert not re.search(r"\bissues? #?\d+", text, re.I), "an issue number"
     assert not re.search(r"(?<![\w.])/(work|home|Users|root)/", text), "a machine path"
+
+
+PACKAGES = ("presets", "mobile_sdk", "trainer", "converters", "pipelines", "benchmarks")
+FILE_NAMED = re.compile(rf"`((?:{'|'.join(PACKAGES)})/[\w/.]*)`")  # `trainer/data/readers.py`, `mobile_sdk/whitelist/`
+FILE_SUFFIXES = {"md", "json", "py", "txt", "csv", "npz", "png", "tflite", "keras", "gwl"}
+MODULE_NAMED = re.compile(rf"\b((?:{'|'.join(PACKAGES)})(?:\.\w+)+)")  # trainer.data.readers.load_split
+
+
+def _module_file(name: str) -> Path | None:
+    path = REPO.joinpath(*name.split("."))
+    return next((p for p in (path.with_suffix(".py"), path / "__init__.py") if p.is_file()), None)
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        else:
+            names.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+    return names
+
+
+def missing_names(text: str) -> list[str]:
+    """Files and modules (or a module's top-level names) the text names that the repository lacks;
+    placeholders in capitals (`presets/NAME.py`, `trainer.figures.X`) and file names
+    (`benchmarks.md`) are not names."""
+    missing = [m for m in FILE_NAMED.findall(text) if not re.search(r"[A-Z]{2}", m) and not (REPO / m).exists()]
+    for name in set(MODULE_NAMED.findall(text)):
+        parts = name.split(".")
+        if parts[-1] in FILE_SUFFIXES or any(part.isupper() for part in parts):
+            continue
+        # the longest prefix that is a module; what follows must be one of its top-level names
+        known, module = next((i, f) for i in range(len(parts), 0, -1) if (f := _module_file(".".join(parts[:i]))))
+        if known < len(parts) and parts[known] not in _top_level_names(module):
+            missing.append(name)
+    return sorted(missing)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_docs_name_files_and_modules_that_exist(doc):
+    assert missing_names(doc.read_text()) == []
+
+
+def test_the_name_checker_sees_a_moved_module():
+    assert missing_names("`trainer/data/readers.py` and trainer.data.readers.load_split") == []
+    assert missing_names("`trainer/data/formats.py`, trainer.data.readers.read_all, trainer.data.nowhere.x") == \
+        ["trainer.data.nowhere.x", "trainer.data.readers.read_all", "trainer/data/formats.py"]
 
 
 def test_benchmarks_print_repository_paths():

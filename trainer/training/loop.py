@@ -74,7 +74,7 @@ def _load_tfrecord_splits(config: TrainConfig) -> Splits:
 
 
 def geo_splits(train, tune, image_size) -> Splits:
-    """Splits over two trainer.data.dataset.GeoDatasets; an input shard is every count-th row."""
+    """Splits over two datasets (trainer.data.dataset.GeoDataset); an input shard is every count-th row."""
     parts = {"train": train, "tune": tune}
 
     def dataset(part, batch_size, training, shard=(1, 0), seed=0):
