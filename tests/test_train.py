@@ -454,17 +454,25 @@ def test_cli_on_a_tiny_world_and_resume_after_kill_9(tiny_world, tmp_path):
     assert run.labels == load_run(image).labels and set(run.model.output) >= {"vision_logits", "geo_logits"}
 
 
+@pytest.fixture(scope="module")
+def featuremod_and_initial_weights():
+    """One feature-modulation model for every one-step comparison: each step starts from these weights."""
+    keras.utils.set_random_seed(0)
+    model = networks.build_featuremod_model(networks.build_image_model(CLASSES, image_size=SIZE, alpha=0.35),
+                                          location_dropout=0.0, seed=0)
+    return model, model.get_weights()
+
+
 @pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
-def test_geo_lr_multiplier_scales_only_the_geo_updates(name):
+def test_geo_lr_multiplier_scales_only_the_geo_updates(name, featuremod_and_initial_weights):
     """One step from identical weights: the geo net's and modulation FCs' updates are exactly
     `geo_lr_multiplier` times those with one rate for all; the backbone's are unchanged."""
+    model, initial = featuremod_and_initial_weights
     x, y = _arrays(BATCH, 0)
     geo_net_paths = {"fm_fc1/kernel", "fm_fc2/kernel"}
     steps = {}
     for multiplier in (1.0, 10.0):
-        keras.utils.set_random_seed(0)
-        model = networks.build_featuremod_model(networks.build_image_model(CLASSES, image_size=SIZE, alpha=0.35),
-                                              location_dropout=0.0, seed=0)
+        model.set_weights(initial)
         geo = networks.geo_variables(model)
         assert geo_net_paths <= {v.path for v in geo}
         assert len(geo) == 4 + 2 * len(networks.modulation_layers(model))  # fc1, fc2; β kernel + bias each
