@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from mobile_sdk.errors import InvalidLocationError
-from mobile_sdk.geo import great_circle_km, miles_to_km
+from mobile_sdk.geo import chord_for_km, great_circle_km, miles_to_km, to_unit_vectors
 from trainer.evaluation import priors
 from trainer.evaluation.priors import LabelHistogram, bayesian_prior_scores, sweep_prior, whitelist_scores
 
@@ -53,6 +54,40 @@ def test_counts_match_brute_force_great_circle(region, radius):
     assert got.shape == (200, 5) and got.dtype == np.int32
     assert expected.sum() > 10  # the case actually has neighbours to count
     np.testing.assert_array_equal(got, expected)
+
+
+def one_tree_per_label_counts(train_latlon, train_labels, num_labels, query_latlon, radius_miles):
+    """The former implementation (one cKDTree per label, a Python loop over labels): the reference
+    the single index must reproduce exactly."""
+    points = to_unit_vectors(train_latlon[:, 0], train_latlon[:, 1])
+    queries = to_unit_vectors(query_latlon[:, 0], query_latlon[:, 1])
+    chord = float(chord_for_km(miles_to_km(radius_miles)))
+    out = np.zeros((len(query_latlon), num_labels), dtype=np.int32)
+    for label in range(num_labels):
+        mine = train_labels == label
+        if mine.any():
+            out[:, label] = cKDTree(points[mine]).query_ball_point(queries, chord, return_length=True)
+    return out
+
+
+def test_single_index_counts_equal_one_tree_per_label(monkeypatch):
+    # Clustered ranges of many labels (cells split deep and are taken whole by their histograms),
+    # 300 observations piled on one place (more than a leaf holds at the deepest level), queries on
+    # and around them, and query chunks smaller than the query count.
+    rng = np.random.default_rng(7)
+    centres = random_points(rng, 40)
+    which = rng.integers(0, 40, 6000)
+    train = centres[which] + rng.normal(0, 3, (6000, 2))
+    train[:, 0] = np.clip(train[:, 0], -90, 90)
+    train[:300] = [37.5, -122.25]
+    labels = (which * 3 + rng.integers(0, 3, 6000)) % 100
+    queries = np.concatenate([train[rng.choice(6000, 60)], random_points(rng, 40), [[37.5, -122.25]]])
+    monkeypatch.setattr(priors, "_CHUNK_QUERIES", 16)
+    hist = LabelHistogram(train, labels, 100)
+    for radius in (1, 100, 1000, 13000):
+        expected = one_tree_per_label_counts(train, labels, 100, queries, radius)
+        np.testing.assert_array_equal(hist.counts(queries, radius), expected)
+    assert len(hist._index.levels) > 8  # the case reaches deep cells, not just a brute-force root
 
 
 def test_counts_across_the_antimeridian_and_over_the_pole_hand_made():

@@ -6,9 +6,9 @@ r of G (great-circle). It is then either normalised into P(L|G) and multiplied i
 classifier's output (Bayesian prior, eq. 2) or used as a 0/1 whitelist (eq. 3). Where the histogram
 is empty (no training data within r, or the location is unknown) the image-only output is kept.
 
-Counting uses one cKDTree per label on unit vectors, queried with `return_length=True`: the tree
-walk runs in C and never materialises neighbour lists, so a 1000-mile query over 272k iNaturalist
-observations stays a few seconds for tens of thousands of locations (docs/evaluation.md).
+Counting uses one index over all observations, whatever the number of labels (LabelHistogram:
+an octree over unit vectors whose cells carry their label histograms), so a query costs about the
+cells the radius cuts, not a tree walk per label (docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy.spatial import cKDTree
 
+from mobile_sdk.arrays import expand_ranges
 from mobile_sdk.geo import chord_for_km, miles_to_km, to_unit_vectors, validate_locations
 from trainer.evaluation.metrics import top_k_accuracy
 
@@ -29,6 +29,14 @@ class LabelHistogram:
     """Training labels indexed by location, to count the labels within a radius of query points.
 
     Rows of `train_latlon` that are unknown (NaN) carry no geography and are left out.
+
+    One index over all observations, whatever the number of labels: an octree of cube cells over
+    the unit vectors (a cell splits into its 8 children while it holds more than `_LEAF_POINTS`
+    points), each cell with a bounding sphere around its points and, for cells that split, the
+    sparse histogram of its labels. A query takes a cell whole when its sphere lies inside the
+    radius (its histogram, or its few points), skips it when outside, and otherwise descends; only
+    points in leaves cut by the radius are tested one by one, with the same test as a cKDTree
+    ball query: squared chord <= chord².
     """
 
     def __init__(self, train_latlon, train_labels, num_labels: int):
@@ -44,14 +52,8 @@ class LabelHistogram:
             raise ValueError(f"train_labels must lie in [0, {num_labels}), got range [{labels.min()}, {labels.max()}]")
         self.num_labels = int(num_labels)
         self.num_located = int(known.sum())
-        points = to_unit_vectors(latlon[known, 0], latlon[known, 1])
-        labels = labels[known].astype(np.int64)
-        order = np.argsort(labels, kind="stable")
-        bounds = np.searchsorted(labels[order], np.arange(self.num_labels + 1))
-        # One tree per label: a query then yields that label's count directly, in C.
-        self._trees = [
-            cKDTree(points[order[lo:hi]]) if hi > lo else None for lo, hi in zip(bounds[:-1], bounds[1:])
-        ]
+        self._index = _Octree(to_unit_vectors(latlon[known, 0], latlon[known, 1]), labels[known],
+                              self.num_labels) if self.num_located else None
 
     def counts(self, query_latlon, radius_miles: float) -> np.ndarray:
         """int32 [N, L]: training observations of each label within `radius_miles` (great-circle,
@@ -59,13 +61,153 @@ class LabelHistogram:
         chord = float(chord_for_km(miles_to_km(_check_radius(radius_miles))))
         latlon, known = validate_locations(query_latlon)
         out = np.zeros((latlon.shape[0], self.num_labels), dtype=np.int32)
-        if not known.any():
+        rows = np.flatnonzero(known)
+        if not rows.size or not self.num_located:
             return out
-        points = to_unit_vectors(latlon[known, 0], latlon[known, 1])
-        for label, tree in enumerate(self._trees):
-            if tree is not None:
-                out[known, label] = tree.query_ball_point(points, chord, return_length=True)
+        points = to_unit_vectors(latlon[rows, 0], latlon[rows, 1])
+        step = min(_CHUNK_QUERIES, max(1, _CHUNK_ENTRIES // self.num_labels))
+        for i in range(0, rows.size, step):
+            out[rows[i:i + step]] = self._index.counts(points[i:i + step], chord)
         return out
+
+
+
+_DEPTH = 16  # at most 16 halvings of the cube (cells ~200 m): observations piled on one place stop splitting there
+_LEAF_POINTS = 32  # a cell holding more points splits into its (up to 8) children
+_MARGIN = 1e-9  # chord units (~6 mm): a cell this close to the radius has its points tested one by one
+_CHUNK_ENTRIES = 1 << 22  # queries x labels counted at once: bounds one chunk's work arrays
+_CHUNK_QUERIES = 4096
+
+
+def _spread_bits(v: np.ndarray) -> np.ndarray:
+    """Integers below 2**16 -> their bits at every third position (one axis of a 3-D Morton key)."""
+    v = v.astype(np.uint64)
+    for shift, mask in ((16, 0x0000FF0000FF), (8, 0x00F00F00F00F), (4, 0x0C30C30C30C3), (2, 0x249249249249)):
+        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
+    return v
+
+
+def _squared_chords(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared distances of rows, summed in cKDTree's order (so boundary cases agree with its test)."""
+    d = a - b
+    return d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
+
+
+def _sum_duplicates(rows: np.ndarray, labels: np.ndarray, counts: np.ndarray, num_labels: int):
+    """(rows, labels, counts) with each (row, label) once, its counts summed; sorted by (row, label)."""
+    key = rows * num_labels + labels
+    order = np.argsort(key)
+    key = key[order]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return key[first] // num_labels, key[first] % num_labels, np.add.reduceat(counts[order], first)
+
+
+@dataclass(frozen=True)
+class _Level:
+    """The cells of one depth of the octree."""
+
+    start: np.ndarray  # int64 [C]: the cell's points are points[start:stop] (points sorted by Morton key)
+    stop: np.ndarray
+    centre: np.ndarray  # float64 [C, 3]: the cube's centre
+    radius: np.ndarray  # float64 [C]: no point of the cell lies farther from the centre
+    split: np.ndarray  # bool [C]: the cell has children: cells [child_start, child_stop) of the next depth
+    child_start: np.ndarray
+    child_stop: np.ndarray
+    label_start: np.ndarray  # the cell's histogram: labels[label_start:label_stop] with their counts
+    label_stop: np.ndarray
+    labels: np.ndarray
+    label_counts: np.ndarray
+
+
+class _Octree:
+    """The spatial index behind LabelHistogram (see there)."""
+
+    def __init__(self, points: np.ndarray, labels: np.ndarray, num_labels: int):
+        self.num_labels = num_labels
+        grid = np.clip(np.floor((points + 1.0) * 2.0 ** (_DEPTH - 1)), 0, 2 ** _DEPTH - 1)
+        key = ((_spread_bits(grid[:, 0]) << np.uint64(2)) | (_spread_bits(grid[:, 1]) << np.uint64(1))
+               | _spread_bits(grid[:, 2])).astype(np.int64)
+        del grid
+        order = np.argsort(key)
+        self.points, self.labels, key = points[order], labels[order].astype(np.int64), key[order]
+        del order
+        # Top-down: the cells that exist (children only under cells that split), with their points.
+        cubes, starts, stops, parents, splits = [np.zeros(1, np.int64)], [np.zeros(1, np.int64)], [np.array([key.size])], [None], []
+        for depth in range(_DEPTH + 1):
+            split = (stops[-1] - starts[-1] > _LEAF_POINTS) & (depth < _DEPTH)
+            splits.append(split)
+            if not split.any():
+                break
+            shift = 3 * (_DEPTH - depth - 1)
+            child = ((cubes[-1][split, None] << 3) | np.arange(8)).ravel()
+            lo, hi = np.searchsorted(key, child << shift), np.searchsorted(key, (child + 1) << shift)
+            keep = hi > lo
+            cubes.append(child[keep])
+            starts.append(lo[keep])
+            stops.append(hi[keep])
+            parents.append(np.repeat(np.flatnonzero(split), 8)[keep])
+        del key
+        # Bottom-up: bounding radii (leaves from their points, split cells from their children's
+        # spheres) and label counts (leaves from their points, split cells summed from their children).
+        self.levels: list[_Level] = []
+        below = None  # the next depth: (_Level, parent of each cell, its histogram as (row, label, count))
+        for depth in range(len(splits) - 1, -1, -1):
+            start, stop, split = starts[depth], stops[depth], splits[depth]
+            side = 2.0 ** (1 - depth)
+            corner = np.minimum(np.floor((self.points[start] + 1.0) / side), 2 ** depth - 1)
+            centre = (corner + 0.5) * side - 1.0
+            radius = np.zeros(start.size)
+            leaf = np.flatnonzero(~split)
+            owner, index = expand_ranges(start[leaf], stop[leaf])
+            if index.size:
+                length = stop[leaf] - start[leaf]
+                radius[leaf] = np.maximum.reduceat(np.sqrt(_squared_chords(self.points[index], centre[leaf][owner])),
+                                                   np.cumsum(length) - length)
+            triples = (leaf[owner], self.labels[index], np.ones(index.size, np.int64))
+            child_start = child_stop = np.zeros(start.size, np.int64)
+            if below is not None:
+                level, parent, (rows, labels, counts) = below
+                child_start = np.searchsorted(parent, np.arange(start.size))
+                child_stop = np.searchsorted(parent, np.arange(start.size), side="right")
+                reach = np.sqrt(_squared_chords(level.centre, centre[parent])) + level.radius
+                radius[split] = np.maximum.reduceat(reach, child_start[split])
+                triples = tuple(np.concatenate(pair) for pair in zip(triples, (parent[rows], labels, counts)))
+            triples = _sum_duplicates(*triples, num_labels)
+            bounds = np.searchsorted(triples[0], np.arange(start.size + 1))
+            level = _Level(start, stop, centre, radius, split, child_start, child_stop, bounds[:-1], bounds[1:],
+                           triples[1], triples[2])
+            self.levels.append(level)
+            below = (level, parents[depth], triples)
+        self.levels.reverse()
+
+    def counts(self, queries: np.ndarray, chord: float) -> np.ndarray:
+        """int32 [N, L] counts within `chord` of unit vectors `queries` [N, 3]."""
+        n, num_labels = queries.shape[0], self.num_labels
+        found, weights = [], []  # query * L + label, and how many observations of it
+        query, cell = np.arange(n), np.zeros(n, np.int64)
+        for level in self.levels:
+            distance = np.sqrt(_squared_chords(queries[query], level.centre[cell]))
+            radius = level.radius[cell]
+            near = distance - radius <= chord + _MARGIN
+            query, cell, distance, radius = query[near], cell[near], distance[near], radius[near]
+            inside = distance + radius <= chord - _MARGIN
+            # A cell inside the radius counts whole: its histogram.
+            owner, index = expand_ranges(level.label_start[cell[inside]], level.label_stop[cell[inside]])
+            found.append(query[inside][owner] * num_labels + level.labels[index])
+            weights.append(level.label_counts[index])
+            split = level.split[cell]
+            cut = ~inside & ~split  # a leaf cut by the radius: its few points one by one
+            owner, index = expand_ranges(level.start[cell[cut]], level.stop[cell[cut]])
+            at = query[cut][owner]
+            ok = _squared_chords(self.points[index], queries[at]) <= chord * chord
+            found.append(at[ok] * num_labels + self.labels[index[ok]])
+            weights.append(np.ones(ok.sum()))
+            descend = ~inside & split
+            owner, cell = expand_ranges(level.child_start[cell[descend]], level.child_stop[cell[descend]])
+            query = query[descend][owner]
+        # float64 sums of integer counts stay exact (below 2**53).
+        total = np.bincount(np.concatenate(found), np.concatenate(weights), minlength=n * num_labels)
+        return total.reshape(n, num_labels).astype(np.int32)
 
 
 def _check_radius(radius_miles) -> float:
