@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mobile_sdk import geohash
+from mobile_sdk.arrays import expand_ranges
 from mobile_sdk.errors import InvalidLocationError, LabelSetMismatchError, WhitelistTableError
 from mobile_sdk.geo import great_circle_km, miles_to_km
 from mobile_sdk.whitelist.builder import build_whitelist, row_reach_km, write_whitelist
@@ -499,3 +500,22 @@ def test_table_fuzzer(fuzz_seed_table):
     seed = secrets.randbits(32)
     print(f"table fuzzer seed {seed}")
     _fuzz(fuzz_seed_table, 2400, seed)
+
+
+def test_expand_ranges_lists_every_index_range_by_range():
+    owner, index = expand_ranges(np.array([5, 2, 7, 0]), np.array([8, 2, 9, 1]))
+    assert owner.tolist() == [0, 0, 0, 2, 2, 3] and index.tolist() == [5, 6, 7, 7, 8, 0]
+    owner, index = expand_ranges(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert owner.size == index.size == 0
+
+
+def test_sets_with_colliding_digests_are_told_apart(monkeypatch):
+    # The builder groups a tile's cells by a digest of their label sets; with every digest equal,
+    # only the label-by-label check and the dict of sets keep them apart: the same table must come out.
+    from mobile_sdk.whitelist import builder
+
+    lat, lon, labels = _synthetic(n=1200, seed=3)
+    expected = build_whitelist(lat, lon, labels, len(NAMES), 300.0, 3, NAMES)
+    monkeypatch.setattr(builder, "_label_weights", lambda n: np.zeros(n, dtype=np.uint64))
+    assert build_whitelist(lat, lon, labels, len(NAMES), 300.0, 3, NAMES) == expected
+    assert WhitelistTable.from_bytes(expected).num_sets > 10  # many distinct sets, many of one size

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import geohash
+from ..arrays import expand_ranges
 from ..fileio import atomic_write_bytes
 from ..geo import EARTH_RADIUS_KM, great_circle_km, miles_to_km, validate_locations
 from . import codec
@@ -71,9 +72,7 @@ def _row_intervals(p_label, p_lat, p_lon, precision, reach, row_lat):
     margin = np.degrees(reach.max())
     lo = np.clip(np.floor((p_lat - margin + 90.0) / height - 0.5), 0, n_rows - 1).astype(np.int64)
     hi = np.clip(np.ceil((p_lat + margin + 90.0) / height - 0.5), 0, n_rows - 1).astype(np.int64)
-    count = hi - lo + 1
-    pt = np.repeat(np.arange(p_lat.size), count)
-    rows = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + lo[pt]
+    pt, rows = expand_ranges(lo, hi + 1)
 
     # On row r, the centres within `reach` of a point are those with cos Δλ >= x (spherical law of
     # cosines); the trigonometry is per row and per point, then combined per pair.
@@ -151,8 +150,13 @@ def _tiles(row, label, start, stop, precision):
     side = 1 << side_bits
     tile_keys = np.arange(1 << (5 * precision - 2 * side_bits), dtype=np.uint64)
     tile_rows, tile_cols = geohash.keys_to_rows_cols(tile_keys << np.uint64(2 * side_bits), precision)
+    # A cell's key is its tile's first key plus an offset that depends only on its place in the tile.
+    offsets = np.arange(side * side, dtype=np.uint64)
+    local_rows, local_cols = geohash.keys_to_rows_cols(offsets, precision)
+    offset_of = np.empty(side * side, dtype=np.int16)
+    offset_of[local_rows * side + local_cols] = offsets.astype(np.int16)
     row_bounds = np.searchsorted(row, np.arange(n_rows + side))
-    for r0, c0 in zip(tile_rows.tolist(), tile_cols.tolist()):
+    for tile, r0, c0 in zip(tile_keys.tolist(), tile_rows.tolist(), tile_cols.tolist()):
         lo, hi = row_bounds[r0], row_bounds[min(r0 + side, n_rows)]
         if lo == hi:
             continue
@@ -161,42 +165,58 @@ def _tiles(row, label, start, stop, precision):
         keep = np.flatnonzero(s <= e)
         if not keep.size:
             continue
-        s, e = s[keep], e[keep]
-        length = e - s + 1
-        owner = np.repeat(keep + lo, length)
-        cols = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length) + np.repeat(s, length)
-        keys = geohash.rows_cols_to_keys(row[owner], cols, precision).astype(np.int64)
-        labels = label[owner]
-        order = np.lexsort((labels, keys))
-        yield keys[order], labels[order]
+        owner, cols = expand_ranges(s[keep], e[keep] + 1)
+        owner = keep[owner] + lo
+        offset = offset_of[(row[owner] - r0) * side + (cols - c0)]
+        # Intervals come by row, then label: a stable sort by cell keeps each cell's labels sorted.
+        order = np.argsort(offset, kind="stable")
+        yield (tile << (2 * side_bits)) + offset[order].astype(np.int64), label[owner[order]]
+
+
+def _label_weights(num_labels: int) -> np.ndarray:
+    """Random uint64 per label: a set's digest is the sum of its labels' weights (mod 2**64)."""
+    return np.random.default_rng(0).integers(0, np.iinfo(np.int64).max, num_labels, dtype=np.int64).view(np.uint64)
 
 
 def _cell_sets(pairs, num_labels: int):
-    """(cell keys, set ids, packed set bitmaps [S, ceil(L/8)]) from key-ordered (keys, labels)
-    pieces: each distinct label set gets an id in order of first use along the key order, so
-    neighbouring cells get near ids. One bitmap row per cell of a tile at a time; a dict over the
-    distinct rows numbers the sets across tiles."""
-    n_bytes = (num_labels + 7) // 8
-    ids: dict[bytes, int] = {}  # bitmap row -> set id; insertion order is id order
+    """(cell keys, set ids, set starts, set labels) from key-ordered (keys, labels) pieces: each
+    distinct label set gets an id in order of first use along the key order, so neighbouring cells
+    get near ids; set i is labels[starts[i]:starts[i + 1]] (sorted). A tile's cells are grouped by a
+    hash of their sets, each group confirmed label by label; a dict over the distinct sets' labels
+    numbers them across tiles. Sets stay lists of labels: nothing here is cells x labels."""
+    weights = _label_weights(num_labels)
+    ids: dict[bytes, int] = {}  # a set's labels (int32 bytes) -> set id; insertion order is id order
     all_keys, all_ids = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for keys, labels in pairs:
-        new_cell = np.r_[True, keys[1:] != keys[:-1]]
-        cell_of_pair = np.cumsum(new_cell) - 1
-        rows = np.zeros((int(cell_of_pair[-1]) + 1, n_bytes), dtype=np.uint8)
-        np.bitwise_or.at(rows, (cell_of_pair, labels // 8), (1 << (labels % 8)).astype(np.uint8))
-        distinct, first_seen, local = np.unique(rows.view(np.dtype((np.void, n_bytes))).ravel(),
-                                                return_index=True, return_inverse=True)
-        global_id = np.empty(distinct.size, dtype=np.int64)
-        for j in np.argsort(first_seen).tolist():  # distinct sets of this tile, in order of first use
-            row = rows[first_seen[j]].tobytes()
-            set_id = ids.get(row)
+        labels = labels.astype(np.int32)
+        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        size = np.diff(np.append(first, keys.size))
+        digest = np.add.reduceat(weights[labels], first)  # wraps around: a sum mod 2**64
+        # Equal sets are neighbours in (digest, size) order; confirm each neighbour pair label by label.
+        order = np.lexsort((size, digest))
+        same = (digest[order][1:] == digest[order][:-1]) & (size[order][1:] == size[order][:-1])
+        pair = np.flatnonzero(same)
+        a, b = order[pair + 1], order[pair]
+        owner, index = expand_ranges(first[a], first[a] + size[a])
+        differ = labels[index] != labels[index - first[a][owner] + first[b][owner]]
+        same[pair[np.unique(owner[differ])]] = False
+        group = np.empty(first.size, dtype=np.int64)
+        group[order] = np.cumsum(np.r_[True, ~same]) - 1
+        group_first = np.full(group[order[-1]] + 1 if first.size else 0, first.size, dtype=np.int64)
+        np.minimum.at(group_first, group, np.arange(first.size))
+        global_id = np.empty(group_first.size, dtype=np.int64)
+        for g in np.argsort(group_first).tolist():  # the tile's groups, in order of first use
+            cell = group_first[g]
+            members = labels[first[cell]:first[cell] + size[cell]].tobytes()
+            set_id = ids.get(members)
             if set_id is None:
-                set_id = ids[row] = len(ids)
-            global_id[j] = set_id
-        all_keys.append(keys[new_cell])
-        all_ids.append(global_id[local.ravel()])
-    packed = np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(len(ids), n_bytes)
-    return np.concatenate(all_keys), np.concatenate(all_ids), packed
+                set_id = ids[members] = len(ids)
+            global_id[g] = set_id
+        all_keys.append(keys[first])
+        all_ids.append(global_id[group])
+    set_labels = np.frombuffer(b"".join(ids), dtype=np.int32).astype(np.int64)
+    set_starts = np.r_[0, np.cumsum([len(k) // 4 for k in ids])].astype(np.int64)
+    return np.concatenate(all_keys), np.concatenate(all_ids), set_starts, set_labels
 
 
 def build_whitelist(lat, lon, labels, num_labels, radius_miles=DEFAULT_RADIUS_MILES,
@@ -212,7 +232,8 @@ def build_whitelist(lat, lon, labels, num_labels, radius_miles=DEFAULT_RADIUS_MI
     lat, lon, labels, num_labels, radius_miles, precision, label_names = _check_build_args(
         lat, lon, labels, num_labels, radius_miles, precision, label_names)
     pairs = _tiles(*_label_intervals(lat, lon, labels, radius_miles, precision), precision) if lat.size else iter(())
-    cells, cell_set, set_bitmaps = _cell_sets(pairs, num_labels)
+    cells, cell_set, set_starts, set_labels = _cell_sets(pairs, num_labels)
+    num_sets = set_starts.size - 1
 
     # Runs: maximal stretches of consecutive keys with one set.
     is_start = np.r_[True, (cells[1:] != cells[:-1] + 1) | (cell_set[1:] != cell_set[:-1])] if cells.size else np.zeros(0, bool)
@@ -223,10 +244,10 @@ def build_whitelist(lat, lon, labels, num_labels, radius_miles=DEFAULT_RADIUS_MI
     run_blocks = [codec.encode_run_block(run_key[b:b + RUNS_PER_BLOCK], run_len[b:b + RUNS_PER_BLOCK],
                                          run_set[b:b + RUNS_PER_BLOCK])
                   for b in range(0, run_key.size, RUNS_PER_BLOCK)]
-    set_blocks = [codec.encode_set_block(np.unpackbits(set_bitmaps[b:b + SETS_PER_BLOCK], axis=1, count=num_labels,
-                                                       bitorder="little").astype(bool))
-                  for b in range(0, set_bitmaps.shape[0], SETS_PER_BLOCK)]
-    return codec.assemble(num_labels, radius_miles, precision, cells.size, run_key.size, set_bitmaps.shape[0],
+    set_blocks = [codec.encode_set_block(set_starts[b:b + SETS_PER_BLOCK + 1] - set_starts[b],
+                                         set_labels[set_starts[b]:set_starts[min(b + SETS_PER_BLOCK, num_sets)]])
+                  for b in range(0, num_sets, SETS_PER_BLOCK)]
+    return codec.assemble(num_labels, radius_miles, precision, cells.size, run_key.size, num_sets,
                           run_key[::RUNS_PER_BLOCK], run_blocks, set_blocks, label_set_hash(label_names))
 
 

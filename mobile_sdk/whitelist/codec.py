@@ -189,25 +189,35 @@ def _gaps(sorted_values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return sorted_values - previous - 1
 
 
-def encode_set_block(block: np.ndarray) -> bytes:
-    """bool [n, L] sets -> (uncompressed) varints [D][D dictionary gaps][parent offsets x n][flip counts x n][flip gaps...].
+def encode_set_block(starts: np.ndarray, labels: np.ndarray) -> bytes:
+    """Sets as sorted label lists (set i is labels[starts[i]:starts[i + 1]]) -> (uncompressed) varints
+    [D][D dictionary gaps][parent offsets x n][flip counts x n][flip gaps...].
 
     Each set is the XOR of the closest of the PARENT_WINDOW previous sets of its block (offset k:
     set i-k; 0: the empty set) with its flips. Flips name labels through the block's dictionary
-    (its sorted distinct flipped labels), so they are small numbers even among many labels."""
-    n = block.shape[0]
-    packed = np.packbits(block, axis=1)
+    (its sorted distinct flipped labels), so they are small numbers even among many labels. The
+    distances are counted over the labels the block uses, not all labels: the work follows the
+    block's sets, not the label count."""
+    n = starts.size - 1
+    used, column = np.unique(labels, return_inverse=True)
+    block = np.zeros((n, used.size), dtype=bool)
+    block[np.repeat(np.arange(n), np.diff(starts)), column] = True
+    words = -(-used.size // 64)  # popcounts over 64-bit words
+    packed = np.zeros((n, 8 * words), dtype=np.uint8)
+    packed[:, :(used.size + 7) // 8] = np.packbits(block, axis=1)
+    packed = packed.view(np.uint64)
     distance = np.full((n, PARENT_WINDOW + 1), np.iinfo(np.int64).max)
-    distance[:, 0] = block.sum(axis=1)
+    distance[:, 0] = np.diff(starts)
     for k in range(1, min(PARENT_WINDOW, n - 1) + 1):
         distance[k:, k] = np.bitwise_count(packed[k:] ^ packed[:-k]).sum(axis=1)
     offsets = np.argmin(distance, axis=1)
     parents = np.where((offsets > 0)[:, None], block[np.arange(n) - offsets], False)
-    rows, labels = np.nonzero(block ^ parents)
-    dictionary = np.unique(labels)
+    rows, flipped = np.nonzero(block ^ parents)
+    flipped = used[flipped]
+    dictionary = np.unique(flipped)
     counts = np.bincount(rows, minlength=n)
     values = np.concatenate([[dictionary.size], _gaps(dictionary, np.array([dictionary.size])), offsets, counts,
-                             _gaps(np.searchsorted(dictionary, labels), counts)])
+                             _gaps(np.searchsorted(dictionary, flipped), counts)])
     data = encode_varints(values)
     if len(data) > MAX_SET_BLOCK_BYTES:
         raise ValueError(f"a set block needs {len(data):,} bytes, over the format's {MAX_SET_BLOCK_BYTES:,}")
