@@ -8,6 +8,8 @@ built once per `pytest` session in-process, and the shared-data guard.
   evaluation's, so the session trains the tiny models once.
 - `tiny_bundles(kind, mode)`: each (kind, quantization) bundle of a random run, exported once;
   `tiny_bundle`: the post-processing int8 one.
+- `toy_tflite(kind)`: the SDK tests' toy contract model of `kind` ("postprocess" or "image",
+  test_sdk._tiny_keras) as a .tflite file, converted once per session.
 - `inat500_observations`: ../shared/data/inat500_observations.npz (or under $GEOAWARE_SHARED_DATA),
   through harness.shared_file: skipped when absent, FAILED when absent and
   GEOAWARE_REQUIRE_SHARED_DATA=1 (set by .ci/run: CI has the data).
@@ -84,3 +86,18 @@ def tiny_bundles(random_runs, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_bundles) -> Path:
     return tiny_bundles("postprocess", "int8")[0]
+
+
+@pytest.fixture(scope="session")
+def toy_tflite(tmp_path_factory):
+    """get(kind) -> the toy contract model's .tflite path, converted once per session (read-only: copy it)."""
+    from test_sdk import _tiny_tflite
+
+    root = tmp_path_factory.mktemp("toy_tflite")
+    cache = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = _tiny_tflite(root / f"{kind}.tflite", kind)
+        return cache[kind]
+    return get

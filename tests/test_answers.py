@@ -61,19 +61,14 @@ def test_malformed_taxonomy_is_a_bundle_error(doc, match):
 # -- bundles with every optional file ------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def parts(tmp_path_factory):
+def parts(toy_tflite):
     """model.tflite, geo.tflite and vision.tflite of the tiny post-processing model."""
-    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow")
     from converters.geo_parts import convert_part
     from converters.quantization import QuantizationConfig
-    model = _tiny_keras("postprocess")
-    root = tmp_path_factory.mktemp("parts")
-    model.export(str(root / "saved"), format="tf_saved_model", verbose=False)
-    out = {"model": tf.lite.TFLiteConverter.from_saved_model(str(root / "saved")).convert()}
-    for part in ("geo", "vision"):
-        out[part] = convert_part(model, part, QuantizationConfig.for_float32())
-    (root / "model.tflite").write_bytes(out["model"])
-    out["model_path"] = root / "model.tflite"
+    model = _tiny_keras("postprocess")  # seeded: the weights of toy_tflite("postprocess")
+    out = {part: convert_part(model, part, QuantizationConfig.for_float32()) for part in ("geo", "vision")}
+    out["model_path"] = toy_tflite("postprocess")
     return out
 
 

@@ -142,7 +142,7 @@ def test_reads_npz_csv_and_names_bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("objective", ["softmax", pytest.param("presence", marks=pytest.mark.slow)])
-def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path, objective):
+def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path, objective, toy_tflite):
     """`trainer.train --model geoprior` on a CSV of observations -> int8 geo bundle (location kept
     float, the objective and expected-nearby thresholds on its scores in the bundle) ->
     GeoClassifier: species_near alone, and vision x geo beside an image-only bundle."""
@@ -150,7 +150,7 @@ def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path, objective):
     from converters.verify import check_location_float
     from mobile_sdk import GeoClassifier, GeoClassifierOptions
     from mobile_sdk.errors import GeoAwareError
-    from test_sdk import LABELS, NEW_YORK, PARIS, SIZE, SYDNEY, _tiny_tflite, _write_bundle
+    from test_sdk import LABELS, NEW_YORK, PARIS, SIZE, SYDNEY, _write_bundle
     from trainer.train import main as train_main
 
     rng = np.random.default_rng(0)
@@ -186,7 +186,7 @@ def test_a_geoprior_run_exports_and_geoclassifier_uses_it(tmp_path, objective):
             geo_only.classify(np.zeros((*SIZE, 3), np.uint8), *SYDNEY)
 
     labels = sorted(LABELS)  # the CSV reader orders labels by name
-    image_bundle = _write_bundle(tmp_path / "image_bundle", _tiny_tflite(tmp_path / "image.tflite", "image"), "image",
+    image_bundle = _write_bundle(tmp_path / "image_bundle", toy_tflite("image"), "image",
                                  labels=labels)
     photo = np.random.default_rng(1).integers(0, 255, (*SIZE, 3), dtype=np.uint8)
     options = GeoClassifierOptions(geo_bundle_path=str(tmp_path / "geo_bundle"), use_whitelist=False)

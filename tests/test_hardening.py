@@ -22,7 +22,7 @@ from mobile_sdk.__main__ import main as cli_main
 from mobile_sdk.errors import (BundleError, BundleIntegrityError, GeoAwareError, InvalidImageError,
                                InvalidLocationError, InvalidOptionsError)
 from mobile_sdk.preprocess import load_image, prepare_image
-from test_sdk import IMAGE, LABELS, PARIS, SIZE, _tiny_tflite, _write_bundle
+from test_sdk import IMAGE, LABELS, PARIS, SIZE, _write_bundle
 
 
 class CliRefused(Exception):
@@ -30,9 +30,9 @@ class CliRefused(Exception):
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
+def ctx(tmp_path_factory, toy_tflite):
     root = tmp_path_factory.mktemp("hardening")
-    bundle = _write_bundle(root / "bundle", _tiny_tflite(root / "model.tflite", "postprocess"), "postprocess")
+    bundle = _write_bundle(root / "bundle", toy_tflite("postprocess"), "postprocess")
     fifo = root / "fifo"
     os.mkfifo(fifo)
     huge = root / "huge.jpg"

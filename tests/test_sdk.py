@@ -92,9 +92,8 @@ def _write_bundle(folder, model_file, kind, labels=LABELS, files=None, sections=
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {kind: _tiny_tflite(root / f"{kind}.tflite", kind) for kind in ("postprocess", "image")}
+def models(toy_tflite):
+    return {kind: toy_tflite(kind) for kind in ("postprocess", "image")}
 
 
 @pytest.fixture(scope="session")
