@@ -7,9 +7,10 @@ Stages (each calls the real CLI or library function, never a shortcut):
  2-4. train image-only, post-processing and feature-modulation MobileNet V2 -> OUT/runs/*
     and the image control (feature modulation's recipe, every location dropped) -> OUT/runs/image_control
  5. evaluate priors, every model, calibration and the oracle; print one comparison table -> OUT/eval/report.md
- 6. export the post-processing model as an int8 bundle (it chooses its whitelist fusion on the
-    tuning images) -> OUT/bundle; measure every fusion through the SDK on the reported images
-    -> OUT/eval/fusion.json; print "which model to ship"
+ 6. export the post-processing and feature-modulation models as int8 bundles (each chooses its
+    whitelist fusion on the tuning images) -> OUT/bundle, OUT/bundles/featuremod; measure every
+    fusion of both through the SDK on the reported images -> OUT/eval/fusion.json; print "which
+    model to ship"
  7. classify validation images through the SDK with and without their location
  8. range-map PNG and the examples sheet            -> OUT/rangemap.png, OUT/examples.png
 
@@ -48,13 +49,16 @@ class Paths:
     world = property(lambda self: self.out / "world")
     runs = property(lambda self: self.out / "runs")
     eval = property(lambda self: self.out / "eval")
-    bundle = property(lambda self: self.out / "bundle")
+    bundle = property(lambda self: self.out / "bundle")  # the post-processing bundle the SDK steps use
     rangemap = property(lambda self: self.out / "rangemap.png")
     examples = property(lambda self: self.out / "examples.png")
     logs = property(lambda self: self.out / "logs")
 
     def run(self, kind: str) -> Path:
         return self.runs / kind
+
+    def bundle_of(self, kind: str) -> Path:
+        return self.bundle if kind == "postprocess" else self.out / "bundles" / kind
 
 
 def train_stage(paths: Paths, kind: str, settings: Settings, seed: int) -> Stage:
@@ -128,6 +132,16 @@ def export_stage(paths: Paths, settings: Settings, seed: int, kind: str = "postp
             "--calibration-samples", str(settings.calibration_samples), "--seed", str(seed)]
     return Stage("export" if out == paths.bundle else f"export-{kind}", args, [out / "manifest.json"],
                  description=f"export the {kind} model as an int8 bundle and choose its whitelist fusion")
+
+
+SHIPPED = ("postprocess", "featuremod")  # the geo-aware kinds the demo exports; `make bench` also exports image-only
+
+
+def export_bundles(runner: Runner, paths: Paths, settings: Settings, seed: int) -> list[Path]:
+    """Export each SHIPPED kind as an int8 bundle; their folders."""
+    for kind in SHIPPED:
+        runner.stage(export_stage(paths, settings, seed, kind, out=paths.bundle_of(kind)))
+    return [paths.bundle_of(kind) for kind in SHIPPED]
 
 
 def fusion_stage(paths: Paths, bundles: list[Path], seed: int) -> Stage:
@@ -214,12 +228,11 @@ def run_all(runner: Runner, settings: Settings, seed: int) -> None:
     runner.header("comparison (validation images not used to choose the prior radius)")
     print(comparison_table(report), flush=True)
 
-    runner.stage(export_stage(paths, settings, seed))
-    runner.stage(fusion_stage(paths, [paths.bundle], seed))
-    runner.header("whitelist fusion through the int8 bundle and the SDK (reported images; bold: the "
+    runner.stage(fusion_stage(paths, export_bundles(runner, paths, settings, seed), seed))
+    runner.header("whitelist fusion through the int8 bundles and the SDK (reported images; bold: each "
                   "bundle's recommendation, chosen on the tuning images)")
     print((paths.logs / "fusion.md").read_text(), flush=True)
-    runner.header("which model to ship (the post-processing bundle; `make bench` exports every kind)")
+    runner.header("which model to ship")
     print(ship_table(report, json.loads((paths.eval / "fusion.json").read_text())), flush=True)
 
     runner.header("classify validation images through the SDK, without and with their location")

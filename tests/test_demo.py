@@ -149,19 +149,19 @@ class FakeCli:
 
 
 def demo_commands(out: Path, settings, cli: FakeCli) -> None:
-    """The demo's command stages (world, three trainings and the image control, evaluation, export)
-    as `make demo` runs them."""
+    """The demo's command stages (world, three trainings and the image control, evaluation, the
+    post-processing and feature-modulation exports) as `make demo` runs them."""
     runner = stages.Runner(out, cli=cli)
     paths = demo.Paths(out)
     demo.train_and_evaluate(runner, paths, settings, seed=0)
-    runner.stage(demo.export_stage(paths, settings, seed=0))
+    demo.export_bundles(runner, paths, settings, seed=0)
 
 
 def test_demo_stages_run_the_preset_then_reuse_everything(tmp_path):
     cli = FakeCli()
     demo_commands(tmp_path, preset.RUN, cli)
     assert cli.modules() == ["trainer.world", "train-image", "train-postprocess", "train-featuremod",
-                             "train-image_control", "trainer.evaluate", "converters.export"]
+                             "train-image_control", "trainer.evaluate", "converters.export", "converters.export"]
     world, image, post, featuremod = cli.calls[:4]
     control, evaluate = cli.calls[4:6]
     # Feature modulation is the hybrid: it adds the post-processing run's geo logits.
@@ -177,15 +177,19 @@ def test_demo_stages_run_the_preset_then_reuse_everything(tmp_path):
     assert image[image.index("--epochs") + 1] == str(preset.RUN.image_epochs)
     assert image[image.index("--image-size") + 1] == str(preset.RUN.image_size)
     assert post[post.index("--init") + 1] == str(tmp_path / "runs" / "image")  # geo models start from it
+    exports = cli.calls[6:8]  # both geo-aware kinds, each to its own bundle; the post-processing one is OUT/bundle
+    assert [e[e.index("--model") + 1] for e in exports] == [str(tmp_path / "runs" / k) for k in ("postprocess", "featuremod")]
+    assert [e[e.index("--out") + 1] for e in exports] == [str(tmp_path / "bundle"), str(tmp_path / "bundles" / "featuremod")]
     demo_commands(tmp_path, preset.RUN, cli)  # a second `make demo` runs nothing
-    assert len(cli.calls) == 7
+    assert len(cli.calls) == 8
 
 
 def test_changed_epochs_rerun_that_training_and_what_follows(tmp_path):
     cli = FakeCli()
     demo_commands(tmp_path, preset.RUN, cli)
     demo_commands(tmp_path, preset.RUN.replace(featuremod_epochs=preset.RUN.featuremod_epochs + 1), cli)
-    assert cli.modules()[7:] == ["train-featuremod", "train-image_control", "trainer.evaluate", "converters.export"]
+    assert cli.modules()[8:] == ["train-featuremod", "train-image_control", "trainer.evaluate",
+                                 "converters.export", "converters.export"]
 
 
 @pytest.mark.slow
@@ -195,8 +199,8 @@ def test_smoke_demo_end_to_end(smoke_demo):
     out = smoke_demo.out
     for path in ("world/train.json", "runs/image/model.keras", "runs/postprocess/model.keras",
                  "runs/featuremod/model.keras", "runs/image_control/model.keras", "eval/report.json",
-                 "eval/fusion.json", "bundle/model.tflite",
-                 "bundle/manifest.json", "rangemap.png"):
+                 "eval/fusion.json", "bundle/model.tflite", "bundle/manifest.json",
+                 "bundles/featuremod/model.tflite", "rangemap.png"):
         assert (out / path).exists(), path
     assert "top-1" in smoke_demo.stdout and "post-processing" in smoke_demo.stdout
     assert str(out) in smoke_demo.stdout  # it ends by saying where the outputs are
