@@ -171,7 +171,7 @@ def from_demo(out: Path) -> Section:
             f"{primary['n']} validation images reported ({report['tuning']}); MobileNet V2 alpha {settings.alpha}, "
             f"{settings.image_size} px from scratch; feature modulation is the hybrid (docs/training.md). "
             "Training: " + "; ".join(curves) + ".", "", demo.comparison_table(report),
-            "", "Whitelist fusion of the int8 post-processing bundle through the SDK (reported images; bold: the "
+            "", "Whitelist fusion of each int8 bundle through the SDK (reported images; bold: the "
                 "bundle's recommendation, chosen on the tuning images):", "", fusion_table(fusion),
             "", "Which model to ship:", "", demo.ship_table(report, fusion)]
     return Section("Accuracy on the demo world", "\n".join(body),

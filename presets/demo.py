@@ -3,12 +3,11 @@
     python -m pipelines.demo                  # RUN (what `make demo` runs)
     python -m pipelines.demo --quick          # SMOKE: the tiny world, a few steps per stage
 
-Measured on the 2-core dev machine while it was shared with other work (load 11-20), seed 0: world
-69 s; image-only 25 epochs to its plateau (kept 22), about 55-70 s each; post-processing 49 epochs
-(238 s with the logits cache); feature modulation 482 s and the image control 406 s (3 epochs
-each); evaluation 220 s; export 330 s; the rest about 3 min: about an hour in all. Not yet timed
-on an idle machine (before the world's version 2 and the longer image training, the demo took
-7 min 17 s idle, its image stage 228 s for 10 epochs).
+Measured on the 2-core dev machine while it was shared with other work (load 9-16), seed 0, the
+world of WORLD below: world 94 s; image-only 29 epochs to its plateau (kept 26), about 57 s each
+(1,644 s); post-processing 51 epochs (72 s with the logits cache); feature modulation 185 s and
+the image control 170 s (3 epochs each); evaluation 66 s; the two exports 69 s and 35 s; the rest
+under a minute: 39 min 45 s in all. Not timed on an idle machine.
 """
 from presets import Settings, tiny
 
