@@ -102,14 +102,6 @@ def inflate(data, max_bytes: int, where: str) -> bytes:
     return out
 
 
-def _restart_cumsum(steps: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Cumulative sums of `steps` restarting at every group (groups of `counts` consecutive items)."""
-    total = np.cumsum(steps)
-    first = np.cumsum(counts) - counts
-    before = np.where(first > 0, total[np.maximum(first - 1, 0)] if total.size else 0, 0)
-    return total - np.repeat(before, counts)
-
-
 def _resolve_back_refs(target: np.ndarray, is_ref: np.ndarray) -> np.ndarray:
     """Follow back references (each strictly earlier) to the item that is not one, by pointer jumping."""
     target = np.where(is_ref, target, np.arange(target.size))
@@ -140,17 +132,26 @@ def encode_set_codes(set_ids: np.ndarray) -> np.ndarray:
 
 def explicit_set_ids(codes: np.ndarray) -> np.ndarray:
     """Per run, the id its explicit codes reach so far (the value a back reference does not change)."""
-    z = (codes - BACK_REFS) * (codes >= BACK_REFS)
-    return np.cumsum((z >> 1) ^ -(z & 1))  # unzigzag
+    z = codes - BACK_REFS
+    np.maximum(z, 0, out=z)  # back references add nothing
+    ids = z >> 1
+    z &= 1
+    np.negative(z, out=z)
+    ids ^= z  # unzigzag
+    return np.cumsum(ids, out=ids)
 
 
-def decode_set_codes(codes: np.ndarray, where: str) -> np.ndarray:
-    """Set id of every run of a block (all back references resolved, by pointer jumping)."""
+def decode_set_codes(codes: np.ndarray, explicit: np.ndarray, num_sets: int, where: str) -> np.ndarray:
+    """Set id of every run of a block (all back references resolved, by pointer jumping), from its
+    codes and their `explicit_set_ids`."""
     is_ref = codes < BACK_REFS
     target = np.arange(codes.size) - 1 - codes
     if (target[is_ref] < 0).any():
         raise WhitelistTableError(f"{where}: corrupted, set code refers before the block")
-    return explicit_set_ids(codes)[_resolve_back_refs(target, is_ref)]
+    ids = explicit[_resolve_back_refs(target, is_ref)]
+    if ids.min() < 0 or ids.max() >= num_sets:
+        raise WhitelistTableError(f"{where}: corrupted, set code out of range")
+    return ids
 
 
 def encode_run_block(keys: np.ndarray, lengths: np.ndarray, set_ids: np.ndarray) -> bytes:
@@ -165,16 +166,38 @@ def run_block_bound(n: int) -> int:
 
 
 def decode_run_block(data, first_key: int, n: int, end_key: int, where: str):
-    """-> (stops, lengths, set codes) int64 arrays of the block's n runs: run i covers keys
-    [stops[i] - lengths[i], stops[i]). Keys must stay below end_key (the next block's first key)."""
+    """-> (stops, lengths, set codes, explicit ids) int64 arrays of the block's n runs: run i covers
+    keys [stops[i] - lengths[i], stops[i]). Keys must stay below end_key (the next block's first key).
+    Back references and set ids are checked where they are resolved (`run_set_id`, `decode_set_codes`):
+    a block's first lookup pays for what it reads, a few numpy calls fewer."""
     values = decode_varints(inflate(data, run_block_bound(n), where))
     if values.size != 3 * n:
         raise WhitelistTableError(f"{where}: corrupted, {values.size} values for {n} runs")
     lengths = values[n:2 * n]
-    stops = first_key + np.cumsum(values[:n] + lengths)
-    if values[0] != 0 or lengths.min() < 1 or stops[-1] > end_key:
+    if values[0] != 0 or lengths.min() < 1:
         raise WhitelistTableError(f"{where}: corrupted, bad run gap or length")
-    return stops, lengths, values[2 * n:]
+    stops = values[:n]
+    stops += lengths  # gaps become steps in place: values[:n] is not read again
+    stops[0] += first_key
+    np.cumsum(stops, out=stops)
+    if stops[-1] > end_key:
+        raise WhitelistTableError(f"{where}: corrupted, runs past the block's end")
+    codes = values[2 * n:]
+    return stops, lengths, codes, explicit_set_ids(codes)
+
+
+def run_set_id(codes: np.ndarray, explicit: np.ndarray, run: int, num_sets: int) -> int:
+    """Set id of one run of a decoded run block: its back references followed, the id checked."""
+    code = int(codes[run])
+    while code < BACK_REFS:  # the same set as an earlier run of the block
+        run -= 1 + code
+        if run < 0:
+            raise WhitelistTableError("corrupted, set code refers before the block")
+        code = int(codes[run])
+    set_id = int(explicit[run])
+    if not 0 <= set_id < num_sets:
+        raise WhitelistTableError("corrupted, set code out of range")
+    return set_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,38 +248,42 @@ def encode_set_block(starts: np.ndarray, labels: np.ndarray) -> bytes:
 
 
 def decode_set_block(data, n: int, num_labels: int, max_bytes: int, where: str):
-    """-> (parent offsets [n], flip starts [n + 1] as lists, flipped labels): what `set_from_block` walks."""
+    """-> (parent offsets [n] and flip starts [n + 1] as lists, each flip's dictionary position,
+    the dictionary): what `set_from_block` walks. Parents are checked on the walk."""
     values = decode_varints(inflate(data, max_bytes, where))
     size = int(values[0]) if values.size else -1
     if size < 0 or values.size < 1 + size + 2 * n:
         raise WhitelistTableError(f"{where}: corrupted, set block too short")
-    dictionary = np.cumsum(values[1:1 + size] + 1) - 1
-    offsets, counts = values[1 + size:1 + size + n], values[1 + size + n:1 + size + 2 * n]
-    flips = values[1 + size + 2 * n:]
-    if counts.sum() != flips.size or (offsets > np.arange(n)).any() or (size and dictionary[-1] >= num_labels):
+    dictionary = values[1:1 + size] + 1
+    np.cumsum(dictionary, out=dictionary)
+    dictionary -= 1
+    starts = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(values[1 + size + n:1 + size + 2 * n], out=starts[1:])
+    steps = values[1 + size + 2 * n:] + 1  # flips are gaps - 1 over dictionary positions, restarting per set
+    if starts[-1] != steps.size or (size and dictionary[-1] >= num_labels):
         raise WhitelistTableError(f"{where}: corrupted, inconsistent set block")
-    local = _restart_cumsum(flips + 1, counts) - 1
-    if flips.size and local.max() >= size:
+    positions = np.cumsum(steps, out=steps)
+    before = np.concatenate(([0], positions))[starts[:-1]]  # the running total at each set's first flip
+    positions -= np.repeat(before + 1, np.diff(starts))
+    if positions.size and positions.max() >= size:
         raise WhitelistTableError(f"{where}: corrupted, flip outside the block's dictionary")
-    return offsets.tolist(), np.r_[0, np.cumsum(counts)].tolist(), dictionary[local]
+    return values[1 + size:1 + size + n].tolist(), starts.tolist(), positions, dictionary
 
 
 def set_from_block(block, i: int, where: str) -> np.ndarray:
     """Sorted labels of set i of a decoded set block: the XOR of the flips along its parent chain."""
-    offsets, starts, labels = block
-    chain = [i]
+    offsets, starts, positions, dictionary = block
+    chain = [positions[starts[i]:starts[i + 1]]]
     while offsets[i]:
         i -= offsets[i]
-        chain.append(i)
-    if len(chain) == 1:
-        out = labels[starts[i]:starts[i + 1]]
-    else:  # a label flipped an even number of times along the chain is out
-        values, counts = np.unique(np.concatenate([labels[starts[j]:starts[j + 1]] for j in chain]),
-                                   return_counts=True)
-        out = values[counts & 1 == 1]
-    if not out.size:
+        if i < 0:
+            raise WhitelistTableError(f"{where}: corrupted, parent outside the block")
+        chain.append(positions[starts[i]:starts[i + 1]])
+    # A position flipped an even number of times along the chain is out; positions rise with labels.
+    kept = chain[0] if len(chain) == 1 else np.flatnonzero(np.bincount(np.concatenate(chain)) & 1)
+    if not kept.size:
         raise WhitelistTableError(f"{where}: corrupted, empty set")
-    return out
+    return dictionary[kept]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,27 +95,22 @@ class WhitelistTable:
     # -- blocks and sets, decoded on demand
 
     def _run_block(self, b: int):
-        """(stops as a list for bisect, lengths, set codes, explicit ids): enough for single lookups."""
+        """(stops, lengths, set codes, explicit ids) int64 arrays of run block b (`codec.decode_run_block`)."""
         cached = self._run_blocks.get(b)
         if cached is None:
-            lay, where = self._layout, f"{self.source}, run block {b}"
-            stops, lengths, codes = codec.decode_run_block(
+            lay = self._layout
+            cached = self._run_blocks.put(b, codec.decode_run_block(
                 self._view[lay.run_offsets[b]:lay.run_offsets[b + 1]], self._block_keys[b], lay.runs_in_block(b),
-                self._end_keys[b], where)
-            explicit = codec.explicit_set_ids(codes)
-            if ((codes < codec.BACK_REFS) & (codes >= np.arange(codes.size))).any() or explicit.min() < 0 \
-                    or explicit.max() >= self.num_sets:  # back references inside the block, ids in range
-                raise WhitelistTableError(f"{where}: corrupted, set code out of range")
-            cached = self._run_blocks.put(b, (stops.tolist(), lengths, codes, explicit))
+                self._end_keys[b], f"{self.source}, run block {b}"))
         return cached
 
     def _run_arrays(self, b: int):
         """(starts, stops, set ids) int64 arrays of run block b: what batches search."""
         cached = self._run_arrays_cache.get(b)
         if cached is None:
-            stops, lengths, codes, _ = self._run_block(b)
-            stops = np.asarray(stops)
-            cached = self._run_arrays_cache.put(b, (stops - lengths, stops, codec.decode_set_codes(codes, "")))
+            stops, lengths, codes, explicit = self._run_block(b)
+            cached = self._run_arrays_cache.put(b, (stops - lengths, stops, codec.decode_set_codes(
+                codes, explicit, self.num_sets, f"{self.source}, run block {b}")))
         return cached
 
     def set_labels(self, set_id: int) -> np.ndarray:
@@ -142,12 +137,13 @@ class WhitelistTable:
         if b < 0:
             return -1
         stops, lengths, codes, explicit = self._run_block(b)
-        run = bisect_right(stops, key)
-        if run == len(stops) or key < stops[run] - lengths[run]:
+        run = int(stops.searchsorted(key, side="right"))
+        if run == stops.size or key < stops[run] - lengths[run]:
             return -1
-        while codes[run] < codec.BACK_REFS:  # the same set as an earlier run of the block
-            run -= 1 + int(codes[run])
-        return int(explicit[run])
+        try:
+            return codec.run_set_id(codes, explicit, run, self.num_sets)
+        except WhitelistTableError as exc:  # the message names the block only when it is needed
+            raise WhitelistTableError(f"{self.source}, run block {b}: {exc}") from None
 
     # -- public queries
 
