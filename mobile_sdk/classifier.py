@@ -26,11 +26,16 @@ from .geo import validate_location
 from .options import GeoClassifierOptions, positive_int
 from .preprocess import prepare_image
 from .ranking import Ranking
-from .results import Categories, ClassificationResult, NearbySpecies
+from .results import Categories, ClassificationResult, Deferred, DeferredTuple, NearbySpecies, PerLabel, resolved
 from .split_runner import open_split_models
 
 GEO_MODEL_KIND = "geoprior"
 _UNKNOWN_LOCATION = np.full((1, 2), np.nan, dtype=np.float32)  # the contract: NaN = unknown, never (0, 0)
+
+
+def _holds(sorted_values: np.ndarray, value) -> bool:
+    at = int(sorted_values.searchsorted(value))
+    return at < sorted_values.size and bool(sorted_values[at] == value)
 
 
 def _ranked(scores: np.ndarray, keep: np.ndarray, limit: int | None) -> np.ndarray:
@@ -144,6 +149,16 @@ class GeoClassifier:
             return nearby.flags_from_logits(geo_logits, self._nearby_thresholds)
         return nearby.flags_from_whitelist(allowed, len(self.labels))
 
+    def _deferred_flags(self, location, allowed, geo_logits) -> PerLabel:
+        """`_nearby_flags` at a known location, built when `excluded` reads them all; a Category
+        reads its own label's flag by the same rule."""
+        thresholds = self._nearby_thresholds
+        if thresholds is not None and geo_logits is not None:  # nearby.flags_from_logits, one label
+            one = lambda i: None if np.isnan(thresholds[i]) else bool(geo_logits[i] >= thresholds[i])  # noqa: E731
+        else:  # nearby.flags_from_whitelist, one label
+            one = lambda i: None if allowed is None else _holds(allowed, i)  # noqa: E731
+        return PerLabel(lambda: self._nearby_flags(location, allowed, geo_logits), one)
+
     def _run(self, pixels, location) -> dict:
         if self._split is not None:
             return self._split.run(pixels, location)
@@ -165,8 +180,9 @@ class GeoClassifier:
             out = tempered(out, self._temperature)
         probs = out["probabilities"].reshape(-1).astype(np.float64)
         vision = geo = location_logits = None  # location_logits: what the expected-nearby thresholds compare
-        if self._has_parts:
-            vision = softmax(out["vision_logits"].reshape(-1))
+        if self._has_parts:  # the image-only probabilities: only a read Category or `excluded` needs them
+            vision_logits = out["vision_logits"].reshape(-1)
+            vision = Deferred(lambda: softmax(vision_logits))
             geo = location_logits = out["geo_logits"].reshape(-1).astype(np.float64)
         elif self._geo is not None and location is not None:
             # vision x geo: log softmax(vision logits) + the geo model's log score, renormalised.
@@ -184,7 +200,7 @@ class GeoClassifier:
         keep = self._category_mask & (scores >= self._min_score)
         if mask is not None and self.fusion.whitelist == "hard" and filtered:
             keep &= mask
-        flags = self._nearby_flags(location, allowed, location_logits)
+        flags = None if location is None else self._deferred_flags(location, allowed, location_logits)
         ranking = Ranking(scores, keep, self.options.max_results)
         categories = Categories(ranking, self.labels, score=scores, vision_score=vision, geo_score=geo,
                                 expected_nearby=flags)
@@ -193,10 +209,10 @@ class GeoClassifier:
         rollup = None if taxonomy is None or threshold is None else taxonomy.rollup(
             np.where(self._category_mask, scores, 0.0), threshold)
         k = self.options.excluded_top_k
-        excluded = () if k == 0 else answers.excluded_labels(
-            self.labels, probs if vision is None else vision, scores, ranking.first(k), k,
-            category_mask=self._category_mask, whitelist=mask, whitelisted_out=filtered, nearby=flags,
-            min_score=self._overrides.min_score, score_threshold=self.options.score_threshold)
+        excluded = () if k == 0 else DeferredTuple(lambda: answers.excluded_labels(
+            self.labels, probs if vision is None else resolved(vision), scores, ranking.first(k), k,
+            category_mask=self._category_mask, whitelist=mask, whitelisted_out=filtered, nearby=resolved(flags),
+            min_score=self._overrides.min_score, score_threshold=self.options.score_threshold))
         return ClassificationResult(categories, used, filtered, self.model_version, location, rollup, excluded,
                                     None if location is None else accuracy_m)
 

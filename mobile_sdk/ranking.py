@@ -18,6 +18,10 @@ def best_first(values: np.ndarray, n: int) -> np.ndarray:
     """Positions of the `n` largest values, largest first, ties in position order: the first n of
     the stable descending argsort (NaN last), without sorting the rest. A prefix of that order of
     length >= n is returned (ties at the n-th value come along)."""
+    if n == 1 and values.size:  # the top answer, what an app reads first: argmax finds the first largest
+        best = int(values.argmax())
+        if values[best] == values[best]:  # NaN (argmax's pick when present) sorts last: the full order below
+            return np.array([best])
     if 4 * n < values.size and values.size > SMALL:
         bound = np.partition(values, values.size - n)[values.size - n]  # the n-th largest (NaN: largest)
         candidates = np.flatnonzero(values >= bound)  # everything outside is smaller than every candidate

@@ -29,7 +29,77 @@ class Category:
     expected_nearby: bool | None = None  # flagged expected at this location (None: unknown, see nearby.py)
 
 
-class Categories(Sequence):
+class _ReadLikeTuple(Sequence):
+    """A read-only sequence that compares, hashes, prints and pickles as the tuple of its items."""
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        return tuple(self) == tuple(other) if isinstance(other, (tuple, _ReadLikeTuple)) else NotImplemented
+
+    def __hash__(self):
+        return hash(tuple(self))
+
+    def __repr__(self):
+        return repr(tuple(self))
+
+    def __reduce__(self):  # pickle and deepcopy give the plain tuple
+        return tuple, (tuple(self),)
+
+
+class Deferred:
+    """A value computed on first read (`get`; indexing reads into it): per-label work for answers
+    nobody reads costs nothing. Results are per call, so a race only computes the same value twice."""
+
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make):
+        self._make, self._value = make, None
+
+    def get(self):
+        if self._make is not None:
+            self._value, self._make = self._make(), None
+        return self._value
+
+    def __getitem__(self, index):
+        return self.get()[index]
+
+
+class PerLabel(Deferred):
+    """A Deferred [L] array whose single entries have a cheaper formula, `one(index)`: a Category
+    reads its own label's entry without the whole column being built."""
+
+    __slots__ = ("_one",)
+
+    def __init__(self, make, one):
+        super().__init__(make)
+        self._one = one
+
+    def __getitem__(self, index):
+        return self._one(index) if self._make is not None else self._value[index]
+
+
+def resolved(value):
+    """The value itself, or a Deferred's computed value."""
+    return value.get() if isinstance(value, Deferred) else value
+
+
+class DeferredTuple(_ReadLikeTuple):
+    """A tuple built on first read (the `excluded` explanation)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, make):
+        self._items = Deferred(lambda: tuple(make()))
+
+    def __len__(self):
+        return len(self._items.get())
+
+    def __getitem__(self, position):
+        return self._items.get()[position]
+
+
+class Categories(_ReadLikeTuple):
     """The ranked answer, read like a tuple of `Category` (index, iterate, slice, len, ==).
 
     Each Category is built when first read, and the ranking is sorted only as far as it is read
@@ -70,18 +140,6 @@ class Categories(Sequence):
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def __eq__(self, other):
-        return tuple(self) == tuple(other) if isinstance(other, (tuple, Categories)) else NotImplemented
-
-    def __hash__(self):
-        return hash(tuple(self))
-
-    def __repr__(self):
-        return repr(tuple(self))
-
-    def __reduce__(self):  # pickle and deepcopy give the plain tuple
-        return tuple, (tuple(self),)
-
 
 def _python(value):
     """A numpy scalar as the Python number it holds (float64 -> float, bool_ -> bool)."""
@@ -97,11 +155,12 @@ class ClassificationResult:
     model_version: str
     location: tuple[float, float] | None = None  # (lat, wrapped lon) as used
     rollup: Taxon | None = None  # the lowest taxon reaching rollup_threshold; None: the top label does
-    excluded: tuple[Excluded, ...] = ()  # vision top-k labels removed or demoted, with reasons
+    excluded: Sequence[Excluded] = ()  # vision top-k labels removed or demoted, with reasons (built when read)
     accuracy_m: float | None = None  # the location accuracy used
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(dataclasses.replace(self, categories=tuple(self.categories)))
+        return dataclasses.asdict(dataclasses.replace(self, categories=tuple(self.categories),
+                                                      excluded=tuple(self.excluded)))
 
 
 @dataclass(frozen=True)

@@ -214,12 +214,13 @@ def test_ranking_sorts_only_what_is_read_and_equals_the_stable_argsort():
         if trial % 3 == 0 and size:
             values[rng.random(size) < 0.05] = np.nan
         full = np.argsort(-values, kind="stable")
-        n = int(rng.integers(1, 12))
-        prefix = best_first(values, n)
-        assert len(prefix) >= min(n, size) and np.array_equal(prefix, full[:len(prefix)])
+        for n in (1, int(rng.integers(2, 12))):  # 1: the top answer's own path
+            prefix = best_first(values, n)
+            assert len(prefix) >= min(n, size) and np.array_equal(prefix, full[:len(prefix)])
         keep = rng.random(size) < 0.7
         limit = None if trial % 2 else int(rng.integers(1, 20))
         expected = np.flatnonzero(keep)[np.argsort(-values[keep], kind="stable")][:limit]
+        assert np.array_equal(Ranking(values, keep, limit).first(1)[:len(expected)], expected[:1])
         ranking = Ranking(values, keep, limit)
         assert ranking.size == len(expected)
         assert np.array_equal(ranking.first(n)[:len(expected)], expected[:n])
