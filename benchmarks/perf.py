@@ -261,10 +261,8 @@ def classify_ratios(work: Path, repeats: int, quick: bool):
                 "classify(JPEG file) ≤ 1.15x (Pillow decode + bare invoke), 224 px alpha 1.0 int8",
                 timings["classify(JPEG file)"].median, decoded + bare.median, 1.15,
                 f"classify/(decode + bare) by CPU time, decode {decoded * 1e3:.2f} ms{load}",
-                f"reading the file, the copy out of Pillow and the resize ({resized * 1e3:.2f} ms). A 1024x768 JPEG is decoded "
-                "at full size for 224 px (the draft rule decodes at 1/2 only from a 896 px short side); a "
-                "smaller margin would decode it at 1/2 and beat Pillow's plain decode, but it changes the "
-                "trainer's inputs too (docs/CONTRACTS.md)", key="classify_jpeg_vs_decode_plus_bare_224_int8"))
+                "reading the file, the copy out of Pillow and the resize of the 512x384 image libjpeg decodes at 1/2 "
+                "(the draft rule, docs/CONTRACTS.md)", key="classify_jpeg_vs_decode_plus_bare_224_int8"))
     table_md = markdown_table(["bundle (int8, 500 labels, untrained)", "call", "median CPU time", "vs bare"], rows)
     return table_md, targets
 

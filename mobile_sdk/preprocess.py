@@ -33,7 +33,7 @@ MAX_IMAGE_BYTES = 100 << 20
 MAX_IMAGE_PIXELS = 200_000_000  # a 200-megapixel phone photo still opens...
 MAX_DECODED_PIXELS = 50_000_000  # ...because as a JPEG it is decoded at reduced scale
 FORMATS = ("JPEG", "MPO", "PNG")  # MPO: a phone's JPEG carrying more pictures, decoded as its first
-DRAFT_MARGIN = 2  # a scaled JPEG decode keeps its short side >= 2x the model input's long side
+DRAFT_MARGIN = 1  # a scaled JPEG decode keeps its short side >= the model input's long side (docs/CONTRACTS.md)
 # What each EXIF orientation (1-8) asks of the stored pixels [rows, cols, 3] to show them upright,
 # in this order: (swap rows and columns, reverse the rows, reverse the columns). PIL's
 # ImageOps.exif_transpose does the same (tests compare); trainer.data.pipeline applies this table too.
