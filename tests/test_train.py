@@ -76,6 +76,14 @@ def image_run(tmp_path_factory):
     return run_dir, initial, metrics
 
 
+@pytest.fixture(scope="module")
+def postprocess_run(image_run, tmp_path_factory):
+    """A 2-epoch post-processing run on image_run (the tests below inspect it; the hybrid starts from it)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "postprocess"
+    loop.train(tiny_config("postprocess", init=str(image_run[0]), epochs=2), run_dir, synthetic_splits())
+    return run_dir
+
+
 # --- config -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", IMAGE_MODEL_KINDS)
@@ -146,12 +154,9 @@ def test_image_run_trains_and_writes_the_run_folder(image_run):
     assert not list(run_dir.glob(".*tmp*"))  # no temporary files left behind
 
 
-def test_postprocess_trains_geo_net_only_and_keeps_image_weights_bit_identical(image_run, tmp_path):
-    image_dir, _, _ = image_run
-    config = tiny_config("postprocess", init=str(image_dir), epochs=2)
-    loop.train(config, tmp_path, synthetic_splits())
-    image = load_run(image_dir).model
-    run = load_run(tmp_path)
+def test_postprocess_trains_geo_net_only_and_keeps_image_weights_bit_identical(image_run, postprocess_run):
+    image = load_run(image_run[0]).model
+    run = load_run(postprocess_run)
     nested = run.model.get_layer("image_only")
     assert len(nested.weights) == len(image.weights)
     for after, before in zip(nested.weights, image.weights):
@@ -164,7 +169,7 @@ def test_postprocess_trains_geo_net_only_and_keeps_image_weights_bit_identical(i
     x["location"][:] = np.nan
     np.testing.assert_array_equal(run.model(x)["logits"].numpy(), image(x)["logits"].numpy())
     np.testing.assert_array_equal(run.model(x)["geo_logits"].numpy(), 0.0)
-    assert len(list((tmp_path / "state").glob("logits-train-*.npz"))) == 1  # the CNN ran once; logits cached
+    assert len(list((postprocess_run / "state").glob("logits-train-*.npz"))) == 1  # the CNN ran once; logits cached
 
 
 def test_postprocess_never_reruns_the_cnn_during_training(image_run, tmp_path, monkeypatch):
@@ -525,11 +530,11 @@ def test_postprocess_geo_net_starts_from_a_geoprior_run(image_run, tmp_path):
         loop.train(config.replace(encoding="fourier"), tmp_path / "other", synthetic_splits())
 
 
-def test_hybrid_featuremod_adds_the_postprocessing_geo_logits_of_the_same_image_run(image_run, tmp_path):
+def test_hybrid_featuremod_adds_the_postprocessing_geo_logits_of_the_same_image_run(image_run, postprocess_run,
+                                                                                    tmp_path):
     image_dir, _, _ = image_run
-    loop.train(tiny_config("postprocess", init=str(image_dir), epochs=2), tmp_path / "post", synthetic_splits())
-    post = load_run(tmp_path / "post").model
-    config = tiny_config("featuremod", init=str(image_dir), geo_init=str(tmp_path / "post"))
+    post = load_run(postprocess_run).model
+    config = tiny_config("featuremod", init=str(image_dir), geo_init=str(postprocess_run))
     _, hybrid, _ = loop.build_models(config, synthetic_splits(), None)  # as training starts (the demo trains it)
     x, _ = _arrays(8, seed=7)
     np.testing.assert_allclose(hybrid(x)["logits"].numpy(), post(x)["logits"].numpy(), atol=1e-4)
@@ -541,7 +546,7 @@ def test_hybrid_featuremod_adds_the_postprocessing_geo_logits_of_the_same_image_
     with pytest.raises(RunError, match="not --init"):  # its geo logits complement another image model
         loop.build_models(config.replace(init=str(other)), synthetic_splits(), None)
     with pytest.raises(ValueError, match="needs --init"):
-        tiny_config("featuremod", geo_init=str(tmp_path / "post"))
+        tiny_config("featuremod", geo_init=str(postprocess_run))
 
 
 @pytest.mark.slow
