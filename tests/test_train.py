@@ -369,15 +369,20 @@ def test_importing_the_trainer_leaves_tensorflow_unstarted():
     assert proc.returncode == 0 and "unstarted" in out, out[-3000:]
 
 
-@pytest.mark.slow
-def test_replica_local_statistics_are_averaged_and_the_chief_state_broadcast():
-    """Keras 3 BatchNorm statistics have no aggregation, so each replica updates its own copy:
-    replica_averager makes them one; sync_from_chief hands replica 0's resume state to all."""
-    code = textwrap.dedent("""
-        import tensorflow as tf, keras
+@pytest.fixture(scope="module")
+def two_logical_cpus(tmp_path_factory):
+    """One process on 2 logical CPUs (TensorFlow sets them only before its runtime starts) runs both
+    probes below, the replica statistics and a mirrored training: (exit code, output, run folder)."""
+    run_dir = tmp_path_factory.mktemp("mirrored")
+    code = textwrap.dedent(f"""
+        import sys, tensorflow as tf, keras
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from trainer.training.strategy import replica_averager, sync_from_chief
+        sys.path.insert(0, {str(REPO / 'tests')!r})
+        from test_train import synthetic_splits, tiny_config
+        from trainer.training import loop
+        from trainer.training.strategy import make_strategy, replica_averager, sync_from_chief
+
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
             layer = keras.layers.BatchNormalization()
@@ -393,32 +398,31 @@ def test_replica_local_statistics_are_averaged_and_the_chief_state_broadcast():
         diverge()
         sync_from_chief(strategy, [mean])
         print("chief", copies())
+
+        print("replicas", make_strategy("mirrored").num_replicas_in_sync)
+        metrics = loop.train(tiny_config(strategy="mirrored"), {str(run_dir)!r}, synthetic_splits())
+        print("done epoch", metrics["epoch"])
     """)
     proc = _python(["-c", code])
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
+    out, _ = proc.communicate(timeout=1800)
+    return proc.returncode, out, run_dir
+
+
+@pytest.mark.slow
+def test_replica_local_statistics_are_averaged_and_the_chief_state_broadcast(two_logical_cpus):
+    """Keras 3 BatchNorm statistics have no aggregation, so each replica updates its own copy:
+    replica_averager makes them one; sync_from_chief hands replica 0's resume state to all."""
+    code, out, _ = two_logical_cpus
+    assert code == 0, out[-3000:]
     assert "diverged [1.0, 3.0]" in out and "averaged [2.0, 2.0]" in out and "chief [1.0, 1.0]" in out
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
-    code = textwrap.dedent(f"""
-        import sys, tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        sys.path.insert(0, {str(REPO / 'tests')!r})
-        from test_train import synthetic_splits, tiny_config
-        from trainer.training import loop
-        from trainer.training.strategy import make_strategy
-        print("replicas", make_strategy("mirrored").num_replicas_in_sync)
-        metrics = loop.train(tiny_config(strategy="mirrored"), {str(tmp_path)!r}, synthetic_splits())
-        print("done epoch", metrics["epoch"])
-    """)
-    proc = _python(["-c", code])
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
+def test_mirrored_strategy_on_two_logical_cpus(two_logical_cpus):
+    code, out, run_dir = two_logical_cpus
+    assert code == 0, out[-3000:]
     assert "replicas 2" in out and "done epoch 1" in out
-    assert load_run(tmp_path).config.strategy == "mirrored"
+    assert load_run(run_dir).config.strategy == "mirrored"
 
 
 @pytest.mark.slow
