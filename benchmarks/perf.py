@@ -295,7 +295,7 @@ def training_throughput(root: Path, steps: int, batch_size: int = 32, image_size
 
     from trainer.model import networks
     from trainer.training.config import TrainConfig
-    from trainer.training.loop import load_splits
+    from trainer.training.inputs import load_splits
 
     config = TrainConfig(data=str(root / "world"), image_size=image_size, alpha=alpha, batch_size=batch_size)
     splits = load_splits(config)

@@ -211,8 +211,8 @@ def test_evaluate_end_to_end_on_a_tiny_world(smoke_demo, tmp_path):
     near = primary["expected_nearby"]
     assert {name: r["method"] for name, r in near["models"].items()} == {
         "image only": "whitelist", "post-process": "lpt_r", "feature mod.": "whitelist"}
-    from trainer.evaluate import EVAL_TUNE_FRACTION
     from trainer.data.splits import tuning_split
+    from trainer.evaluation.report import EVAL_TUNE_FRACTION
     located = int(val.has_location[tuning_split(val.labels, EVAL_TUNE_FRACTION, 0)[1]].sum())
     assert all(r["rows"] == located and 0.0 <= r["recall"] <= 1.0 for r in near["models"].values())
     assert near["labels"] == val.num_labels and "## Expected nearby" in md

@@ -21,8 +21,9 @@ keras = pytest.importorskip("keras")
 from harness import IMAGE_MODEL_KINDS  # noqa: E402
 from trainer import train as train_mod  # noqa: E402
 from trainer.model import networks  # noqa: E402
-from trainer.training import loop  # noqa: E402
+from trainer.training import build, loop  # noqa: E402
 from trainer.training.config import OptimizerConfig, TrainConfig  # noqa: E402
+from trainer.training.inputs import Splits  # noqa: E402
 from trainer.training.runs import RunError, load_run  # noqa: E402
 from trainer.training.strategy import StrategyError, make_strategy  # noqa: E402
 
@@ -41,7 +42,7 @@ def _arrays(n, seed):
     return {"image": images.astype(np.uint8), "location": loc.astype(np.float32)}, labels.astype(np.int32)
 
 
-def synthetic_splits(n=24, seed=0) -> loop.Splits:
+def synthetic_splits(n=24, seed=0) -> Splits:
     """In-memory train and tuning rows; an input shard is every count-th row, like geo_splits."""
     parts = {"train": _arrays(n, seed), "tune": _arrays(12, seed + 1)}
 
@@ -51,7 +52,7 @@ def synthetic_splits(n=24, seed=0) -> loop.Splits:
             ds = ds.shuffle(n, seed=seed).repeat()
         return ds.batch(batch_size)
 
-    return loop.Splits(dataset, labels=LABELS, train_size=n, tune_size=12)
+    return Splits(dataset, labels=LABELS, train_size=n, tune_size=12)
 
 
 def tiny_config(model="image", **changes) -> TrainConfig:
@@ -175,14 +176,14 @@ def test_postprocess_trains_geo_net_only_and_keeps_image_weights_bit_identical(i
 def test_postprocess_never_reruns_the_cnn_during_training(image_run, tmp_path, monkeypatch):
     image_dir, _, _ = image_run
     calls = []
-    original = loop.cached_logits
+    original = build.cached_logits
 
     def counting(image_model, dataset, cache_path, desc):
         calls.append(desc)
         return original(image_model, dataset, cache_path, desc)
 
-    monkeypatch.setattr(loop, "cached_logits", counting)
-    trained, saved, data = loop.build_models(
+    monkeypatch.setattr(build, "cached_logits", counting)
+    trained, saved, data = build.build_models(
         tiny_config("postprocess", init=str(image_dir)), synthetic_splits(), tmp_path)
     assert len(calls) == 2  # train and tune, once each
     assert set(data.dataset("train", 4, True).element_spec[0]) == {"vision_logits", "location"}  # no images
@@ -539,16 +540,16 @@ def test_hybrid_featuremod_adds_the_postprocessing_geo_logits_of_the_same_image_
     image_dir, _, _ = image_run
     post = load_run(postprocess_run).model
     config = tiny_config("featuremod", init=str(image_dir), geo_init=str(postprocess_run))
-    _, hybrid, _ = loop.build_models(config, synthetic_splits(), None)  # as training starts (the demo trains it)
+    _, hybrid, _ = build.build_models(config, synthetic_splits(), None)  # as training starts (the demo trains it)
     x, _ = _arrays(8, seed=7)
     np.testing.assert_allclose(hybrid(x)["logits"].numpy(), post(x)["logits"].numpy(), atol=1e-4)
     assert np.abs(post(x)["geo_logits"].numpy()).max() > 0
     with pytest.raises(RunError, match="is a image run"):  # --geo-init must name a post-processing run
-        loop.build_models(config.replace(geo_init=str(image_dir)), synthetic_splits(), None)
+        build.build_models(config.replace(geo_init=str(image_dir)), synthetic_splits(), None)
     other = tmp_path / "other_image"
     shutil.copytree(image_dir, other)
     with pytest.raises(RunError, match="not --init"):  # its geo logits complement another image model
-        loop.build_models(config.replace(init=str(other)), synthetic_splits(), None)
+        build.build_models(config.replace(init=str(other)), synthetic_splits(), None)
     with pytest.raises(ValueError, match="needs --init"):
         tiny_config("featuremod", geo_init=str(postprocess_run))
 

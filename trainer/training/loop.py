@@ -1,6 +1,7 @@
 """The training loop of the image-only, post-processing and feature-modulation models (the command
-is `python -m trainer.train`): the data splits, the models a config builds, one distributed step,
-and `train(config, run_dir)`, which checkpoints every epoch atomically and resumes after a crash.
+is `python -m trainer.train`): `train(config, run_dir)` trains the models a config builds
+(trainer.training.build) on its rows (trainer.training.inputs), one distributed step at a time
+(trainer.training.steps), checkpoints every epoch atomically and resumes after a crash.
 
 RUN_DIR gets model.keras (the epoch with the best top-1 on the tuning rows, a held-out part of
 train that is never reported), config.json, labels.txt, metrics.json and state/ (docs/CONTRACTS.md).
@@ -9,267 +10,36 @@ details.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from mobile_sdk.fileio import atomic_write_text, sha256_file
-from trainer.data.pipeline import make_dataset, make_dataset_from_tfrecords, read_tfrecord_index
-from trainer.data.readers import load_split
-from trainer.data.splits import tuning_split
-from trainer.evaluation.inference import cached_logits
+from mobile_sdk.bundle import LABELS_FILE
+from mobile_sdk.fileio import atomic_write_text
 from trainer.model import networks
 from trainer.training import geoprior
+from trainer.training.build import build_models
 from trainer.training.config import TrainConfig
-from trainer.training.runs import (CONFIG_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, STATE_DIR, RunError,
-                                   atomic_save_model, atomic_write_json, load_run, read_config, read_labels,
-                                   write_labels)
+from trainer.training.inputs import Splits, load_splits
+from trainer.training.runs import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_DIR, RunError, atomic_save_model,
+                                   atomic_write_json, read_config, read_labels, write_labels)
+from trainer.training.steps import DistributedSteps
 from trainer.training.strategy import is_chief, is_multiworker, make_strategy, replica_averager, sync_from_chief
 
 TUNE_METRIC = "tune_accuracy"  # top-1 on the tuning rows picks model.keras and stops training
 LOG_EVERY_S = 30.0  # progress line interval within an epoch
 
 
-@dataclass
-class Splits:
-    """The training and tuning rows, and `dataset(part, batch_size, training, shard)` that reads one
-    input shard of a part as batched ({"image", "location"}, label) elements. training=True shuffles
-    (seeded), augments and repeats forever; training=False reads the rows once, in order."""
-    dataset: Callable[..., tf.data.Dataset]
-    labels: list[str]
-    train_size: int
-    tune_size: int
-
-
-TFRECORDS_PREFIX = "tfrecords:"
-
-
-def _load_tfrecord_splits(config: TrainConfig) -> Splits:
-    """`tfrecords:DIR`: DIR/train and DIR/tune written by `python -m trainer.prepare --split train`."""
-    root = Path(config.data[len(TFRECORDS_PREFIX):])
-    index = {part: read_tfrecord_index(root / part) for part in ("train", "tune")}
-    if index["tune"]["label_names"] != index["train"]["label_names"]:
-        raise ValueError(f"{root}/tune was prepared with other labels than {root}/train")
-    fraction = index["tune"].get("tune_fraction")
-    if config.tune is not None or fraction != config.tune_fraction:
-        raise ValueError(f"{root}/tune holds a tune fraction of {fraction} of the training rows; with tfrecords "
-                         "the tuning split is the one trainer.prepare wrote: pass its --tune-fraction and no --tune")
-
-    def dataset(part, batch_size, training, shard=(1, 0), seed=config.seed):
-        return make_dataset_from_tfrecords(root / part, config.image_size, batch_size, training=training,
-                                           shuffle_seed=seed, repeat=training, shard=shard)
-
-    return Splits(dataset, labels=list(index["train"]["label_names"]),
-                  train_size=int(index["train"]["num_examples"]), tune_size=int(index["tune"]["num_examples"]))
-
-
-def geo_splits(train, tune, image_size) -> Splits:
-    """Splits over two datasets (trainer.data.dataset.GeoDataset); an input shard is every count-th row."""
-    parts = {"train": train, "tune": tune}
-
-    def dataset(part, batch_size, training, shard=(1, 0), seed=0):
-        rows = parts[part]
-        count, index = shard
-        if count > 1:
-            rows = rows.subset(np.arange(index, len(rows), count))
-        # Location dropout happens inside the geo models (LocationDropout), not in the pipeline.
-        return make_dataset(rows, image_size, batch_size, training=training, shuffle_seed=seed, repeat=training)
-
-    return Splits(dataset, labels=list(train.label_names), train_size=len(train), tune_size=len(tune))
-
-
-def load_splits(config: TrainConfig) -> Splits:
-    """The config's data SPEC through trainer.data.readers and trainer.data.pipeline (or `tfrecords:DIR`), with its
-    tuning rows: `--tune SPEC`'s split "tune", else a seeded label-stratified part of train."""
-    if config.data.startswith(TFRECORDS_PREFIX):
-        return _load_tfrecord_splits(config)
-    train = load_split(config.data, "train")
-    if config.tune is not None:
-        tune = load_split(config.tune, "tune", label_names=train.label_names)
-    else:
-        tune_rows, train_rows = tuning_split(train.labels, config.tune_fraction)
-        train, tune = train.subset(train_rows), train.subset(tune_rows)
-    if len(tune) == 0:
-        raise ValueError(f"the tuning split of {config.tune or config.data} has no usable rows")
-    return geo_splits(train, tune, config.image_size)
-
-
 def _steps_per_epoch(config: TrainConfig, train_size: int) -> int:
     steps = math.ceil(train_size / config.batch_size)
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
-
-
-def _logit_splits(caches: dict, splits: Splits) -> Splits:
-    """Splits over cached (vision_logits, location, label) arrays; an input shard is every count-th row."""
-
-    def dataset(part, batch_size, training, shard=(1, 0), seed=0):
-        cache = caches[part]
-        rows = np.arange(shard[1], len(cache["label"]), shard[0])
-        ds = tf.data.Dataset.from_tensor_slices(
-            ({"vision_logits": cache["vision_logits"][rows], "location": cache["location"][rows]},
-             cache["label"][rows]))
-        if training:
-            ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True).repeat()
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-    return dataclasses.replace(splits, dataset=dataset)
-
-
-def _load_init_run(path, flag: str, model: str, config: TrainConfig, labels: list[str]):
-    """The run that `flag` (--init / --geo-init) names, refused unless it is a `model` run on these labels."""
-    run = load_run(path)
-    if run.config.model != model:
-        raise RunError(f"{flag} {path} is a {run.config.model} run; it must be a --model {model} run")
-    if run.labels != labels:
-        raise RunError(f"{flag} {path} was trained on other labels than {config.data} "
-                       f"({len(run.labels)} vs {len(labels)} labels, or another order)")
-    return run
-
-
-def _load_image_run(config: TrainConfig, labels: list[str]):
-    init = _load_init_run(config.init, "--init", "image", config, labels)
-    if (init.config.tune, init.config.tune_fraction) != (config.tune, config.tune_fraction):
-        raise RunError(f"--init {config.init} held out other tuning rows (--tune/--tune-fraction differ): "
-                       "its backbone would have trained on this run's tuning rows")
-    return init.model
-
-
-def _init_geo_head(head, config: TrainConfig, labels: list[str]) -> None:
-    """Start the post-processing geo net from a presence-only geo model (trainer.training.geoprior)."""
-    geo = _load_init_run(config.geo_init, "--geo-init", "geoprior", config, labels)
-    if (geo.config.encoding, geo.config.geo_net) != (config.encoding, config.geo_net):
-        raise RunError(f"--geo-init {config.geo_init} uses --encoding {geo.config.encoding} --geo-net "
-                       f"{geo.config.geo_net}; pass the same to this run")
-    networks.init_geo_from(head, geo.model)
-
-
-def _hybrid_geo_head(config: TrainConfig, labels: list[str]):
-    """featuremod --geo-init: the trained geo head of a post-processing run over the same image run."""
-    if not config.geo_init:
-        return None
-    run = _load_init_run(config.geo_init, "--geo-init", "postprocess", config, labels)
-    if Path(run.config.init).resolve() != Path(config.init).resolve():
-        raise RunError(f"--geo-init {config.geo_init} post-processed the image run {run.config.init}, not --init "
-                       f"{config.init}: its geo logits complement another image model")
-    return run.model.get_layer("geo_head")
-
-
-def build_models(config: TrainConfig, splits: Splits, state_dir: Path | None):
-    """(model trained on logits, model saved as model.keras, the Splits it trains on)."""
-    num_classes = len(splits.labels)
-    if config.model == "postprocess":
-        image_model = _load_image_run(config, splits.labels)
-        # The CNN runs once per image, here; the geo net trains on the cached logits. The cache is
-        # keyed by the image model's file, so a retrained --init run is never served stale logits.
-        key = sha256_file(Path(config.init) / MODEL_FILE)[:16]
-        caches = {part: cached_logits(image_model, splits.dataset(part, config.batch_size, training=False),
-                                       state_dir / f"logits-{part}-{key}.npz" if state_dir else None,
-                                       f"image logits ({part})")
-                  for part in ("train", "tune")}
-        head = networks.build_geo_head(num_classes, config.encoding, location_dropout=config.location_dropout,
-                                     seed=config.seed, geo_net=config.geo_net)
-        if config.geo_init:
-            _init_geo_head(head, config, splits.labels)
-        saved = networks.build_postprocess_model(image_model, head)
-        trained = keras.Model(head.input, head.output["logits"], name="geo_head_training")
-        return trained, saved, _logit_splits(caches, splits)
-    if config.model == "featuremod":
-        image_model = (_load_image_run(config, splits.labels) if config.init else networks.build_image_model(
-            num_classes, config.backbone, config.image_size, config.alpha, config.weights_arg, config.dropout))
-        saved = networks.build_featuremod_model(image_model, config.encoding, config.modulated_layers, config.variant,
-                                              config.location_dropout, seed=config.seed, geo_net=config.geo_net,
-                                              geo_head=_hybrid_geo_head(config, splits.labels))
-    else:
-        saved = networks.build_image_model(num_classes, config.backbone, config.image_size, config.alpha,
-                                         config.weights_arg, config.dropout)
-    trained = keras.Model(saved.input, saved.output["logits"], name=f"{saved.name}_training")
-    return trained, saved, splits
-
-
-class DistributedSteps:
-    """The one training and evaluation step for every --strategy (docs/training.md): `strategy.run`
-    over `distribute_datasets_from_function`, in place of Keras 3's model.fit, which fails under
-    MultiWorkerMirroredStrategy. Each replica's loss is its summed cross-entropy over the GLOBAL
-    batch, so the gradients the optimizer all-reduces (SUM) are the global-batch mean: the same
-    --batch-size and --lr train alike on one device or many."""
-
-    # Per-replica sums, reduced over replicas: loss, top-1 hits, top-k hits, examples.
-    COUNTS = ("loss", "accuracy", "top5", "examples")
-
-    def __init__(self, strategy, model, optimizer, global_batch: int, top_k: int):
-        self.strategy, self.model, self.optimizer = strategy, model, optimizer
-        replicas = strategy.num_replicas_in_sync
-        if global_batch % replicas:
-            raise ValueError(f"--batch-size {global_batch} is the global batch; it must split evenly over the "
-                             f"{replicas} replicas")
-        self.global_batch, self.top_k = global_batch, top_k
-        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-        self._train_step = tf.function(self._train_step_fn)
-        self._eval_step = tf.function(self._eval_step_fn)
-
-    def distribute(self, make_dataset) -> tf.distribute.DistributedDataset:
-        """`make_dataset(per_replica_batch, shard=(count, index))` per input pipeline (one per worker)."""
-
-        def fn(context: tf.distribute.InputContext):
-            return make_dataset(context.get_per_replica_batch_size(self.global_batch),
-                                (context.num_input_pipelines, context.input_pipeline_id))
-
-        return self.strategy.distribute_datasets_from_function(fn)
-
-    def _counts(self, y, logits):
-        y = tf.cast(y, tf.int32)
-        per_example = self.loss(y, logits)
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
-        top_k = tf.cast(tf.math.in_top_k(y, logits, self.top_k), tf.float32)
-        counts = tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(hits), tf.reduce_sum(top_k),
-                           tf.cast(tf.size(y), tf.float32)])
-        return per_example, counts
-
-    def _replica_train(self, x, y):
-        with tf.GradientTape() as tape:
-            logits = self.model(x, training=True)
-            per_example, counts = self._counts(y, logits)
-            loss = tf.reduce_sum(per_example) / self.global_batch
-            if self.model.losses:  # weight regularisers: once per global step, split over replicas
-                loss += tf.add_n(self.model.losses) / self.strategy.num_replicas_in_sync
-        variables = self.model.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return counts
-
-    def _train_step_fn(self, iterator):
-        counts = self.strategy.run(self._replica_train, args=next(iterator))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None)
-
-    def _eval_step_fn(self, x, y):
-        return self._counts(y, self.model(x, training=False))[1]
-
-    def train_step(self, iterator) -> np.ndarray:
-        """One global step; the counts summed over all replicas."""
-        return self._train_step(iterator).numpy()
-
-    def evaluate(self, dataset) -> np.ndarray:
-        """Counts over a finite, plain (not distributed) dataset, on this worker: a distributed last,
-        partial batch leaves some replicas an empty batch, which MobileNet V2's graph rejects."""
-        totals = np.zeros(len(self.COUNTS))
-        for x, y in dataset:
-            totals += self._eval_step(x, y).numpy()
-        return totals
-
-    @classmethod
-    def metrics(cls, totals, prefix: str = "") -> dict:
-        values = dict(zip(cls.COUNTS, np.asarray(totals, dtype=np.float64).tolist()))
-        n = max(values.pop("examples"), 1.0)
-        return {f"{prefix}{k}": v / n for k, v in values.items()}
 
 
 def _check_existing_run(run_dir: Path, config: TrainConfig) -> None:
