@@ -5,8 +5,9 @@ observation. How well does location alone pin down the label?
 - Bayesian radius prior (eq. 2) at every radius, the paper's post-processing geo network (sin/cos,
   256-128-128, softmax over labels, SGD 0.02, no image: its vision logits are 0), and every encoding
   x geo net x training objective of trainer.training.geoprior (presence-only or softmax): log-likelihood and
-  top-k of the true label, and how many labels are "expected nearby" (score above the label's own
-  threshold: the 5th percentile of its score where it was observed, on validation observations);
+  top-k of the true label, and how many labels are "expected nearby" (log score at least the
+  label's own threshold: the 5th percentile of its log score over the distinct cells where it was
+  observed among the validation observations; mobile_sdk.nearby's LPT-R, what bundles ship);
 - the presence-only trainer's own time on all 272k observations, and the latency its int8
   post-processing model adds to image-only at 224 px alpha 1.0.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Section, Target
-from mobile_sdk.geo_scores import log_scores
+from mobile_sdk import nearby
 from trainer.evaluation.metrics import markdown_table, pct
 from trainer.evaluation.priors import SWEEP_RADII_MILES, LabelHistogram
 from trainer.training.geoprior import label_metrics as location_only_stats
@@ -60,19 +61,14 @@ def bayesian_location_probs(counts: np.ndarray, smoothing: float = 1.0) -> np.nd
 
 
 
-def expected_nearby_thresholds(scores: np.ndarray, labels: np.ndarray, num_labels: int, q: float = 5.0) -> np.ndarray:
-    """Per label: the q-th percentile of its score at the observations of that label (iNaturalist's
-    "expected nearby", LPT-R). A label with no such observation is never expected (+inf)."""
-    out = np.full(num_labels, np.inf)
-    for label in np.unique(labels):
-        out[label] = np.percentile(scores[labels == label, label], q)
-    return out
-
-
-def nearby_stats(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> dict:
-    """Mean count of labels at or above their threshold, and how often the true label is among them."""
-    above = scores >= thresholds[None, :]
-    return {"nearby": float(above.sum(axis=1).mean()), "nearby_recall": float(above[np.arange(len(labels)), labels].mean())}
+def nearby_stats(location_logits, objective: str, val, latlon: np.ndarray, labels: np.ndarray) -> dict:
+    """"Expected nearby" as bundles flag it (mobile_sdk.nearby.lpt_r_method: LPT-R thresholds on the
+    log scores of `location_logits(latlon) -> [N, L]`, from the validation Observations `val`), on
+    the rows (latlon, labels): mean count of labels flagged, and how often the true label is one of them."""
+    method = nearby.lpt_r_method(location_logits, objective, val.latlon[:, 0], val.latlon[:, 1], val.labels,
+                                 len(val.label_names))
+    report = method.report(latlon[:, 0], latlon[:, 1], labels)
+    return {"nearby": report["mean_flagged"], "nearby_recall": report["recall"]}
 
 
 @dataclass(frozen=True)
@@ -104,7 +100,7 @@ VARIANTS = (PAPER,) + tuple(GeoVariant("fourier", n, o) for n in ("paper", "resi
 
 def fit_variant(variant: GeoVariant, fit, val, epochs: int, seed: int, log=print, minutes: float | None = None):
     """Train on `fit`, keep the epoch with the best validation log-likelihood; returns
-    (latlon -> score table: presence probabilities or softmax, latlon -> P(L|G), seconds, best epoch)."""
+    (latlon -> logits f, latlon -> P(L|G), seconds, best epoch)."""
     from trainer.training import geoprior
     from trainer.training.config import OptimizerConfig, TrainConfig
 
@@ -125,11 +121,10 @@ def fit_variant(variant: GeoVariant, fit, val, epochs: int, seed: int, log=print
     seconds = time.monotonic() - begin
     model.set_weights(best["weights"])
 
-    def scores(latlon):
-        return np.exp(log_scores(geoprior.predict_logits(model, latlon), variant.objective))
+    def logits(latlon):
+        return geoprior.predict_logits(model, latlon)
 
-    return scores, (lambda latlon: geoprior.label_probs(geoprior.predict_logits(model, latlon), variant.objective)), \
-        seconds, best["epoch"]
+    return logits, (lambda latlon: geoprior.label_probs(logits(latlon), variant.objective)), seconds, best["epoch"]
 
 
 # The presence-only run the ≤ 10 minute goal times: SINR's residual net, 4 epochs.
@@ -258,22 +253,25 @@ def run(test_fraction: float = 0.1, max_test: int = 5000, geo_epochs: int = 40, 
         w = whitelist_stats(counts, labels[test])
         rows_w.append([f"{radius}", pct(w["recall"]), f"{w['mean_candidates']:.1f}", f"{w['median_candidates']:.0f}", pct(w["no_data"])])
         probs = bayesian_location_probs(counts)
-        thresholds = expected_nearby_thresholds(bayesian_location_probs(histogram.counts(val.latlon, radius)), val.labels, L)
+
+        def log_prior(points, radius=radius):  # log P(L|G): its log softmax is itself
+            return np.log(bayesian_location_probs(histogram.counts(points, radius)))
+
         results[f"Bayesian prior, r = {radius} mi"] = {**location_only_stats(probs, labels[test], TOP_KS),
-                                                      **nearby_stats(probs, labels[test], thresholds), "kind": "prior"}
+                                                      **nearby_stats(log_prior, "softmax", val, latlon[test], labels[test]),
+                                                      "kind": "prior"}
     uniform = np.full((len(test), L), 1.0 / L)
     results["uniform (no location)"] = {**location_only_stats(uniform, labels[test], TOP_KS), "nearby": float(L),
                                         "nearby_recall": 1.0, "kind": "uniform"}
 
     geo = {}
     for variant in variants:
-        scores, probs_fn, seconds, epoch = fit_variant(variant, fit, val, geo_epochs, seed,
+        logits, probs_fn, seconds, epoch = fit_variant(variant, fit, val, geo_epochs, seed,
                                                        minutes=None if variant.paper_recipe else geo_minutes)
         test_probs = probs_fn(latlon[test])
         val_metrics = location_only_stats(probs_fn(val.latlon), val.labels, TOP_KS)
-        thresholds = expected_nearby_thresholds(scores(val.latlon), val.labels, L)
         results[variant.name] = {**location_only_stats(test_probs, labels[test], TOP_KS),
-                                 **nearby_stats(scores(latlon[test]), labels[test], thresholds),
+                                 **nearby_stats(logits, variant.objective, val, latlon[test], labels[test]),
                                  "kind": "geo", "minutes": seconds / 60, "epoch": epoch}
         geo[variant] = val_metrics
 
@@ -292,8 +290,9 @@ def run(test_fraction: float = 0.1, max_test: int = 5000, geo_epochs: int = 40, 
         "Whitelist (a point with no training data within r filters nothing):\n\n"
         + markdown_table(["radius (mi)", "recall of true label", "mean candidates", "median candidates", "no data within r"], rows_w)
         + "\n\nThe true label from location alone (log-likelihood in nats per observation, higher is better; the "
-        "Bayesian prior uses add-1 smoothing; ties count against). \"Expected nearby\": labels whose score is at "
-        "least their own threshold (the 5th percentile of the label's score at its validation observations), and "
+        "Bayesian prior uses add-1 smoothing; ties count against). \"Expected nearby\": labels whose log score is at "
+        "least their own threshold (the 5th percentile of the label's log score over the distinct geohash cells of "
+        "its validation observations: the bundles' LPT-R rule), and "
         "how often the true label is one of them:\n\n"
         + markdown_table(["model", "log-likelihood", *[f"top-{k}" for k in TOP_KS], "expected nearby (mean labels)",
                           "true label expected", "train minutes"], rows)

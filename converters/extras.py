@@ -4,8 +4,8 @@
 - `geo.tflite` + `vision.tflite` for post-processing models (converters.geo_parts), verified
   against model.tflite;
 - the "expected nearby" method (mobile_sdk.nearby): LPT-R thresholds over the training locations
-  (`expected_nearby.json`) from the bundle's location-only values (the geo part's geo logits, or a
-  geo model's log scores, mobile_sdk.geo_scores), or the whitelist table for models without them;
+  (`expected_nearby.json`) on the log scores (mobile_sdk.geo_scores) of the bundle's location-only
+  logits (the geo part's geo logits, a geo model's logits), or the whitelist table for models without them;
   with its recall and mean number of labels flagged on the validation rows (never used to choose).
 
 Returns the manifest sections (mobile_sdk.bundle.OPTIONAL_SECTIONS).
@@ -17,7 +17,7 @@ import numpy as np
 from mobile_sdk import nearby
 from mobile_sdk.bundle import GEO_MODEL_FILE, NEARBY_FILE, TAXONOMY_FILE, VISION_MODEL_FILE, WHITELIST_FILE
 from mobile_sdk.fileio import atomic_write_bytes
-from mobile_sdk.geo_scores import log_scores
+from mobile_sdk.geo_scores import location_objective
 from mobile_sdk.runtime import TFLiteModel
 from mobile_sdk.split_runner import PartModel
 from mobile_sdk.taxonomy import Taxonomy
@@ -32,15 +32,14 @@ def _batched(run_one):
 
 
 def _location_logits(run, model_content: bytes, geo_part: bytes | None):
-    """latlon -> the bundle's location-only values (what the SDK compares with the thresholds): the
-    geo part's geo logits, a geo model's log scores (mobile_sdk.geo_scores: a softmax model's logits
-    carry an arbitrary offset per location, its log softmax does not); None for models without."""
+    """latlon -> the bundle's location-only logits, as the SDK gets them: the geo part's geo logits,
+    a geo model's logits f; None for models without."""
     if geo_part is not None:
         return _batched(PartModel(geo_part, *PARTS["geo"]).run_part)
     if run.config.model == "geoprior":
         model = TFLiteModel(model_content, source="exported geo model")
         blank = np.zeros((1, *model.input_size, 3), np.uint8)
-        return _batched(lambda location: log_scores(model.run(blank, location)["logits"], run.config.geo_objective))
+        return _batched(lambda location: model.run(blank, location)["logits"])
     return None
 
 
@@ -65,7 +64,8 @@ def write_extras(folder, run, train, val, model_content: bytes, config, samples)
                                     "verification": report}
     location_logits = _location_logits(run, model_content, geo_part)
     if location_logits is not None:
-        method = nearby.lpt_r_method(location_logits, train.lat, train.lon, train.labels, len(labels))
+        objective = location_objective(run.config.model, run.config.geo_objective)
+        method = nearby.lpt_r_method(location_logits, objective, train.lat, train.lon, train.labels, len(labels))
         nearby.write_thresholds(folder / NEARBY_FILE, method.thresholds, nearby.DEFAULT_PERCENTILE,
                                 nearby.DEFAULT_CELL_PRECISION)
         section = {"method": "lpt_r", "file": NEARBY_FILE, "percentile": nearby.DEFAULT_PERCENTILE,

@@ -85,7 +85,7 @@ class GeoClassifier:
         self._min_score = np.maximum(self._overrides.min_score, options.score_threshold)
         self._split = open_split_models(bundle, options.split_models, options.num_threads)
         # A geo bundle's expected-nearby thresholds are on its own scores: they answer where it is present.
-        self._nearby_thresholds = nearby.open_thresholds(bundle if self._geo is None else self._geo)
+        self._nearby = nearby.open_thresholds(bundle if self._geo is None else self._geo)
         self._geo_objective = None if self._geo is None else \
             self._geo.manifest.get("geo_objective", geo_scores.UNRECORDED_GEO_OBJECTIVE)
 
@@ -141,23 +141,25 @@ class GeoClassifier:
         mask[allowed] = True
         return self._overrides.allow(mask)
 
-    def _nearby_flags(self, location, allowed, geo_logits) -> np.ndarray | None:
-        """object [L] expected-nearby flags (True/False/None), or None without a location."""
+    def _nearby_flags(self, location, allowed, location_logits) -> np.ndarray | None:
+        """object [L] expected-nearby flags (True/False/None), or None without a location;
+        `location_logits`: the geo logits of a post-processing model, the geo bundle's logits f."""
         if location is None:
             return None
-        if self._nearby_thresholds is not None and geo_logits is not None:
-            return nearby.flags_from_logits(geo_logits, self._nearby_thresholds)
+        if self._nearby is not None and location_logits is not None:
+            return self._nearby.flags(location_logits)
         return nearby.flags_from_whitelist(allowed, len(self.labels))
 
-    def _deferred_flags(self, location, allowed, geo_logits) -> PerLabel:
+    def _deferred_flags(self, location, allowed, location_logits) -> PerLabel:
         """`_nearby_flags` at a known location, built when `excluded` reads them all; a Category
         reads its own label's flag by the same rule."""
-        thresholds = self._nearby_thresholds
-        if thresholds is not None and geo_logits is not None:  # nearby.flags_from_logits, one label
-            one = lambda i: None if np.isnan(thresholds[i]) else bool(geo_logits[i] >= thresholds[i])  # noqa: E731
+        thresholds = self._nearby
+        if thresholds is not None and location_logits is not None:  # nearby.BundleThresholds, one label
+            scores = Deferred(lambda: thresholds.scores(location_logits))  # log scores: one pass over the labels
+            one = lambda i: thresholds.flag(scores[i], i)  # noqa: E731
         else:  # nearby.flags_from_whitelist, one label
             one = lambda i: None if allowed is None else _holds(allowed, i)  # noqa: E731
-        return PerLabel(lambda: self._nearby_flags(location, allowed, geo_logits), one)
+        return PerLabel(lambda: self._nearby_flags(location, allowed, location_logits), one)
 
     def _run(self, pixels, location) -> dict:
         if self._split is not None:
@@ -179,7 +181,7 @@ class GeoClassifier:
         if self._temperature != 1.0:  # the bundle's calibration (fitted at export on tuning images)
             out = tempered(out, self._temperature)
         probs = out["probabilities"].reshape(-1).astype(np.float64)
-        vision = geo = location_logits = None  # location_logits: what the expected-nearby thresholds compare
+        vision = geo = location_logits = None  # location_logits: what the expected-nearby flags read
         if self._has_parts:  # the image-only probabilities: only a read Category or `excluded` needs them
             vision_logits = out["vision_logits"].reshape(-1)
             vision = Deferred(lambda: softmax(vision_logits))
@@ -188,7 +190,8 @@ class GeoClassifier:
             # vision x geo: log softmax(vision logits) + the geo model's log score, renormalised.
             vision_logits = out["logits"].reshape(-1).astype(np.float64)
             vision = softmax(vision_logits)
-            geo = location_logits = self._geo_log_scores(location)
+            location_logits = self._geo_bundle_logits(location)
+            geo = geo_scores.log_scores(location_logits, self._geo_objective)
             out["logits"] = np.log(np.maximum(vision, 1e-300)) + geo
             probs = softmax(out["logits"])
 
@@ -216,11 +219,11 @@ class GeoClassifier:
         return ClassificationResult(categories, used, filtered, self.model_version, location, rollup, excluded,
                                     None if location is None else accuracy_m)
 
-    def _geo_log_scores(self, location) -> np.ndarray:
-        """The geo bundle's per-label log scores at a known location (mobile_sdk.geo_scores)."""
+    def _geo_bundle_logits(self, location) -> np.ndarray:
+        """The geo bundle's per-label logits f at a known location (their log scores:
+        mobile_sdk.geo_scores)."""
         blank = np.zeros((1, *self._geo.input_size, 3), dtype=np.uint8)
-        logits = self._geo.model.run(blank, np.array([location], dtype=np.float32))["logits"].reshape(-1)
-        return geo_scores.log_scores(logits, self._geo_objective)
+        return self._geo.model.run(blank, np.array([location], dtype=np.float32))["logits"].reshape(-1)
 
     def classify_batch(self, images, locations=None, accuracy_m=None) -> list[ClassificationResult]:
         """Classify many images. `locations`: None, or one (lat, lon) pair or None per image;
@@ -253,12 +256,12 @@ class GeoClassifier:
             results.append(self.classify(image, lat, lon, accuracy))
         return results
 
-    def _geo_logits(self, location) -> np.ndarray | None:
-        """The geo bundle's log scores, or the post-processing model's geo logits at a point. These do
+    def _location_logits(self, location) -> np.ndarray | None:
+        """The geo bundle's logits f, or the post-processing model's geo logits at a point. These do
         not depend on the image (they are added to the image logits), so the single model gives them
         from a blank image."""
         if self._geo is not None:
-            return self._geo_log_scores(location)
+            return self._geo_bundle_logits(location)
         if not self._has_parts:
             return None
         if self._split is not None:
@@ -283,13 +286,15 @@ class GeoClassifier:
         allowed = self._whitelist_allowed(location, accuracy_m, off=self.options.use_whitelist is False)
         mask = self._whitelist_mask(allowed)
         covered = mask is not None
-        geo = self._geo_logits(location)
+        geo = self._location_logits(location)
         flags = self._nearby_flags(location, allowed, geo)
+        if geo is not None and self._geo is not None:  # the geo bundle's log scores
+            geo = geo_scores.log_scores(geo, self._geo_objective)
         if geo is None:
             scores = None
-        else:  # the geo bundle's log scores, or the post-processing model's geo logits
+        else:  # the geo bundle's score, or sigmoid of the post-processing model's geo logits
             scores = np.exp(geo) if self._geo is not None else 1.0 / (1.0 + np.exp(-geo.astype(np.float64)))
-        if self._nearby_thresholds is not None and geo is not None:
+        if self._nearby is not None and geo is not None:
             listed = flags == True  # noqa: E712 -- elementwise over an object array of True/False/None
         else:
             listed = mask if covered else np.full(len(self.labels), scores is not None)

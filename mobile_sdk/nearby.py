@@ -2,9 +2,11 @@
 
 Two methods, chosen by the export and recorded in the manifest's `expected_nearby` section:
 
-- `lpt_r` (models with a location-only part: the post-processing geo network's geo logits, a geo
-  model's log scores, mobile_sdk.geo_scores): a label is expected at a point when that value there
-  reaches the label's threshold: the `percentile` (default 5) of the value over the distinct cells
+- `lpt_r` (models with location-only logits: a post-processing network's geo logits, a geo model's
+  logits): a label is expected at a point when its log score there (mobile_sdk.geo_scores: log
+  softmax of a post-processing model's geo logits or of a softmax geo model's logits, log sigmoid of
+  a presence model's; never the raw logit, which can carry an arbitrary offset per location) reaches
+  the label's threshold: the `percentile` (default 5) of that log score over the distinct cells
   (geohash, `cell_precision`) where it was observed in training ("lowest presence threshold,
   robust", as in iNaturalist's make_thresholds.py). The thresholds live in `expected_nearby.json`;
   a label never observed with a location has none (flag None).
@@ -13,8 +15,9 @@ Two methods, chosen by the export and recorded in the manifest's `expected_nearb
   data nearby the flags are None (unknown).
 
 `Method` is the one home of both for many points at once: converters.export builds it from the
-bundle's own parts, trainer.evaluate from the Keras run, and both report `Method.report` (how often
-the true label is flagged at its own location, and how many labels are flagged).
+bundle's own parts, trainer.evaluate from the Keras run, benchmarks.geography from its geo nets and
+priors, and all report `Method.report` (how often the true label is flagged at its own location,
+and how many labels are flagged). `BundleThresholds` applies the same rule in the SDK, one point at a time.
 """
 from __future__ import annotations
 
@@ -27,8 +30,12 @@ import numpy as np
 
 from . import geohash
 from .errors import BundleError
+from .geo_scores import location_objective, log_scores
 
-NEARBY_FORMAT = 1
+# Format 2: every threshold is on a log score. Format 1 files of post-processing bundles hold
+# thresholds on the raw geo logits (read as such); a format 1 geo bundle's were log scores already.
+NEARBY_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 METHODS = ("lpt_r", "whitelist")
 DEFAULT_PERCENTILE = 5.0  # iNaturalist's LPT-R
 DEFAULT_CELL_PRECISION = 4  # geohash cells of ~20-40 km, close to the H3 resolution-4 cells iNaturalist uses
@@ -44,16 +51,16 @@ def observed_cells(lat, lon, labels, precision: int = DEFAULT_CELL_PRECISION):
     return pairs[:, 0], centre_lat, centre_lon
 
 
-def lpt_r_thresholds(geo_logits, lat, lon, labels, num_labels: int, percentile: float = DEFAULT_PERCENTILE,
+def lpt_r_thresholds(values_at, lat, lon, labels, num_labels: int, percentile: float = DEFAULT_PERCENTILE,
                      precision: int = DEFAULT_CELL_PRECISION, chunk: int = 4096) -> list[float | None]:
-    """Per label: the `percentile` of its geo logit over the distinct cells where it was observed.
+    """Per label: the `percentile` of its value over the distinct cells where it was observed.
 
-    `geo_logits(latlon float32 [N, 2]) -> [N, num_labels]` is the model's geo part."""
+    `values_at(latlon float32 [N, 2]) -> [N, num_labels]` (lpt_r_method passes the log scores)."""
     pair_labels, centre_lat, centre_lon = observed_cells(lat, lon, labels, precision)
     cells, cell_of_pair = np.unique(np.stack([centre_lat, centre_lon], axis=1), axis=0, return_inverse=True)
     values = np.empty(pair_labels.size, dtype=np.float64)
     for start in range(0, len(cells), chunk):
-        logits = np.asarray(geo_logits(cells[start:start + chunk].astype(np.float32)), dtype=np.float64)
+        logits = np.asarray(values_at(cells[start:start + chunk].astype(np.float32)), dtype=np.float64)
         sel = np.flatnonzero((cell_of_pair >= start) & (cell_of_pair < start + chunk))
         values[sel] = logits[cell_of_pair[sel] - start, pair_labels[sel]]
     out: list[float | None] = [None] * num_labels
@@ -70,30 +77,55 @@ def write_thresholds(path, thresholds, percentile: float, precision: int) -> Pat
     return atomic_write_bytes(Path(path), (json.dumps(doc, allow_nan=False) + "\n").encode("utf-8"))
 
 
-def read_thresholds(path, num_labels: int) -> np.ndarray:
-    """float64 [L] thresholds; NaN where a label has none."""
+def _read(path, num_labels: int) -> tuple[int, np.ndarray]:
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         values = doc["thresholds"]
-        if doc.get("format") != NEARBY_FORMAT or not isinstance(values, list) or len(values) != num_labels:
-            raise ValueError(f"expected format {NEARBY_FORMAT} with {num_labels} thresholds")
-        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+        if doc.get("format") not in READABLE_FORMATS or not isinstance(values, list) or len(values) != num_labels:
+            raise ValueError(f"expected format {' or '.join(map(str, READABLE_FORMATS))} with {num_labels} thresholds")
+        return doc["format"], np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"cannot read expected-nearby thresholds {path}: {exc}") from None
 
 
-def open_thresholds(bundle) -> np.ndarray | None:
-    """The bundle's LPT-R thresholds ([L], NaN = none), or None when its method is not `lpt_r`."""
+def read_thresholds(path, num_labels: int) -> np.ndarray:
+    """float64 [L] thresholds; NaN where a label has none."""
+    return _read(path, num_labels)[1]
+
+
+@dataclass(frozen=True)
+class BundleThresholds:
+    """A bundle's LPT-R thresholds and the log score they are on."""
+    values: np.ndarray  # float64 [L], NaN where a label has none
+    objective: str | None  # mobile_sdk.geo_scores objective; None: raw geo logits (format 1 post-processing bundles)
+
+    def scores(self, location_logits) -> np.ndarray:
+        """float64 [L]: what the thresholds compare, from one point's location-only logits (a
+        post-processing model's geo logits, a geo model's logits f)."""
+        raw = np.asarray(location_logits, dtype=np.float64)
+        return raw if self.objective is None else log_scores(raw, self.objective)
+
+    def flag(self, score: float, index: int) -> bool | None:
+        """One label's flag from its entry of `scores` (None: the label has no threshold)."""
+        return None if np.isnan(self.values[index]) else bool(score >= self.values[index])
+
+    def flags(self, location_logits) -> np.ndarray:
+        """object [L] of True / False / None (no threshold) from one point's location-only logits."""
+        return np.where(np.isnan(self.values), None, self.scores(location_logits) >= self.values).astype(object)
+
+
+def open_thresholds(bundle) -> BundleThresholds | None:
+    """The bundle's LPT-R thresholds, or None when its method is not `lpt_r`."""
     section = bundle.manifest.get("expected_nearby")
     if not section or section.get("method") != "lpt_r":
         return None
-    return read_thresholds(bundle.path / section["file"], len(bundle.labels))
-
-
-def flags_from_logits(geo_logits: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """object [L] of True / False / None (no threshold) from one point's geo logits."""
-    flags = np.asarray(geo_logits, dtype=np.float64) >= thresholds
-    return np.where(np.isnan(thresholds), None, flags).astype(object)
+    fmt, values = _read(bundle.path / section["file"], len(bundle.labels))
+    kind = bundle.manifest["model_kind"]
+    try:
+        objective = location_objective(kind, bundle.manifest.get("geo_objective"))
+    except ValueError as exc:
+        raise BundleError(f"expected-nearby thresholds (lpt_r) in a bundle without location-only logits: {exc}") from None
+    return BundleThresholds(values, None if fmt == 1 and kind == "postprocess" else objective)
 
 
 def flags_from_whitelist(allowed: np.ndarray | None, num_labels: int) -> np.ndarray:
@@ -131,17 +163,22 @@ class Method:
         return {"method": self.name, **recall_and_count(self.flags(lat[located], lon[located]), labels[located])}
 
 
-def lpt_r_method(geo_logits, lat, lon, labels, num_labels: int, percentile: float = DEFAULT_PERCENTILE,
-                 precision: int = DEFAULT_CELL_PRECISION, chunk: int = 4096) -> Method:
-    """LPT-R thresholds from the training rows (lat, lon, labels) over `geo_logits(latlon float32
-    [N, 2]) -> [N, num_labels]`, the model's location-only logits, which also flag new points."""
-    thresholds = lpt_r_thresholds(geo_logits, lat, lon, labels, num_labels, percentile, precision, chunk)
+def lpt_r_method(location_logits, objective: str, lat, lon, labels, num_labels: int,
+                 percentile: float = DEFAULT_PERCENTILE, precision: int = DEFAULT_CELL_PRECISION,
+                 chunk: int = 4096) -> Method:
+    """LPT-R thresholds from the training rows (lat, lon, labels) over the log scores (objective:
+    mobile_sdk.geo_scores, e.g. `location_objective(model_kind)`) of `location_logits(latlon float32
+    [N, 2]) -> [N, num_labels]`, the model's location-only logits; the same rule flags new points."""
+    def scores(latlon):
+        return log_scores(location_logits(latlon), objective)
+
+    thresholds = lpt_r_thresholds(scores, lat, lon, labels, num_labels, percentile, precision, chunk)
     values = np.array([np.nan if t is None else t for t in thresholds], dtype=np.float64)
 
     def flags(lat, lon):
         latlon = np.stack([np.asarray(lat, np.float32), np.asarray(lon, np.float32)], axis=1)
-        logits = [np.asarray(geo_logits(latlon[i:i + chunk]), np.float64) for i in range(0, len(latlon), chunk)]
-        return np.concatenate(logits or [np.zeros((0, num_labels))]) >= values  # NaN (no threshold): False
+        parts = [scores(latlon[i:i + chunk]) for i in range(0, len(latlon), chunk)]
+        return np.concatenate(parts or [np.zeros((0, num_labels))]) >= values  # NaN (no threshold): False
 
     return Method("lpt_r", flags, tuple(thresholds))
 

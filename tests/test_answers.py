@@ -72,19 +72,22 @@ def parts(toy_tflite):
     return out
 
 
-def _thresholds(parts):
+def _thresholds(parts, objective="softmax"):
+    """LPT-R thresholds on the geo part's log scores (objective None: on its raw geo logits, as
+    format 1 files of post-processing bundles hold them)."""
     geo = PartModel(parts["geo"], "location", "geo_logits")
     places = np.array([PARIS, SYDNEY, PARIS, SYDNEY, (40.71, -74.0)])
     labels = np.array([0, 1, 2, 2, 3])
     fn = lambda ll: np.stack([geo.run_part(ll[i:i + 1]) for i in range(len(ll))])  # noqa: E731
-    return nearby.lpt_r_thresholds(fn, places[:, 0], places[:, 1], labels, len(LABELS))
+    if objective is None:
+        return nearby.lpt_r_thresholds(fn, places[:, 0], places[:, 1], labels, len(LABELS))
+    return list(nearby.lpt_r_method(fn, objective, places[:, 0], places[:, 1], labels, len(LABELS)).thresholds)
 
 
-@pytest.fixture(scope="session")
-def full_bundle(parts, tmp_path_factory):
-    path = tmp_path_factory.mktemp("full") / "bundle"
-    thresholds = _thresholds(parts)
-    doc = {"format": 1, "method": "lpt_r", "percentile": 5.0, "cell_precision": 4, "thresholds": thresholds}
+def _full_bundle(path, parts, thresholds_format=nearby.NEARBY_FORMAT):
+    thresholds = _thresholds(parts, "softmax" if thresholds_format >= 2 else None)
+    doc = {"format": thresholds_format, "method": "lpt_r", "percentile": 5.0, "cell_precision": 4,
+           "thresholds": thresholds}
     files = {bundle_mod.TAXONOMY_FILE: json.dumps(TAXONOMY).encode(), bundle_mod.NEARBY_FILE: json.dumps(doc).encode(),
              bundle_mod.GEO_MODEL_FILE: parts["geo"], bundle_mod.VISION_MODEL_FILE: parts["vision"]}
     sections = {"taxonomy": {"file": bundle_mod.TAXONOMY_FILE, "ranks": TAXONOMY["ranks"]},
@@ -92,6 +95,11 @@ def full_bundle(parts, tmp_path_factory):
                 "split_models": {"geo": bundle_mod.GEO_MODEL_FILE, "vision": bundle_mod.VISION_MODEL_FILE,
                                  "recommended": False}}
     return _write_bundle(path, parts["model_path"], "postprocess", files=files, sections=sections)
+
+
+@pytest.fixture(scope="session")
+def full_bundle(parts, tmp_path_factory):
+    return _full_bundle(tmp_path_factory.mktemp("full") / "bundle", parts)
 
 
 def test_open_bundle_reads_the_optional_files(full_bundle, tmp_path):
@@ -184,10 +192,17 @@ def test_lpt_r_threshold_is_the_percentile_over_observed_cells():
     assert thresholds[2] is None  # never observed with a location
 
 
+def _log_softmax(x):
+    z = np.asarray(x, np.float64)
+    return z - z.max() - np.log(np.exp(z - z.max()).sum())
+
+
 def test_expected_nearby_flags_and_species_near_ranking(full_bundle):
+    """A post-processing bundle flags a label where the log softmax of its geo logits (not the raw
+    logit, which a softmax over labels lets drift by any per-location offset) reaches its threshold."""
     thresholds = np.array([np.nan if t is None else t for t in _thresholds_of(full_bundle)])
     for place in (PARIS, SYDNEY, PACIFIC):
-        geo = _raw(full_bundle, place)["geo_logits"][0]
+        geo = _log_softmax(_raw(full_bundle, place)["geo_logits"][0])
         expected = {i for i in range(len(LABELS)) if geo[i] >= thresholds[i]}
         with GeoClassifier.from_bundle(full_bundle, GeoClassifierOptions(use_whitelist=False)) as clf:
             result = clf.classify(IMAGE, *place)
@@ -202,6 +217,28 @@ def test_expected_nearby_flags_and_species_near_ranking(full_bundle):
 
 def _thresholds_of(bundle_dir):
     return json.loads((bundle_dir / bundle_mod.NEARBY_FILE).read_text())["thresholds"]
+
+
+def test_bundle_thresholds_read_log_scores_so_an_offset_per_location_changes_nothing():
+    logits = np.log([0.6, 0.3, 0.1])
+    thresholds = nearby.BundleThresholds(np.array([np.log(0.5), np.log(0.2), np.nan]), "softmax")
+    assert list(thresholds.flags(logits)) == list(thresholds.flags(logits + 7.0)) == [True, True, None]
+    raw = nearby.BundleThresholds(np.array([0.0, 0.0, np.nan]), None)  # format 1: on the raw geo logits
+    assert list(raw.flags(logits)) == [False, False, None] and list(raw.flags(logits + 7.0)) == [True, True, None]
+    presence = nearby.BundleThresholds(np.array([np.log(0.5)]), "presence")  # log sigmoid(f) >= log 0.5: f >= 0
+    assert list(presence.flags([0.1])) == [True] and list(presence.flags([-0.1])) == [False]
+
+
+def test_format_1_thresholds_of_a_post_processing_bundle_stay_on_raw_geo_logits(parts, tmp_path):
+    """Bundles exported before the log-score rule keep their meaning: raw geo logit >= threshold."""
+    bundle = _full_bundle(tmp_path / "old", parts, thresholds_format=1)
+    thresholds = np.array([np.nan if t is None else t for t in _thresholds_of(bundle)])
+    assert nearby.open_thresholds(bundle_mod.open_bundle(bundle)).objective is None
+    for place in (PARIS, SYDNEY):
+        geo = _raw(bundle, place)["geo_logits"][0]
+        with GeoClassifier.from_bundle(bundle, GeoClassifierOptions(use_whitelist=False)) as clf:
+            flagged = {c.index for c in clf.classify(IMAGE, *place).categories if c.expected_nearby}
+        assert flagged == {i for i in range(len(LABELS)) if geo[i] >= thresholds[i]}
 
 
 def test_expected_nearby_from_the_whitelist_without_a_geo_part(tmp_path, parts):

@@ -228,10 +228,21 @@ def test_methods_table_over_seeds_is_mean_and_std():
     assert "| image only | 60.0 ± 10.0 | 50.0 ± 0.0 | 60.0 ± 10.0 |" in table
 
 
-def test_expected_nearby_thresholds_and_counts():
-    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.7, 0.3, 0.5]])
-    labels = np.array([0, 1, 0])
-    thresholds = geography.expected_nearby_thresholds(scores, labels, 3, q=0.0)  # q=0: the minimum
-    np.testing.assert_allclose(thresholds, [0.7, 0.8, np.inf])  # label 2 never observed: never expected
-    stats = geography.nearby_stats(scores, labels, thresholds)
-    assert stats["nearby"] == pytest.approx(1.0) and stats["nearby_recall"] == 1.0
+def test_expected_nearby_is_the_bundles_lpt_r_rule():
+    """The section flags labels by mobile_sdk.nearby's rule (log scores, thresholds over distinct
+    cells of the validation observations), so an offset per location changes nothing."""
+    from trainer.training.geoprior import Observations
+
+    def log_probs(latlon):  # P(L|G) by hand: label 0 likely in the west, label 1 in the east
+        west = latlon[:, 1] < 0
+        return np.log(np.where(west[:, None], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]))
+
+    # Two validation observations of label 0 share a cell in the west, one of label 1 is in the east;
+    # label 2 is never observed, so it is never expected.
+    val = Observations(np.array([[10.0, -50.0], [10.001, -50.0], [10.0, 50.0]]), np.array([0, 0, 1]), ["a", "b", "c"])
+    test_latlon, test_labels = np.array([[20.0, -40.0], [20.0, 40.0], [20.0, 40.0]]), np.array([0, 1, 0])
+    stats = geography.nearby_stats(log_probs, "softmax", val, test_latlon, test_labels)
+    assert stats == {"nearby": pytest.approx(1.0), "nearby_recall": pytest.approx(2 / 3)}  # {0} west, {1} east
+    shifted = geography.nearby_stats(lambda ll: log_probs(ll) + 4.0 * (ll[:, 1] > 0)[:, None], "softmax", val,
+                                     test_latlon, test_labels)
+    assert shifted == stats

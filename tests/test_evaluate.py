@@ -76,16 +76,18 @@ def test_expected_nearby_hand_computed_from_training_rows_only(tmp_path):
     from trainer.evaluation.nearby import evaluation_section, methods_for
 
     # Geo logits by hand: label 0 +1 in the west, label 1 +1 in the east (each -1 elsewhere), label 2
-    # 0 everywhere. Its training cells: label 0 and 2 in the west, 1 in the east, so every threshold
-    # sits at its own region's value and flags {0, 2} in the west, {1, 2} in the east.
+    # 0 everywhere, all shifted by +5 in the east (an offset a softmax over labels ignores). Its
+    # training cells: label 0 and 2 in the west, 1 in the east, so every threshold sits at its own
+    # region's log softmax and flags {0, 2} in the west, {1, 2} in the east.
     def geo_logits(latlon):
         west = (latlon[:, 1] < -100).astype(np.float64) * 2 - 1
-        return np.stack([west, -west, np.zeros(len(latlon))], axis=1)
+        return np.stack([west, -west, np.zeros(len(latlon))], axis=1) + 5.0 * (west < 0)[:, None]
 
     image_run = SimpleNamespace(model=SimpleNamespace(output={"probabilities": None, "logits": None}))
-    methods = {"post": nearby.lpt_r_method(geo_logits, TRAIN.lat, TRAIN.lon, TRAIN.labels, 3),
+    methods = {"post": nearby.lpt_r_method(geo_logits, "softmax", TRAIN.lat, TRAIN.lon, TRAIN.labels, 3),
                "image": methods_for({"image": image_run}, TRAIN)["image"]}
-    assert methods["post"].thresholds == (1.0, 1.0, 0.0)
+    norm = np.log(np.exp(1.0) + np.exp(-1.0) + 1.0)
+    assert methods["post"].thresholds == pytest.approx((1.0 - norm, 1.0 - norm, -norm))
     # Reported rows: label 0 in the west, label 1 in the west (not where it was seen), label 1 in
     # the east, and a row without location (not counted).
     evalset = make_ds([WEST, WEST, EAST, (np.nan, np.nan)], [0, 1, 1, 0])

@@ -2,8 +2,8 @@
 label at its own location (recall) and how many labels they flag, on the reported rows.
 
 The method is the export's (mobile_sdk.nearby.Method, one home): LPT-R thresholds over the training
-locations for a run with location-only logits (post-processing: its geo head's geo logits, here
-from Keras instead of the bundle's geo.tflite), the whitelist table the export would write (its
+locations on the log scores of a run's location-only logits (post-processing: log softmax of its geo
+head's geo logits, here from Keras instead of the bundle's geo.tflite), the whitelist table the export would write (its
 default radius and precision, from the training locations) for the others. Nothing here is chosen:
 the thresholds and the table read the training rows only.
 """
@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from mobile_sdk import nearby
+from mobile_sdk.geo_scores import location_objective
 from mobile_sdk.whitelist.builder import build_whitelist
 from mobile_sdk.whitelist.reader import WhitelistTable
 from trainer.evaluation.metrics import markdown_table, pct
@@ -44,7 +45,8 @@ def methods_for(runs: Mapping, train) -> dict[str, nearby.Method]:
     for kind, run in runs.items():
         logits = location_logits(run)
         if logits is not None:
-            out[kind] = nearby.lpt_r_method(logits, train.lat, train.lon, train.labels, train.num_labels)
+            objective = location_objective(run.config.model, run.config.geo_objective)
+            out[kind] = nearby.lpt_r_method(logits, objective, train.lat, train.lon, train.labels, train.num_labels)
             continue
         if table is None:
             table = nearby.whitelist_method(WhitelistTable.from_bytes(build_whitelist(
@@ -61,7 +63,7 @@ def evaluation_section(methods: Mapping[str, nearby.Method], evalset) -> dict:
 
 
 def table(section: Mapping) -> str:
-    how = {"lpt_r": f"LPT-R: {nearby.DEFAULT_PERCENTILE:g}th percentile of its geo logit over its training cells",
+    how = {"lpt_r": f"LPT-R: {nearby.DEFAULT_PERCENTILE:g}th percentile of its geo log score over its training cells",
            "whitelist": "whitelist table: observed within the export's radius"}
     return markdown_table(
         ["model", "a label is expected nearby by", "located images", "recall of the true label",
