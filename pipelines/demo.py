@@ -12,7 +12,10 @@ Stages (each calls the real CLI or library function, never a shortcut):
     fusion of both through the SDK on the reported images -> OUT/eval/fusion.json; print "which
     model to ship"
  7. classify validation images through the SDK with and without their location
- 8. range-map PNG and the examples sheet            -> OUT/rangemap.png, OUT/examples.png
+ 8. train a geo model on the world's observations alone (geoprior: the multi-scale encoding, no
+    images) -> OUT/runs/geoprior; range-map PNG of one species at the scale of its range: that geo
+    model's P(label | location), the post-processing geo logit, the radius prior and the true range
+    -> OUT/rangemap.png; the examples sheet -> OUT/examples.png
 
 The sizes and epochs are `presets/demo.py` (`--quick`: its smoke variant, the tiny world and a few
 steps, used by the tests). A second run reuses every stage whose stamp (OUT/.stamps/NAME.json,
@@ -37,6 +40,7 @@ from presets import Settings
 from presets import demo as preset
 
 KINDS = ("image", "postprocess", "featuremod")  # trained in this order: the geo models start from the image-only run
+GEOPRIOR = "geoprior"  # the geo model on observations alone (runs/geoprior), drawn on the range map
 # Feature modulation's recipe, from the same image run for the same epochs, with every training
 # location dropped: what the extra epochs alone give (trainer.evaluate --image-control).
 CONTROL = "image_control"
@@ -84,6 +88,16 @@ def train_stage(paths: Paths, kind: str, settings: Settings, seed: int) -> Stage
     # of another image model is deleted first (`stale`), so it is never resumed as this one.
     return Stage(f"train-{kind}", args, [paths.run(kind) / "model.keras"],
                  description=f"train {titles[kind]} ({epochs} epochs)", stale=[paths.run(kind)])
+
+
+def geoprior_stage(paths: Paths, settings: Settings, seed: int) -> Stage:
+    """trainer.train --model geoprior on the world's training observations (the CLI's default
+    objective, encoding and geo net), with the preset's epochs and batch size."""
+    args = ["trainer.train", "--model", GEOPRIOR, "--observations", str(paths.world), "--out",
+            str(paths.run(GEOPRIOR)), "--epochs", str(settings.geoprior_epochs), "--batch-size",
+            str(settings.geoprior_batch_size), "--seed", str(seed)]
+    return Stage(f"train-{GEOPRIOR}", args, [paths.run(GEOPRIOR) / "model.keras"], stale=[paths.run(GEOPRIOR)],
+                 description=f"train a geo model on the world's observations alone ({settings.geoprior_epochs} epochs)")
 
 
 def print_curve(run_dir: Path) -> None:
@@ -245,14 +259,20 @@ def run_all(runner: Runner, settings: Settings, seed: int) -> None:
 
         label = load_split(str(paths.world), "val").label_names[0]
 
+    geo_runs = [paths.run("postprocess")]
+    if settings.geoprior_epochs:
+        runner.stage(geoprior_stage(paths, settings, seed))
+        geo_runs.insert(0, paths.run(GEOPRIOR))
+
     def draw_range_map():
         from trainer.figures.rangemap import range_map
 
-        range_map(paths.rangemap, label, run_dir=paths.run("postprocess"), prior_spec=str(paths.world),
-                  truth_world=str(paths.world))
+        range_map(paths.rangemap, label, runs=geo_runs, prior_spec=str(paths.world), truth_world=str(paths.world),
+                  zoom=True)
 
-    runner.stage(Stage("rangemap", ["rangemap", label], [paths.rangemap], draw_range_map,
-                       f"range map of {label}: geo net vs radius prior vs true range"))
+    runner.stage(Stage("rangemap", ["rangemap", label, "zoom", *[Path(r).name for r in geo_runs]], [paths.rangemap],
+                       draw_range_map, f"range map of {label} at the scale of its range: geo nets vs radius prior "
+                       "vs true range"))
 
     def draw_examples():
         from trainer.figures.examples import examples_sheet

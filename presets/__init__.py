@@ -33,6 +33,11 @@ class Settings:
     calibration_samples: int  # int8 export calibration images
     sdk_examples: int  # validation images shown classified through the SDK
     steps_per_epoch: int | None = None  # cap (smoke runs only)
+    # A geo model on the world's observations alone (trainer.train --model geoprior, its default
+    # recipe but this batch size and epochs; the best epoch on its validation observations is kept),
+    # drawn on the range map beside the post-processing geo net; None: not trained.
+    geoprior_epochs: int | None = None
+    geoprior_batch_size: int = 256
 
     def epochs(self, kind: str) -> int:
         return {"image": self.image_epochs, "postprocess": self.geo_epochs, "featuremod": self.featuremod_epochs}[kind]

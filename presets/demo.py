@@ -21,5 +21,5 @@ WORLD = dict(supercategories=4, genera_per_supercategory=4, species_per_genus=3,
 # image_epochs is a cap: the image baseline trains to the plateau of its tuning top-1 (patience 3)
 # before any geo model starts from it.
 RUN = Settings(world="demo", image_size=64, alpha=0.35, batch_size=32, image_epochs=30, geo_epochs=100,
-               featuremod_epochs=3, calibration_samples=100, sdk_examples=6)
+               featuremod_epochs=3, calibration_samples=100, sdk_examples=6, geoprior_epochs=40)
 SMOKE = tiny.RUN

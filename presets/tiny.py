@@ -10,5 +10,5 @@ WORLD = dict(supercategories=2, genera_per_supercategory=2, species_per_genus=2,
              train_max=120, train_min=12, val_per_species=8)
 
 RUN = Settings(world="tiny", image_size=32, alpha=0.35, batch_size=16, image_epochs=1, geo_epochs=2,
-               featuremod_epochs=1, calibration_samples=8, sdk_examples=3, steps_per_epoch=4)
+               featuremod_epochs=1, calibration_samples=8, sdk_examples=3, steps_per_epoch=4, geoprior_epochs=2)
 SMOKE = RUN

@@ -192,14 +192,28 @@ def test_changed_epochs_rerun_that_training_and_what_follows(tmp_path):
                                  "converters.export", "converters.export"]
 
 
+def test_the_range_map_geo_model_trains_on_the_worlds_observations_alone(tmp_path):
+    """The demo's geoprior stage: the CLI's default recipe (objective, encoding, geo net) on the world's
+    training observations, with the preset's epochs and batch size; the smoke variant trains one too."""
+    cli = FakeCli()
+    stages.Runner(tmp_path, cli=cli).stage(demo.geoprior_stage(demo.Paths(tmp_path), preset.RUN, seed=0))
+    args = cli.calls[0]
+    assert args[:3] == ["trainer.train", "--model", "geoprior"]
+    assert args[args.index("--observations") + 1] == str(tmp_path / "world")
+    assert args[args.index("--epochs") + 1] == str(preset.RUN.geoprior_epochs)
+    assert args[args.index("--batch-size") + 1] == str(preset.RUN.geoprior_batch_size)
+    assert "--encoding" not in args and "--objective" not in args  # the CLI's defaults
+    assert preset.SMOKE.geoprior_epochs
+
+
 @pytest.mark.slow
 def test_smoke_demo_end_to_end(smoke_demo):
     """`python -m pipelines.demo --quick` (run once per session by the smoke_demo fixture, which
     fails on a non-zero exit) writes every output and ends by saying where they are."""
     out = smoke_demo.out
     for path in ("world/train.json", "runs/image/model.keras", "runs/postprocess/model.keras",
-                 "runs/featuremod/model.keras", "runs/image_control/model.keras", "eval/report.json",
-                 "eval/fusion.json", "bundle/model.tflite", "bundle/manifest.json",
+                 "runs/featuremod/model.keras", "runs/image_control/model.keras", "runs/geoprior/model.keras",
+                 "eval/report.json", "eval/fusion.json", "bundle/model.tflite", "bundle/manifest.json",
                  "bundles/featuremod/model.tflite", "rangemap.png"):
         assert (out / path).exists(), path
     assert "top-1" in smoke_demo.stdout and "post-processing" in smoke_demo.stdout

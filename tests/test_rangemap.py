@@ -145,11 +145,11 @@ def test_geoprior_run_beside_observations_at_the_scale_of_the_range(tmp_path):
     (run / "config.json").write_text(TrainConfig(data=str(obs), model="geoprior", encoding="fourier").to_json())
     write_labels(run, ["small", "wide"])
     atomic_save_model(build_geo_model(2, "fourier"), run / "model.keras")
-    out = rangemap.range_map(tmp_path / "map.png", "small", run_dir=run, observations=str(obs), zoom=True)
+    out = rangemap.range_map(tmp_path / "map.png", "small", runs=[run], observations=str(obs), zoom=True)
     with Image.open(out) as image:
         assert image.size[0] > image.size[1] * 1.5  # two panels side by side
     grid = rangemap.region_grid(rangemap.observation_points(str(obs), "small"))
     lon0, lon1, lat0, lat1 = grid.extent
     assert 130 < lon0 < 139 < lon1 < 148 and 26 < lat0 < 35 < lat1 < 44  # the range's scale, not the world's
     with pytest.raises(rangemap.RangeMapError, match="--zoom needs"):
-        rangemap.range_map(tmp_path / "x.png", "small", run_dir=run, zoom=True)
+        rangemap.range_map(tmp_path / "x.png", "small", runs=[run], zoom=True)

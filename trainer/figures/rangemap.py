@@ -1,12 +1,12 @@
 """Range maps: one label's geo score over the world, with real coastlines (the paper's Figure 1).
 
-    python -m trainer.figures.rangemap --model RUN_DIR --label NAME --out PNG [--prior DATA_SPEC]
-        [--truth WORLD_DIR] [--observations FILE] [--zoom]
+    python -m trainer.figures.rangemap --model RUN_DIR [--model RUN_DIR ...] --label NAME --out PNG
+        [--prior DATA_SPEC] [--truth WORLD_DIR] [--observations FILE] [--zoom]
 
-Panels drawn (one PNG):
-- the post-processing run's geo logit for the label (the learned log P(G|L)/P(G|not L) residual),
-  or a geoprior run's score (trainer.training.geoprior): P(label | location) = softmax(f), or
-  the presence probability sigmoid(f) of a presence-only run;
+Panels drawn (one PNG), in this order:
+- for each --model: a geoprior run's score (trainer.training.geoprior): P(label | location) =
+  softmax(f), or the presence probability sigmoid(f) of a presence-only run; or a post-processing
+  run's geo logit for the label (the learned log P(G|L)/P(G|not L) residual);
 - with --prior, the Bayesian radius prior P(L|G) from the training observations of DATA_SPEC;
 - with --truth WORLD_DIR, the world generator's true range density for the label;
 - with --observations FILE (an observation file or data SPEC, as trainer.training.geoprior reads), the
@@ -273,11 +273,13 @@ def write_map(out_png, grid: Grid, panels: list[tuple]) -> Path:
         plt.close(fig)
 
 
-def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=None,
+def range_map(out_png, label: str, runs=(), prior_spec=None, truth_world=None,
               radius_miles: float = DEFAULT_RADIUS_MILES, step_deg: float = DEFAULT_STEP_DEG,
               observations=None, zoom: bool = False) -> Path:
-    """Draw every panel that the given sources allow for one label into `out_png`."""
-    if run_dir is None and prior_spec is None and truth_world is None and observations is None:
+    """Draw every panel that the given sources allow for one label into `out_png`; `runs`: run
+    folders (geoprior or post-processing), one panel each."""
+    runs = list(runs or ())
+    if not runs and prior_spec is None and truth_world is None and observations is None:
         raise RangeMapError("nothing to draw: give --model RUN_DIR, --prior DATA_SPEC, --truth WORLD_DIR "
                             "or --observations FILE")
     points = None if observations is None else observation_points(observations, label)
@@ -294,7 +296,7 @@ def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=No
             raise RangeMapError("--zoom needs the label's observations (--observations) or its true range (--truth)")
         grid = region_grid(focus)
     panels = []
-    if run_dir is not None:
+    for run_dir in runs:
         from trainer.training.runs import load_run
 
         run = load_run(run_dir)
@@ -303,7 +305,7 @@ def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=No
             panels.append(geoprior_panel(run.model, run.labels, label, grid, run.config.geo_objective, source)
                           if run.config.model == "geoprior" else geo_panel(run.model, run.labels, label, grid, source))
         except RangeMapError as exc:
-            if prior_spec is None and truth_world is None and observations is None:
+            if len(runs) == 1 and prior_spec is None and truth_world is None and observations is None:
                 raise
             print(f"rangemap: no panel for {run_dir}: {exc}", file=sys.stderr)
     if prior_spec is not None:
@@ -317,7 +319,8 @@ def range_map(out_png, label: str, run_dir=None, prior_spec=None, truth_world=No
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.figures.rangemap", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="post-processing or geoprior RUN_DIR: draw its geo network's score")
+    parser.add_argument("--model", action="append", default=[],
+                        help="geoprior or post-processing RUN_DIR: draw its geo network's score (repeatable)")
     parser.add_argument("--label", required=True, help="label name (or index)")
     parser.add_argument("--out", required=True, help="output PNG path")
     parser.add_argument("--prior", metavar="DATA_SPEC", help="also draw the radius prior from this dataset's train split")
