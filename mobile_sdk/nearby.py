@@ -14,9 +14,9 @@ Two methods, chosen by the export and recorded in the manifest's `expected_nearb
   observed within the table's radius (widened by the location accuracy). Where the table has no
   data nearby the flags are None (unknown).
 
-`Method` is the one home of both for many points at once: converters.export builds it from the
-bundle's own parts, trainer.evaluate from the Keras run, benchmarks.geography from its geo nets and
-priors, and all report `Method.report` (how often the true label is flagged at its own location,
+`Method` is the one home of both for many points at once: the export builds it from the bundle's
+own parts, the evaluation from the Keras run, the geography benchmark from its geo nets and priors,
+and all report `Method.report` (how often the true label is flagged at its own location,
 and how many labels are flagged). `BundleThresholds` applies the same rule in the SDK, one point at a time.
 """
 from __future__ import annotations
