@@ -258,13 +258,20 @@ def truth_panel(world, label: str, grid: Grid) -> tuple[str, np.ndarray]:
     return f"{label}: true range density (world)", np.asarray(world.density(grid.latlon))[:, index]
 
 
-def write_map(out_png, grid: Grid, panels: list[tuple]) -> Path:
-    """Draw the panels side by side into one PNG (atomically): (title, scores or None[, points])."""
+def write_map(out_png, grid: Grid, panels: list[tuple], width: float = 6.0) -> Path:
+    """Draw the panels into one PNG (atomically), side by side, two per row from three on:
+    (title, scores or None[, points]). A panel's height follows the grid's lat/lon spans, so a
+    degree is as tall as it is wide (the world is twice as wide as tall, a zoomed range square)."""
     if not panels:
         raise RangeMapError("no panels to draw")
-    plt, fig, axes = figure(len(panels))
+    lon0, lon1, lat0, lat1 = grid.extent
+    height = float(np.clip(width * (lat1 - lat0) / (lon1 - lon0), 0.4 * width, width)) + 0.4  # + the title
+    ncols = len(panels) if len(panels) <= 2 else 2
+    plt, fig, axes = figure(ncols, -(-len(panels) // ncols), width, height)
     try:
-        for ax, panel in zip(axes[0], panels):
+        for ax in axes.flat[len(panels):]:
+            ax.set_axis_off()
+        for ax, panel in zip(axes.flat, panels):
             title, scores, points = panel if len(panel) == 3 else (*panel, None)
             draw_panel(ax, grid, scores, title, points=points)
         fig.tight_layout()
