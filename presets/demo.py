@@ -7,7 +7,9 @@ Measured on the 2-core dev machine while it was shared with other work (load 9-1
 world of WORLD below: world 94 s; image-only 29 epochs to its plateau (kept 26), about 57 s each
 (1,644 s); post-processing 51 epochs (72 s with the logits cache); feature modulation 185 s and
 the image control 170 s (3 epochs each); evaluation 66 s; the two exports 69 s and 35 s; the rest
-under a minute: 39 min 45 s in all. Not timed on an idle machine.
+under a minute: 39 min 45 s in all. The range map's geo model on observations alone
+(geoprior_epochs, added since) took 23 s of CPU time for its 40 epochs on the previous demo world
+(3.3 min wall under `nice` at load 9-11). Not timed on an idle machine.
 """
 from presets import Settings, tiny
 
