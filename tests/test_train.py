@@ -22,7 +22,7 @@ from harness import IMAGE_MODEL_KINDS  # noqa: E402
 from trainer import train as train_mod  # noqa: E402
 from trainer.model import networks  # noqa: E402
 from trainer.training import build, loop  # noqa: E402
-from trainer.training.config import OptimizerConfig, TrainConfig  # noqa: E402
+from trainer.training.config import POSTPROCESS_PATIENCE, OptimizerConfig, TrainConfig  # noqa: E402
 from trainer.training.inputs import Splits  # noqa: E402
 from trainer.training.runs import RunError, load_run  # noqa: E402
 from trainer.training.strategy import StrategyError, make_strategy  # noqa: E402
@@ -110,6 +110,10 @@ def test_config_defaults_follow_the_paper():
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-6)
     assert isinstance(fm.optimizer.build(10), keras.optimizers.RMSprop)
     assert pp.optimizer.schedule(10) == 0.02 and isinstance(pp.optimizer.build(10), keras.optimizers.SGD)
+    # Post-processing at that constant rate: noisy tuning metrics while the loss falls for 100+ epochs
+    # (docs/training.md), so it waits 30 epochs for a lower tuning loss; other kinds 3 for a better top-1.
+    assert (pp.patience, fm.patience, TrainConfig(data="w").patience) == (POSTPROCESS_PATIENCE, 3, 3)
+    assert POSTPROCESS_PATIENCE == 30 and pp.replace(patience=5).patience == 5
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -257,6 +261,19 @@ def test_early_stopping_on_a_plateau_of_the_tuning_metric_and_its_resume(image_r
     assert "resuming after epoch 3 of 10" in capsys.readouterr().out
     assert (metrics["epoch"], metrics["epochs_done"]) == (1, 4)
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind, kept, stop", [("image", 2, "tune_accuracy"), ("postprocess", 4, "tune_loss")])
+def test_post_processing_is_picked_and_stopped_by_its_tuning_loss(kind, kept, stop, image_run, tmp_path, monkeypatch):
+    # A scripted tuning curve (loss sum, top-1 hits, top-5 hits, rows) whose top-1 peaks at epoch 2 on
+    # a lucky jump while the loss keeps falling until epoch 4: top-1 picks 2, the loss picks 4.
+    curve = iter([(10.0, 5, 12, 12), (9.0, 8, 12, 12), (8.0, 6, 12, 12), (7.0, 7, 12, 12), (7.5, 7, 12, 12)])
+    monkeypatch.setattr(loop.DistributedSteps, "evaluate", lambda self, dataset: np.array(next(curve), float))
+    changes = dict(init=str(image_run[0])) if kind == "postprocess" else {}
+    metrics = loop.train(tiny_config(kind, epochs=5, patience=2, **changes), tmp_path, synthetic_splits())
+    assert loop.tune_metric(kind) == stop and metrics["selected_on"].startswith(stop)
+    assert metrics["epoch"] == kept and metrics["stop_reason"].startswith(f"plateau: {stop}")
+    assert metrics["epochs_done"] == min(kept + 2, 5)
 
 
 def _write_csv_world(root: Path, shuffle_val_labels: bool) -> str:

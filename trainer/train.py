@@ -5,8 +5,9 @@
         [--strategy default|mirrored|multiworker|tpu] [--epochs N] [--image-size N] [--alpha A] ...
 
 RUN_DIR gets model.keras (the epoch with the best top-1 on the tuning rows, a held-out part of
-train that is never reported), config.json, labels.txt, metrics.json and state/ (docs/CONTRACTS.md).
-Training stops when the tuning top-1 plateaus (--patience) or at --epochs. Every epoch ends with an
+train that is never reported; for post-processing the lowest tuning loss), config.json, labels.txt,
+metrics.json and state/ (docs/CONTRACTS.md). Training stops when that plateaus (--patience) or at
+--epochs. Every epoch ends with an
 atomic checkpoint, so after a crash or kill -9 the same command continues from the last completed
 epoch. docs/training.md has the details.
 """
@@ -24,8 +25,9 @@ from mobile_sdk.encoding import DEFAULT_ENCODING, ENCODINGS
 from trainer.data.splits import DEFAULT_TUNE_FRACTION
 from trainer.model import networks
 from trainer.model.layers import VARIANTS
-from trainer.training.config import GEO_LR_MULTIPLIER, OPTIMIZERS, STRATEGIES, OptimizerConfig, TrainConfig
-from trainer.training.loop import TUNE_METRIC, train
+from trainer.training.config import (GEO_LR_MULTIPLIER, OPTIMIZERS, POSTPROCESS_PATIENCE, STRATEGIES, OptimizerConfig,
+                                     TrainConfig)
+from trainer.training.loop import train, tune_metric
 from trainer.training.runs import RunError, read_config
 
 
@@ -53,8 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tpu", default="", help="TPU name or grpc:// address for --strategy tpu")
     p.add_argument("--epochs", type=int, default=10, help="the most epochs; training stops earlier on a plateau")
     p.add_argument("--patience", type=int,
-                   help="stop after this many epochs without a better top-1 on the tuning rows "
-                        "(default 10 for postprocess, whose epochs take seconds; else 3)")
+                   help="stop after this many epochs without a better top-1 on the tuning rows (for postprocess: "
+                        f"a lower tuning loss; default {POSTPROCESS_PATIENCE} for postprocess, whose epochs take "
+                        "seconds and whose tuning metrics are noisy while its loss still falls; else 3)")
     p.add_argument("--tune", help="data SPEC whose split 'tune' picks the epoch (default: hold out --tune-fraction "
                                   "of train, seeded and label-stratified); never trained on nor reported")
     p.add_argument("--tune-fraction", type=float, default=DEFAULT_TUNE_FRACTION)
@@ -138,8 +141,9 @@ def main(argv=None) -> int:
     if not metrics:  # a non-chief worker of multi-worker training: the chief wrote the run
         print("worker finished; the chief worker writes the run folder")
         return 0
+    metric = tune_metric(config.model)
     print(f"kept epoch {metrics.get('epoch')} of {metrics.get('epochs_done')} "
-          f"({TUNE_METRIC} {metrics.get(TUNE_METRIC, float('nan')):.4f} on {metrics.get('tune_size')} tuning rows); "
+          f"({metric} {metrics.get(metric, float('nan')):.4f} on {metrics.get('tune_size')} tuning rows); "
           f"run in {args.out}")
     return 0
 
