@@ -3,14 +3,14 @@
     python -m pipelines.demo                  # RUN (what `make demo` runs)
     python -m pipelines.demo --quick          # SMOKE: the tiny world, a few steps per stage
 
-Measured on the 2-core dev machine while it was shared with other work (load 9-16), seed 0, the
-world of WORLD below: world 94 s; image-only 29 epochs to its plateau (kept 26), about 57 s each
-(1,644 s); post-processing 51 epochs (72 s with the logits cache; before it was kept on its tuning
-loss with patience 30, which runs it about 150-200 epochs); feature modulation 185 s and
-the image control 170 s (3 epochs each); evaluation 66 s; the two exports 69 s and 35 s; the rest
-under a minute: 39 min 45 s in all. The range map's geo model on observations alone
-(geoprior_epochs, added since) took 23 s of CPU time for its 40 epochs on the previous demo world
-(3.3 min wall under `nice` at load 9-11). Not timed on an idle machine.
+Measured on the 2-core dev machine while it was shared with other work, seed 0, the world of
+WORLD below. First full run (load 9-16): world 94 s; image-only 29 epochs to its plateau (kept 26),
+about 57 s each (1,644 s); then every stage from post-processing on rerun on that image run with
+the current recipe (load 5-9): post-processing 159 epochs (kept 129 on its tuning loss, 145 s with
+the logits cache); feature modulation 167 s and the image control 163 s (3 epochs each);
+evaluation 67 s; the two exports 69 s and 37 s; fusion 8 s; the range map's geo model on
+observations alone 17 s; range map and examples 28 s: about 41 minutes in all. Not timed on an
+idle machine.
 """
 from presets import Settings, tiny
 
