@@ -141,9 +141,8 @@ def one_seed(work: Path, settings_for, seed: int) -> tuple[dict, dict]:
     paths = demo.Paths(Path(work))
     settings = settings_for(runner, paths)
     report = demo.train_and_evaluate(runner, paths, settings, seed)
-    bundles = [paths.out / "bundles" / kind for kind in demo.KINDS]
-    for kind, bundle in zip(demo.KINDS, bundles):
-        runner.stage(demo.export_stage(paths, settings, seed, kind, out=bundle))
+    bundles = demo.export_bundles(runner, paths, settings, seed, kinds=demo.KINDS,
+                                  folder=lambda kind: paths.out / "bundles" / kind)
     runner.stage(demo.fusion_stage(paths, bundles, seed))
     return report, json.loads((paths.eval / "fusion.json").read_text())
 

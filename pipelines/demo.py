@@ -151,11 +151,13 @@ def export_stage(paths: Paths, settings: Settings, seed: int, kind: str = "postp
 SHIPPED = ("postprocess", "featuremod")  # the geo-aware kinds the demo exports; `make bench` also exports image-only
 
 
-def export_bundles(runner: Runner, paths: Paths, settings: Settings, seed: int) -> list[Path]:
-    """Export each SHIPPED kind as an int8 bundle; their folders."""
-    for kind in SHIPPED:
-        runner.stage(export_stage(paths, settings, seed, kind, out=paths.bundle_of(kind)))
-    return [paths.bundle_of(kind) for kind in SHIPPED]
+def export_bundles(runner: Runner, paths: Paths, settings: Settings, seed: int, kinds=SHIPPED,
+                   folder=None) -> list[Path]:
+    """Export each of `kinds` as an int8 bundle into `folder(kind)` (default Paths.bundle_of); their folders."""
+    bundles = [(folder or paths.bundle_of)(kind) for kind in kinds]
+    for kind, bundle in zip(kinds, bundles):
+        runner.stage(export_stage(paths, settings, seed, kind, out=bundle))
+    return bundles
 
 
 def fusion_stage(paths: Paths, bundles: list[Path], seed: int) -> Stage:
