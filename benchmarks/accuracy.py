@@ -1,20 +1,19 @@
 """Accuracy on the `bench` world: every method of the paper, the oracle bound and the gaps to it.
 
 Runs the same stages as `make demo` (pipelines.demo.train_and_evaluate: world, three trained
-models and the equal-epochs image control, trainer.evaluate) with the sizes of `presets/bench.py`,
-the epochs sized to --budget-min: the first image-only epoch is timed, and the remaining budget is
-split between the image-only epochs (~45%), feature modulation and its image control (~20% each,
-each epoch costs about 1.3 image epochs) and post-processing (cheap: it trains on cached logits).
-Then every model kind is exported as an int8 bundle (each records its recommended whitelist
-fusion, chosen on the tuning images) and converters.fusion measures every fusion through the SDK
-on the reported images; the section ends with the "which model to ship" table. With --seeds N the
-methods table is repeated over N seeds (mean ± std). A rerun reuses finished stages.
+models and the equal-epochs image control, trainer.evaluate) with the sizes and epoch caps of
+`presets/bench.py`: the image baseline trains to the plateau of its tuning top-1, every geo model
+starts from it. Then every model kind is exported as an int8 bundle (each records its recommended
+whitelist fusion, chosen on the tuning images) and converters.fusion measures every fusion through
+the SDK on the reported images; the section ends with the "which model to ship" table. With
+--seeds N the geo models (post-processing, feature modulation, the image control) and the
+evaluation are repeated at seeds SEED+1.. on the same world and image-only run, and the methods
+table is reported as mean ± std over the N seeds. A rerun reuses finished stages.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -26,39 +25,6 @@ from pipelines.stages import Runner
 from presets import bench as preset
 from presets import Settings
 from trainer.evaluation.report import NAMES, UNKNOWN
-
-FEATUREMOD_EPOCH_COST = 1.3  # feature-modulation epoch time / image-only epoch time (measured on the demo world)
-
-
-def budget_epochs(budget_min: float, first_epoch_s: float) -> tuple[int, int]:
-    """(image-only epochs, feature-modulation epochs) that fit the budget, at least 1 each."""
-    if first_epoch_s <= 0:
-        raise ValueError(f"first_epoch_s must be positive, got {first_epoch_s}")
-    budget_s = budget_min * 60.0
-    image = max(1, math.floor(0.45 * budget_s / first_epoch_s))
-    # Feature modulation and its image control (the same epochs again) share 40%.
-    featuremod = max(1, math.floor(0.20 * budget_s / (FEATUREMOD_EPOCH_COST * first_epoch_s)))
-    return image, featuremod
-
-
-def sized_settings(runner: Runner, paths: demo.Paths, budget_min: float, seed: int) -> Settings:
-    """Time one image-only epoch (it is kept: the full run resumes from it), then size the epochs."""
-    runner.stage(demo.world_stage(paths, preset.RUN, seed))
-    calibration = runner.out / "calibration.json"
-    probe = demo.train_stage(paths, "image", preset.RUN, seed)
-
-    def timed():
-        begin = time.monotonic()
-        runner.cli(probe.key, None)
-        calibration.write_text(json.dumps({"first_epoch_s": time.monotonic() - begin}))
-
-    runner.stage(dataclasses.replace(probe, name="calibrate", outputs=[calibration], run=timed))
-    first_epoch_s = json.loads(calibration.read_text())["first_epoch_s"]
-    image, featuremod = budget_epochs(budget_min, first_epoch_s)
-    print(f"    first image-only epoch took {first_epoch_s:.0f} s (startup included): "
-          f"{image} image-only and {featuremod} feature-modulation epochs fit {budget_min:g} min")
-    return preset.RUN.replace(image_epochs=image, featuremod_epochs=featuremod)
-
 
 def targets_from(methods: dict, oracle: str | None, settings: Settings, fusion: dict | None = None) -> list[Target]:
     """The accuracy targets (keyed ones go to docs/benchmarks.json). `fusion`: converters.fusion's
@@ -134,17 +100,22 @@ def mean_std_table(reports: list[dict]) -> str:
     return markdown_table(["method", "top-1 (%)", "head (%)", "tail (%)"], rows)
 
 
-def one_seed(work: Path, settings_for, seed: int) -> tuple[dict, dict]:
+def one_seed(work: Path, settings: Settings, seed: int) -> tuple[dict, dict]:
     """World, trainings and evaluation, then every model kind exported (int8) and its fusions
     measured through the SDK: (report, fusion results)."""
     runner = Runner(Path(work))
     paths = demo.Paths(Path(work))
-    settings = settings_for(runner, paths)
     report = demo.train_and_evaluate(runner, paths, settings, seed)
     bundles = demo.export_bundles(runner, paths, settings, seed, kinds=demo.KINDS,
                                   folder=lambda kind: paths.out / "bundles" / kind)
     runner.stage(demo.fusion_stage(paths, bundles, seed))
     return report, json.loads((paths.eval / "fusion.json").read_text())
+
+
+def geo_seed(work: Path, shared: Path, settings: Settings, seed: int) -> dict:
+    """The geo models and the evaluation again at another seed, on `shared`'s world and image run: the report."""
+    runner = Runner(Path(work))
+    return demo.train_and_evaluate(runner, demo.Paths(Path(work), shared=Path(shared)), settings, seed)
 
 
 def from_demo(out: Path) -> Section:
@@ -161,11 +132,7 @@ def from_demo(out: Path) -> Section:
         return Section("Accuracy on the demo world", f"No finished `make demo` in `{shown_path(out)}` ({exc}).",
                        [Target("the demo's accuracy targets", None, "run `make demo` first")])
     primary, settings = report["primary"], demo_preset.RUN
-    curves = []
-    for kind in (*demo.KINDS, demo.CONTROL):
-        metrics = json.loads((paths.run(kind) / "metrics.json").read_text())
-        curves.append(f"{kind} kept epoch {metrics['epoch']} of {metrics['epochs_done']} "
-                      f"({metrics.get('stop_reason') or 'no stop reason recorded'})")
+    curves = demo.stop_summary(paths)
     body = [f"`make demo` (`python -m pipelines.demo`, presets/demo.py): `{settings.world}` world, "
             f"{primary['n']} validation images reported ({report['tuning']}); MobileNet V2 alpha {settings.alpha}, "
             f"{settings.image_size} px from scratch; feature modulation is the hybrid (docs/training.md). "
@@ -177,32 +144,26 @@ def from_demo(out: Path) -> Section:
                    targets_from(primary["methods"], primary.get("oracle"), settings, fusion))
 
 
-def run(work: Path, budget_min: float = 45.0, quick: bool = False, seed: int = 0, seeds: int = 1) -> Section:
-    """The bench's accuracy section. With `seeds` > 1 the methods table is mean ± std over seeds
-    seed, seed+1, ... (each its own world and runs, in WORK/seedN; the first in WORK)."""
+def run(work: Path, quick: bool = False, seed: int = 0, seeds: int = 1) -> Section:
+    """The bench's accuracy section. With `seeds` > 1 the methods table is mean ± std over the geo
+    models of seeds seed, seed+1, ... (WORK/seedN, on WORK's world and image-only run)."""
     begin = time.monotonic()
     work = Path(work)
-    sized = {}
-
-    def settings_for(runner, paths):  # the epochs are sized once, on the first seed
-        if "settings" not in sized:
-            sized["settings"] = preset.SMOKE if quick else sized_settings(runner, paths, budget_min, seed)
-        return sized["settings"]
-
-    results = [one_seed(work if i == 0 else work / f"seed{seed + i}", settings_for, seed + i) for i in range(seeds)]
-    settings = sized["settings"]
-    report, fusion = results[0]
+    settings = preset.SMOKE if quick else preset.RUN
+    report, fusion = one_seed(work, settings, seed)
+    reports = [report] + [geo_seed(work / f"seed{seed + i}", work, settings, seed + i) for i in range(1, seeds)]
     primary = report["primary"]
     paths = demo.Paths(work)
     body = [f"World: `{settings.world}` preset (seed {seed}), {primary['n']} validation images reported "
             f"({report['tuning']}). MobileNet V2 alpha {settings.alpha}, {settings.image_size} px, trained from "
-            f"scratch: {settings.image_epochs} image-only, {settings.geo_epochs} post-processing and "
-            f"{settings.featuremod_epochs} feature-modulation epochs (and the same for the image control)"
-            + (f" (sized to a {budget_min:g}-minute budget)." if not quick else " (--quick smoke run)."),
-            "", demo.comparison_table(report)]
+            f"scratch, every run to the plateau of its tuning metric: at most {settings.image_epochs} image-only and "
+            f"{settings.geo_epochs} post-processing epochs; {settings.featuremod_epochs} feature-modulation epochs "
+            "(and the same for the image control)" + (" (--quick smoke run)." if quick else "."),
+            "", "Training: " + "; ".join(demo.stop_summary(paths)) + ".", "", demo.comparison_table(report)]
     if seeds > 1:
-        body += ["", f"Mean ± standard deviation over {seeds} seeds ({seed}..{seed + seeds - 1}; each its own "
-                     "world and training runs):", "", mean_std_table([r for r, _ in results])]
+        body += ["", f"Mean ± standard deviation over {seeds} seeds ({seed}..{seed + seeds - 1}: the geo models, the "
+                     "image control and the evaluation's tuning split at each seed, on one world and image-only "
+                     "run):", "", mean_std_table(reports)]
     if "prior_sweep" in primary:
         from trainer.evaluation.metrics import table_prior_sweep
 

@@ -1,6 +1,6 @@
 """`make bench`: the paper's results and our performance numbers -> docs/benchmarks.md.
 
-    python -m benchmarks.run [--only accuracy,demo,geography,perf,scale,split] [--budget-min 45] [--seeds 3] [--quick]
+    python -m benchmarks.run [--only accuracy,demo,geography,perf,scale,split] [--seeds 3] [--quick]
 
 Sections:
 - accuracy: the `bench` world, every method (image only, priors with radius sweep, post-processing,
@@ -40,7 +40,7 @@ def run_section(name: str, args) -> Section:
     if name == "accuracy":
         from benchmarks import accuracy
 
-        return accuracy.run(args.out / "accuracy", budget_min=args.budget_min, quick=args.quick, seed=args.seed,
+        return accuracy.run(args.out / "accuracy", quick=args.quick, seed=args.seed,
                             seeds=args.seeds)
     if name == "demo":
         from benchmarks import accuracy
@@ -105,8 +105,6 @@ def assemble_json(cache: Path) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
-    parser.add_argument("--budget-min", type=float, default=45.0,
-                        help="training time budget of the accuracy section in minutes (sizes the epochs)")
     parser.add_argument("--repeats", type=int, default=50, help="timed repeats per latency measurement")
     parser.add_argument("--quick", action="store_true", help="tiny smoke variant (tiny world, few repeats)")
     parser.add_argument("--seed", type=int, default=0)
@@ -124,8 +122,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown or not chosen:
         parser.error(f"--only takes a comma-separated subset of {SECTIONS}, got {args.only!r}")
-    if args.budget_min <= 0 or args.repeats < 1:
-        parser.error("--budget-min must be positive and --repeats at least 1")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     cache = args.out / "sections"
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     verdicts = {}

@@ -49,8 +49,10 @@ CONTROL = "image_control"
 @dataclass(frozen=True)
 class Paths:
     out: Path
+    # Another OUT whose world and image-only run these geo models reuse (the bench's geo-model seeds).
+    shared: Path | None = None
 
-    world = property(lambda self: self.out / "world")
+    world = property(lambda self: (self.shared or self.out) / "world")
     runs = property(lambda self: self.out / "runs")
     eval = property(lambda self: self.out / "eval")
     bundle = property(lambda self: self.out / "bundle")  # the post-processing bundle the SDK steps use
@@ -59,6 +61,8 @@ class Paths:
     logs = property(lambda self: self.out / "logs")
 
     def run(self, kind: str) -> Path:
+        if kind == "image" and self.shared is not None:
+            return self.shared / "runs" / kind
         return self.runs / kind
 
     def bundle_of(self, kind: str) -> Path:
@@ -116,6 +120,16 @@ def print_curve(run_dir: Path) -> None:
           + (f"; stopped: {metrics['stop_reason']}" if metrics.get("stop_reason") else ""), flush=True)
 
 
+def stop_summary(paths: Paths) -> list[str]:
+    """For each trained kind: the epoch kept, of how many, and why training stopped."""
+    lines = []
+    for kind in (*KINDS, CONTROL):
+        metrics = json.loads((paths.run(kind) / "metrics.json").read_text())
+        lines.append(f"{kind} kept epoch {metrics['epoch']} of {metrics['epochs_done']} "
+                     f"({metrics.get('stop_reason') or 'no stop reason recorded'})")
+    return lines
+
+
 def world_stage(paths: Paths, settings: Settings, seed: int) -> Stage:
     args = ["trainer.world", "--out", str(paths.world), "--preset", settings.world, "--seed", str(seed), "--force"]
     return Stage("world", args, [paths.world / "train.json", paths.world / "val.json"],
@@ -125,8 +139,18 @@ def world_stage(paths: Paths, settings: Settings, seed: int) -> Stage:
 def train_and_evaluate(runner: Runner, paths: Paths, settings: Settings, seed: int) -> dict:
     """World -> three trained models and the image control -> trainer.evaluate report (shared
     with benchmarks.accuracy)."""
-    runner.stage(world_stage(paths, settings, seed))
+    if paths.shared is None:
+        runner.stage(world_stage(paths, settings, seed))
+    else:  # keyed on the shared image run's stamp, so these geo models are redone when it is
+        stamp = Path(paths.shared) / ".stamps" / "train-image.json"
+        if not stamp.is_file():
+            raise StageError(f"{paths.shared} has no finished image-only run to share ({stamp} is missing)")
+        runner.stage(Stage("shared-image", ["shared", str(paths.shared), stamp.read_text()],
+                           [paths.run("image") / "model.keras"], run=lambda: None,
+                           description=f"reuse the world and image-only run of {paths.shared}"))
     for kind in (*KINDS, CONTROL):
+        if kind == "image" and paths.shared is not None:
+            continue
         runner.stage(train_stage(paths, kind, settings, seed))
         if kind == "image":  # the baseline every geo model starts from: show that it reached its plateau
             print_curve(paths.run(kind))

@@ -77,15 +77,6 @@ def test_real_observations_load_with_consistent_labels(inat500_observations):
     assert np.abs(latlon[:, 0]).max() <= 90
 
 
-def test_budget_epochs_split_the_budget():
-    from benchmarks.accuracy import budget_epochs
-
-    assert budget_epochs(45, 60) == (20, 6)  # 0.45*2700/60, 0.20*2700/(1.3*60) (the image control: as much again)
-    assert budget_epochs(1, 600) == (1, 1)  # never zero epochs
-    with pytest.raises(ValueError):
-        budget_epochs(10, 0)
-
-
 def test_accuracy_targets_from_a_report():
     from benchmarks.accuracy import targets_from
     from presets import bench
@@ -158,27 +149,42 @@ def test_main_writes_keyed_targets_to_json(tmp_path, monkeypatch):
     assert "**MISSED** fast enough" in doc.read_text()
 
 
-def test_sized_settings_times_one_epoch_once(tmp_path):
-    from benchmarks import accuracy
-    from pipelines.demo import Paths
-    from pipelines.stages import Runner
+def test_geo_seeds_reuse_the_world_and_image_run(tmp_path):
+    """The bench's extra seeds train only the geo models and the control, from the first seed's world
+    and image-only run; they are redone when that run is, and refuse to start without it."""
+    from pipelines import demo
+    from pipelines.stages import Runner, StageError
 
     calls = []
 
-    def fake_cli(args, stdout_log=None):  # stands in for trainer.world / trainer.train
-        calls.append(args[0])
+    def fake_cli(args, stdout_log=None):  # stands in for trainer.world / trainer.train / trainer.evaluate
+        calls.append(list(args))
         out = Path(args[args.index("--out") + 1])
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("train.json", "val.json") if args[0] == "trainer.world" else ("model.keras",):
+        names = {"trainer.world": ("train.json", "val.json"), "trainer.evaluate": ("report.json",)}
+        for name in names.get(args[0], ("model.keras",)):
             (out / name).write_text("{}")
-        time.sleep(0.05)
 
-    paths = Paths(tmp_path)
-    first = accuracy.sized_settings(Runner(tmp_path, cli=fake_cli), paths, budget_min=1.0, seed=0)
-    again = accuracy.sized_settings(Runner(tmp_path, cli=fake_cli), paths, budget_min=1.0, seed=0)
-    assert calls == ["trainer.world", "trainer.train"]  # the second call reuses both stages
-    assert first == again and first.world == "bench"
-    assert first.image_epochs > 1 and first.featuremod_epochs >= 1
+    settings = demo.preset.SMOKE
+    seed_dir = tmp_path / "seed1"
+    with pytest.raises(StageError, match="no finished image-only run"):
+        demo.train_and_evaluate(Runner(seed_dir, cli=fake_cli), demo.Paths(seed_dir, shared=tmp_path), settings, 1)
+    demo.train_and_evaluate(Runner(tmp_path, cli=fake_cli), demo.Paths(tmp_path), settings, 0)
+    calls.clear()
+    demo.train_and_evaluate(Runner(seed_dir, cli=fake_cli), demo.Paths(seed_dir, shared=tmp_path), settings, 1)
+    trained = [c for c in calls if c[0] == "trainer.train"]
+    assert [c[0] for c in calls] == ["trainer.train"] * 3 + ["trainer.evaluate"]
+    assert [c[c.index("--out") + 1] for c in trained] == [str(seed_dir / "runs" / k) for k in
+                                                          ("postprocess", "featuremod", "image_control")]
+    for c in calls:
+        assert c[c.index("--data") + 1] == str(tmp_path / "world") and c[c.index("--seed") + 1] == "1"
+    assert all(c[c.index("--init") + 1] == str(tmp_path / "runs" / "image") for c in trained)
+    calls.clear()
+    demo.train_and_evaluate(Runner(seed_dir, cli=fake_cli), demo.Paths(seed_dir, shared=tmp_path), settings, 1)
+    assert calls == []  # everything reused
+    (tmp_path / ".stamps" / "train-image.json").write_text('{"key": "redone"}')
+    demo.train_and_evaluate(Runner(seed_dir, cli=fake_cli), demo.Paths(seed_dir, shared=tmp_path), settings, 1)
+    assert [c[0] for c in calls] == ["trainer.train"] * 3 + ["trainer.evaluate"]
 
 
 def test_scale_fit_and_a_size_that_did_not_fit():
