@@ -139,7 +139,7 @@ def from_demo(out: Path) -> Section:
             "Training: " + "; ".join(curves) + ".", "", demo.comparison_table(report),
             "", "Whitelist fusion of each int8 bundle through the SDK (reported images; bold: the "
                 "bundle's recommendation, chosen on the tuning images):", "", fusion_table(fusion),
-            "", "Which model to ship:", "", demo.ship_table(report, fusion)]
+            "", "Which model to ship:", "", ship_table(report, fusion)]
     return Section("Accuracy on the demo world", "\n".join(body),
                    targets_from(primary["methods"], primary.get("oracle"), settings, fusion))
 
@@ -169,11 +169,11 @@ def run(work: Path, quick: bool = False, seed: int = 0, seeds: int = 1) -> Secti
 
         body += ["", "Radius sweep of the priors (radius chosen on the tuning images, bold):", "",
                  table_prior_sweep(primary["prior_sweep"])]
-    from converters.fusion import fusion_table
+    from converters.fusion import fusion_table, ship_table
 
     body += ["", "Whitelist fusion of each int8 bundle through the SDK, top-1 on the reported images (bold: the "
                  "bundle's recommendation, chosen on the tuning images):", "", fusion_table(fusion),
-             "", "Which model to ship:", "", demo.ship_table(report, fusion),
+             "", "Which model to ship:", "", ship_table(report, fusion),
              "", f"Full report: `{shown_path(paths.eval / 'report.md')}`."]
     return Section("Accuracy on the bench world", "\n".join(body),
                    targets_from(primary["methods"], primary.get("oracle"), settings, fusion), time.monotonic() - begin)

@@ -2,6 +2,7 @@
 through the SDK.
 
     python -m converters.fusion --bundle DIR [--bundle DIR ...] --data SPEC [--seed N] [--out FILE]
+                                [--report EVAL/report.json]
 
 Every candidate (whitelist off, soft at a few floors, hard) runs through `GeoClassifier` on the
 exported model, as an app would. `converters.export` measures them on the TUNING images (the
@@ -10,7 +11,9 @@ holds out to choose the prior radius; never the whitelist's own training records
 best into the manifest as `recommended_fusion`. This CLI measures every candidate of each bundle
 on the REPORTED images (the rest of `val`) and marks the recommended one, so a report shows what
 the choice costs against the best fusion in hindsight, with each model's file size and the median
-time of one classify call (under whatever load the machine has).
+time of one classify call (under whatever load the machine has). With `--report` (trainer.evaluate's
+report.json of the same runs and seed) it ends with "which model to ship": one row per bundle with
+its accuracy, file size, latency and recommended fusion.
 """
 from __future__ import annotations
 
@@ -121,13 +124,40 @@ def classify_ms(bundle_dir, ds, repeats: int = 30) -> float:
     return 1000.0 * float(np.median(times))
 
 
+def ship_table(report: dict, fusion: dict) -> str:
+    """"Which model to ship": one row per exported model kind: top-1 with location and with it
+    unknown, head / tail, int8 file size, classify latency and the recommended whitelist fusion
+    (report: trainer.evaluate's report.json; fusion: this module's results)."""
+    from trainer.evaluation.metrics import markdown_table, pct
+    from trainer.evaluation.report import NAMES, UNKNOWN
+
+    methods = report["primary"]["methods"]
+    rows = []
+    for entry in fusion.values():
+        kind = entry["model_kind"]
+        known = methods.get(NAMES[kind], {})
+        unknown = methods.get(NAMES[kind] + UNKNOWN, known if kind == "image" else {})
+        rows.append([NAMES[kind], pct(known.get("top1")), pct(unknown.get("top1")),
+                     pct(known.get("head", {}).get("top1")), pct(known.get("tail", {}).get("top1")),
+                     f"{entry['model_bytes'] / 1024:.0f} KiB", f"{entry['classify_ms']:.1f} ms",
+                     f"whitelist {entry['recommended']} ({100 * entry['reported_top1'][entry['recommended']]:.1f}%)"])
+    return markdown_table(["model (int8)", "top-1, location", "top-1, location unknown", "head", "tail",
+                           "model file", "classify (median)", "recommended fusion (its top-1 via the SDK)"], rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m converters.fusion", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", action="append", required=True, help="bundle folder (repeat for several)")
     parser.add_argument("--data", required=True, help="data SPEC whose `val` split is evaluated")
     parser.add_argument("--seed", type=int, default=0, help="the tuning split's seed (trainer.evaluate --seed)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--report", type=Path,
+                        help="trainer.evaluate's report.json of the same runs: end with the 'which model to ship' table")
     args = parser.parse_args(argv)
+    try:
+        report = json.loads(args.report.read_text()) if args.report else None
+    except (OSError, ValueError) as exc:
+        parser.error(f"--report {args.report}: not a trainer.evaluate report.json ({exc})")
     from trainer.data.readers import load_split
 
     results = {}
@@ -144,6 +174,8 @@ def main(argv=None) -> int:
             "recommended": recommended, "default_minus_best": 100 * (top1.get(recommended, np.nan) - max(top1.values())),
             "model_bytes": (Path(path) / "model.tflite").stat().st_size, "classify_ms": classify_ms(path, reported)}
     print(fusion_table(results))
+    if report is not None:
+        print("\nWhich model to ship:\n\n" + ship_table(report, results))
     if args.out:
         atomic_write_bytes(args.out, (json.dumps(results, indent=2) + "\n").encode())
     return 0

@@ -187,30 +187,9 @@ def export_bundles(runner: Runner, paths: Paths, settings: Settings, seed: int, 
 def fusion_stage(paths: Paths, bundles: list[Path], seed: int) -> Stage:
     """converters.fusion: every whitelist fusion of each bundle through the SDK on the reported images."""
     args = ["converters.fusion", *[a for b in bundles for a in ("--bundle", str(b))], "--data", str(paths.world),
-            "--seed", str(seed), "--out", str(paths.eval / "fusion.json")]
+            "--seed", str(seed), "--out", str(paths.eval / "fusion.json"), "--report", str(paths.eval / "report.json")]
     return Stage("fusion", args, [paths.eval / "fusion.json"], stdout_log=paths.logs / "fusion.md",
                  description="whitelist off / soft / hard through the SDK on the reported images")
-
-
-def ship_table(report: dict, fusion: dict) -> str:
-    """"Which model to ship": one row per exported model kind: top-1 with location and with it
-    unknown, head / tail, int8 file size, classify latency and the recommended whitelist fusion
-    (report: trainer.evaluate's report.json; fusion: converters.fusion's JSON)."""
-    from trainer.evaluation.metrics import markdown_table, pct
-    from trainer.evaluation.report import NAMES, UNKNOWN
-
-    methods = report["primary"]["methods"]
-    rows = []
-    for entry in fusion.values():
-        kind = entry["model_kind"]
-        known = methods.get(NAMES[kind], {})
-        unknown = methods.get(NAMES[kind] + UNKNOWN, known if kind == "image" else {})
-        rows.append([NAMES[kind], pct(known.get("top1")), pct(unknown.get("top1")),
-                     pct(known.get("head", {}).get("top1")), pct(known.get("tail", {}).get("top1")),
-                     f"{entry['model_bytes'] / 1024:.0f} KiB", f"{entry['classify_ms']:.1f} ms",
-                     f"whitelist {entry['recommended']} ({100 * entry['reported_top1'][entry['recommended']]:.1f}%)"])
-    return markdown_table(["model (int8)", "top-1, location", "top-1, location unknown", "head", "tail",
-                           "model file", "classify (median)", "recommended fusion (its top-1 via the SDK)"], rows)
 
 
 def comparison_table(report: dict) -> str:
@@ -270,10 +249,8 @@ def run_all(runner: Runner, settings: Settings, seed: int) -> None:
 
     runner.stage(fusion_stage(paths, export_bundles(runner, paths, settings, seed), seed))
     runner.header("whitelist fusion through the int8 bundles and the SDK (reported images; bold: each "
-                  "bundle's recommendation, chosen on the tuning images)")
+                  "bundle's recommendation, chosen on the tuning images), and which model to ship")
     print((paths.logs / "fusion.md").read_text(), flush=True)
-    runner.header("which model to ship")
-    print(ship_table(report, json.loads((paths.eval / "fusion.json").read_text())), flush=True)
 
     runner.header("classify validation images through the SDK, without and with their location")
     changed = sdk_examples(paths, settings.sdk_examples)

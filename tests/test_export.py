@@ -434,3 +434,29 @@ def test_export_cli_writes_a_bundle(tiny_bundles, random_runs, tmp_path, monkeyp
     manifest = open_bundle(tmp_path / "b").manifest
     assert manifest["whitelist"] == {"file": "whitelist.gwl", "radius_miles": 50.0, "precision": 3}
     assert manifest["metrics"]["verification"]["samples"] == 4
+
+
+def test_fusion_cli_ends_with_which_model_to_ship(tiny_bundles, tiny_world, tmp_path, capsys):
+    """converters.fusion --report: the bundle's measured fusions and file size beside
+    trainer.evaluate's accuracy rows, one row per bundle; a report that is not JSON is a clear error."""
+    from converters import fusion
+
+    out, manifest = tiny_bundles("postprocess", "int8")
+    from trainer.evaluation.report import NAMES, UNKNOWN
+
+    post = NAMES["postprocess"]
+    report = {"primary": {"methods": {post: {"top1": 0.5, "head": {"top1": 0.75}, "tail": {"top1": 0.25}},
+                                      post + UNKNOWN: {"top1": 0.125}}}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert fusion.main(["--bundle", str(out), "--data", tiny_world, "--report", str(tmp_path / "report.json"),
+                        "--out", str(tmp_path / "fusion.json")]) == 0
+    printed = capsys.readouterr().out.split("Which model to ship:")[1]
+    measured = json.loads((tmp_path / "fusion.json").read_text())["postprocess"]
+    row = next(line for line in printed.splitlines() if line.startswith(f"| {post} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:5] == ["50.0%", "12.5%", "75.0%", "25.0%"]
+    assert cells[5] == f"{measured['model_bytes'] / 1024:.0f} KiB" and cells[7].startswith(f"whitelist {measured['recommended']}")
+    (tmp_path / "bad.json").write_text("not json")
+    with pytest.raises(SystemExit):
+        fusion.main(["--bundle", str(out), "--data", tiny_world, "--report", str(tmp_path / "bad.json")])
+    assert "not a trainer.evaluate report.json" in capsys.readouterr().err
