@@ -208,6 +208,9 @@ def _axis_weights(in_size: int, out_size: int):
     return lower, upper, (centre - floor).astype(np.float32)
 
 
+_BAND_VALUES = 1 << 15  # float32 values per temporary of one band of output rows (128 KiB)
+
+
 @functools.lru_cache(maxsize=32)
 def _resize_plan(in_height: int, in_width: int, height: int, width: int):
     """Gather indices and weights of one resize (an app resizes frames of the same size again and
@@ -236,10 +239,11 @@ def resize_image(image: np.ndarray, size) -> np.ndarray:
     # Rows as flat [w * 3] vectors, so every gather and every float32 op below runs over whole
     # output rows (a trailing axis of 3 would make numpy loop 3 elements at a time).
     rows = np.ascontiguousarray(image).reshape(image.shape[0], -1)
+    out = np.empty((height, width * 3), dtype=np.uint8)
 
     def lerp_columns(row_indices):
         """TF's top_values/bottom_values: left + (right - left) * x_lerp, in float32."""
-        picked = np.take(rows, row_indices, axis=0)
+        picked = rows[row_indices]  # (a 1-D index on the first axis copies whole rows: cheaper than np.take here)
         values = np.take(picked, left, axis=1, mode="clip").astype(np.float32)
         step = np.take(picked, right, axis=1, mode="clip").astype(np.float32)
         step -= values
@@ -247,15 +251,22 @@ def resize_image(image: np.ndarray, size) -> np.ndarray:
         values += step
         return values
 
-    # The same float32 arithmetic as the kernel, in place: top + (bottom - top) * y_lerp.
-    out, bottom_values = lerp_columns(top), lerp_columns(bottom)
-    bottom_values -= out
-    bottom_values *= y_lerp
-    out += bottom_values
-    np.rint(out, out=out)  # round half to even, as tf.round
-    # No clip to [0, 255] needed (the trainer's is a no-op): with 0 <= lerp < 1, a + (b - a) * lerp
-    # rounds into [min(a, b), max(a, b)] (IEEE rounding is monotone), so every value stays in [0, 255].
-    return out.astype(np.uint8).reshape(height, width, 3)
+    # A band of output rows at a time keeps the float32 temporaries in the CPU's cache (and the
+    # model's weights there for the invoke that follows): the same arithmetic, row by row.
+    band = max(1, _BAND_VALUES // (width * 3))
+    for begin in range(0, height, band):
+        rows_here = slice(begin, begin + band)
+        # The same float32 arithmetic as the kernel, in place: top + (bottom - top) * y_lerp.
+        values, bottom_values = lerp_columns(top[rows_here]), lerp_columns(bottom[rows_here])
+        bottom_values -= values
+        bottom_values *= y_lerp[rows_here]
+        values += bottom_values
+        # round half to even, as tf.round; no clip to [0, 255] needed (the trainer's is a no-op):
+        # with 0 <= lerp < 1, a + (b - a) * lerp rounds into [min(a, b), max(a, b)] (IEEE rounding
+        # is monotone), so every value stays in [0, 255] and the uint8 cast is exact.
+        np.rint(values, out=values)
+        out[rows_here] = values
+    return out.reshape(height, width, 3)
 
 
 def prepare_image(image, size) -> np.ndarray:

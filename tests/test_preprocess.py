@@ -103,6 +103,22 @@ def test_resize_same_size_is_identity_and_bad_size_rejected():
         resize_image(RGB, (0, 4))
 
 
+@pytest.mark.parametrize("band_values", [1, 7 * 3 * 5, 1 << 30])
+def test_resize_bands_give_the_same_pixels(monkeypatch, band_values):
+    """The resize runs over bands of output rows (one row, several with a shorter last one, all at
+    once): the pixels are the same however the rows are banded, and come back C-contiguous."""
+    from mobile_sdk import preprocess
+
+    image = _photo_like(61, 47, 3)
+    sizes = [(23, 7), (1, 1), (64, 5), (9, 100)]
+    expected = [resize_image(image, size) for size in sizes]
+    monkeypatch.setattr(preprocess, "_BAND_VALUES", band_values)
+    for size, want in zip(sizes, expected):
+        got = resize_image(image, size)
+        assert got.shape == (*size, 3) and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want, err_msg=f"{size}, band of {band_values} values")
+
+
 # -- parity with the trainer's tf.data path ------------------------------------------------------
 
 @pytest.fixture(scope="module")
