@@ -83,13 +83,14 @@ class Overrides:
             raise InvalidOptionsError(f"always_allow/label_thresholds name labels not in this bundle: {unknown[:5]}")
         self.always_allow = np.zeros(len(labels), dtype=bool)
         self.always_allow[[index[n] for n in options.always_allow or ()]] = True
+        self._allows_any = bool(self.always_allow.any())
         self.min_score = np.zeros(len(labels), dtype=np.float64)
         for name, value in (options.label_thresholds or {}).items():
             self.min_score[index[name]] = float(value)
 
     def allow(self, mask: np.ndarray | None) -> np.ndarray | None:
         """The whitelist mask with the always-allowed labels let through."""
-        return None if mask is None else mask | self.always_allow
+        return mask if mask is None or not self._allows_any else mask | self.always_allow
 
 
 def excluded_labels(labels, vision: np.ndarray, scores: np.ndarray, top_final: np.ndarray, k: int, *,

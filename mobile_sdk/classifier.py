@@ -83,6 +83,8 @@ class GeoClassifier:
         self._overrides = answers.Overrides(options, self.labels)
         # a label is kept when its score reaches both score_threshold and its own label threshold
         self._min_score = np.maximum(self._overrides.min_score, options.score_threshold)
+        # no list, no threshold (the usual options): what is kept is scores >= 0, one numpy call a classify
+        self._keeps_all = bool(self._category_mask.all() and not self._min_score.any())
         self._split = open_split_models(bundle, options.split_models, options.num_threads)
         # A geo bundle's expected-nearby thresholds are on its own scores: they answer where it is present.
         self._nearby = nearby.open_thresholds(bundle if self._geo is None else self._geo)
@@ -200,7 +202,7 @@ class GeoClassifier:
         allowed = self._whitelist_allowed(location, accuracy_m, off=self.options.use_whitelist is False)
         mask = None if self.fusion.whitelist == "off" else self._whitelist_mask(allowed)
         scores, filtered = self.fusion.apply(probs, out["logits"].reshape(-1) if "logits" in out else None, mask)
-        keep = self._category_mask & (scores >= self._min_score)
+        keep = scores >= 0.0 if self._keeps_all else self._category_mask & (scores >= self._min_score)
         if mask is not None and self.fusion.whitelist == "hard" and filtered:
             keep &= mask
         flags = None if location is None else self._deferred_flags(location, allowed, location_logits)

@@ -38,7 +38,7 @@ class Ranking:
 
     def __init__(self, scores: np.ndarray, keep: np.ndarray, limit: int | None):
         self._scores = scores
-        self._kept = np.flatnonzero(keep)
+        self._kept = keep.nonzero()[0]  # keep is 1-D: flatnonzero without its ravel
         self.size = self._kept.size if limit is None else min(limit, self._kept.size)
         self._order, self._sorted = _NONE, 0  # the first `_sorted` kept labels, best first
 

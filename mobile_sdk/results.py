@@ -119,21 +119,21 @@ class Categories(_ReadLikeTuple):
         return self._ranking.size
 
     def __getitem__(self, position):
-        if isinstance(position, slice):
-            return tuple(self[i] for i in range(*position.indices(len(self))))
-        if isinstance(position, numbers.Integral) and not isinstance(position, (bool, np.bool_)):
+        if not (type(position) is int and 0 <= position < self._ranking.size):  # else the common read, [0]
+            if isinstance(position, slice):
+                return tuple(self[i] for i in range(*position.indices(len(self))))
+            if not isinstance(position, numbers.Integral) or isinstance(position, (bool, np.bool_)):
+                raise TypeError(f"Categories indices must be integers or slices, not {type(position).__name__}")
             position = int(position)
             if position < 0:
                 position += len(self)
             if not 0 <= position < len(self):
                 raise IndexError("Categories index out of range")
-        else:
-            raise TypeError(f"Categories indices must be integers or slices, not {type(position).__name__}")
         category = self._built.get(position)
         if category is None:
             index = int(self._ranking.first(position + 1)[position])
             category = self._built[position] = Category(
-                index=index, label=self._labels[index],
+                index, self._labels[index],
                 **{name: None if values is None else _python(values[index]) for name, values in self._columns.items()})
         return category
 
