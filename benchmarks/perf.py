@@ -115,12 +115,15 @@ def latency_ratios(repeats: int, sizes):
         for kind, t in timings.items():
             rows.append([f"{image_size} px, alpha {alpha}", kind, *ratio_cells(t, wall[kind], base, wall["image"].median)])
         for kind in ("postprocess", "featuremod"):
-            why = ("feature modulation adds a Dense layer (geo features -> channels) and a broadcast int8 Add "
-                   "into the feature map at each of 14 blocks, on top of the float location front end. Fusing "
-                   "the 14 Dense layers into one (a prototype: one matmul, one gate, one split) measured no "
-                   "better: 1.21-1.37x against 1.20-1.27x unfused at 64 px over 6 interleaved runs. The Adds "
-                   "and the front end are the cost. Fewer modulated blocks would cut them; not tried, as it needs an accuracy "
-                   "comparison by training") if kind == "featuremod" else (
+            why = ("feature modulation adds, per modulated block, an int8 FULLY_CONNECTED (geo features -> "
+                   "channels), an int8 MUL (the known gate) and a broadcast int8 ADD into the feature map (14 "
+                   "blocks), after the float location front end and geo MLP; the int8 graph has no "
+                   "QUANTIZE/DEQUANTIZE around the Adds (one QUANTIZE after the float first geo layer, one for "
+                   "the known flag). A model with one modulated block costs 1.07-1.13x, so the front end alone "
+                   "is over the limit. One Dense for all 14 blocks (one FC, one gate, 14 slices; the converter "
+                   "keeps a RESHAPE per slice) measured 1.25-1.30x against 1.28-1.31x unfused over 5 "
+                   "interleaved rounds (3-4% less in each): the op count barely changes. Fewer modulated blocks would cut the "
+                   "cost; not tried, as it needs an accuracy comparison by training") if kind == "featuremod" else (
                 "the geo MLP (256-128-128 + logits) is a fixed cost, large next to a small image network")
             key = "featuremod_vs_image_latency_64_int8" if (kind, (image_size, alpha)) == ("featuremod", DEMO_SIZE) else None
             targets.append(ratio_target(f"{kind} ≤ 1.05x image-only latency at {image_size} px alpha {alpha}",
