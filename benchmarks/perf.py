@@ -11,7 +11,8 @@
 - the whitelist table: bytes vs gzip -9 JSON, build time, single and batched lookup throughput
   (benchmarks.bench_whitelist, owned by the SDK);
 - training images/s: the trainer's tf.data input pipeline feeding a model against plain
-  model.fit on the same images already decoded in memory (the ceiling for the pipeline).
+  model.fit on the same images already decoded in memory (the ceiling for the pipeline), and the
+  whole `python -m trainer.train` command against that ceiling (benchmarks.train_ceiling).
 """
 from __future__ import annotations
 
@@ -353,7 +354,9 @@ def run(work: Path, repeats: int = 50, quick: bool = False, accuracy_dir: Path |
         parts += ["", "### Trained-model benchmarks", "",
                   "Skipped: no trained post-processing run found (run `make demo` or the accuracy section)."]
         targets += [Target("int8 top-1 within 1 point of float", None, "no trained run"),
-                    Target("int8 file ≤ 0.3x float", None, "no trained run")]
+                    Target("int8 file ≤ 0.3x float", None, "no trained run"),
+                    Target("trainer.train ≥ 0.9x the images/s of a bare in-memory model.fit", None, "no world",
+                           key="train_cli_vs_fit_ceiling")]
     else:
         manifests = export_pair(root, work, verify_samples=64 if quick else 1000)
         v = {m: manifests[m]["metrics"]["verification"] for m in manifests}
@@ -380,6 +383,12 @@ def run(work: Path, repeats: int = 50, quick: bool = False, accuracy_dir: Path |
                   "", f"Pipeline / in-memory = {pipeline / memory:.2f}x (measured one after the other on a shared "
                       "machine). Above 1 means the input pipeline is not the bottleneck: both are bound by the "
                       "model's compute, and Keras slices numpy arrays per batch on the Python side."]
+        from benchmarks import train_ceiling
+
+        ceiling = train_ceiling.section(root / "world", rows=300 if quick else 2400, epochs=3 if quick else 5,
+                                        work=work)
+        parts += ["", f"### {ceiling.title}", "", ceiling.body]
+        targets += ceiling.targets
 
     from benchmarks import bench_whitelist
 

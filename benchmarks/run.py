@@ -7,7 +7,8 @@ Sections:
   feature modulation) plus the oracle bound and each method's gap to it;
 - geography: real iNaturalist geography (../shared/data/inat500_observations.npz), location alone;
 - perf: classify() vs bare LiteRT invoke, geo vs image-only latency, int8 vs float, the whitelist
-  table (benchmarks.bench_whitelist), lookup throughput, training images/s vs plain model.fit;
+  table (benchmarks.bench_whitelist), lookup throughput, training images/s vs plain model.fit
+  (the input pipeline, and the whole trainer.train command: benchmarks.train_ceiling);
 - scale: the whitelist table and the priors index from 500 to 50,000 labels and 270k to 30M
   observations (benchmarks.scale), growth fitted and projected.
 - split: per-frame latency of the split geo/vision models (geo cached) vs the single model.

@@ -252,3 +252,37 @@ def test_expected_nearby_is_the_bundles_lpt_r_rule():
     shifted = geography.nearby_stats(lambda ll: log_probs(ll) + 4.0 * (ll[:, 1] > 0)[:, None], "softmax", val,
                                      test_latlon, test_labels)
     assert shifted == stats
+
+
+def test_train_ceiling_subset_keeps_every_label(tiny_world, tmp_path):
+    from benchmarks import train_ceiling
+    from trainer.data.readers import load_split
+
+    world = load_split(tiny_world, "train")
+    subset = load_split(train_ceiling.subset_spec(Path(tiny_world), len(world) // 4, tmp_path), "train")
+    assert subset.label_names == world.label_names
+    assert len(world) // 5 < len(subset) <= len(world) // 3
+    assert set(subset.paths) < set(world.paths)
+    assert train_ceiling.subset_spec(Path(tiny_world), None, tmp_path) == tiny_world
+
+
+def test_train_ceiling_summary_is_the_median_after_the_first_epoch():
+    from benchmarks import train_ceiling
+
+    result = {"train_size": 100, "epochs": 4,
+              "trainer.train": {"wall": [90.0, 5.0, 4.0, 6.0], "cpu": [50.0, 2.0, 4.0, 3.0]},
+              "model.fit": {"wall": [1.0, 2.0, 2.0, 2.0], "cpu": [80.0, 1.0, 2.0, 2.0]}}
+    speed = train_ceiling.summary(result)
+    assert speed["trainer.train"] == {"wall": 20.0, "cpu": 100 / 3}
+    assert speed["model.fit"] == {"wall": 50.0, "cpu": 50.0}
+
+
+@pytest.mark.slow
+def test_train_ceiling_measures_both_sides_epoch_by_epoch(tiny_world, tmp_path):
+    from benchmarks import train_ceiling
+
+    result = train_ceiling.measure(tiny_world, tmp_path, epochs=2, image_size=32, alpha=0.35, batch_size=16)
+    for side in ("trainer.train", "model.fit"):
+        assert len(result[side]["cpu"]) == len(result[side]["wall"]) == 2
+        assert all(0 < cpu for cpu in result[side]["cpu"])
+    assert (tmp_path / "cli-run" / "model.keras").is_file()
