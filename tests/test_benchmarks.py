@@ -286,3 +286,14 @@ def test_train_ceiling_measures_both_sides_epoch_by_epoch(tiny_world, tmp_path):
         assert len(result[side]["cpu"]) == len(result[side]["wall"]) == 2
         assert all(0 < cpu for cpu in result[side]["cpu"])
     assert (tmp_path / "cli-run" / "model.keras").is_file()
+
+
+def test_train_ceiling_verdict_is_by_cpu_time():
+    from benchmarks import train_ceiling
+
+    result = {"train_size": 100, "epochs": 3,
+              "trainer.train": {"wall": [9.0, 1.0, 1.0], "cpu": [9.0, 2.0, 2.0]},
+              "model.fit": {"wall": [9.0, 1.0, 1.0], "cpu": [9.0, 1.0, 1.0]}}
+    target, = train_ceiling.report(result).targets
+    assert (target.key, target.value, target.met) == ("train_cli_vs_fit_ceiling", 0.5, False)
+    assert "by wall time 1.000x" in target.detail and "Why:" in target.detail
