@@ -18,8 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pipelines.demo $(ARGS)
 
+# Every test, on every core (at most 4 workers; tests/conftest.py builds the shared fixtures once).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --no-loadscope-reorder
 
 # The quick loop while editing (well under a minute on 2 cores): the parts without TensorFlow
 # models (geo maths, geohash, whitelist, priors, metrics, readers, the stage engine, docs and

@@ -1,5 +1,12 @@
 """The shared test harness: session-scoped tiny world, tiny runs of each kind and exported bundles,
-built once per `pytest` session in-process, and the shared-data guard.
+built once per test run, and the shared-data guard.
+
+`make test` runs the tests on every core (pytest-xdist, `-n auto --dist loadgroup`): each worker
+process is a pytest session of its own, so the expensive session fixtures below are built by
+`built_once` in a folder every worker of the run shares (the first worker builds it under a file
+lock, the others wait for it and read it). Tests that share a module-scoped fixture are sent to one
+worker in a row (`pytest_collection_modifyitems`), so it is built once as well; slow tests are sent
+first, so the longest ones do not start last.
 
 - `tiny_world`: the `tiny` world (presets/tiny.py), seed 0, as a path string.
 - `random_runs`: one untrained run folder per model kind (fast; for export and interface tests);
@@ -16,11 +23,14 @@ built once per `pytest` session in-process, and the shared-data guard.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import pytest
 
@@ -33,6 +43,59 @@ class SmokeDemo(NamedTuple):
     runs: dict  # {kind: run folder} for image, postprocess, featuremod
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `name`, written by `build(folder)` once per test run: in one pytest process a fresh
+    temporary folder; under pytest-xdist a folder all workers of the run share, built by the first
+    worker that asks for it (under a file lock) and reused by the others. Callers treat it as read-only."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent  # the run's folder above every worker's own (pytest-xdist docs)
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this worker dies
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # half-written by a worker whose build failed
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+# Session fixtures so long to build that a second worker must not sit waiting for them: their tests
+# go to one worker, like those of a module-scoped fixture.
+ONE_WORKER = ("smoke_demo",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    """Tests that share a module-scoped fixture (or one of ONE_WORKER) go in one xdist_group: one worker
+    runs them in a row, so the fixture is built once (a worker tears a module's fixtures down whenever
+    its next test is from another module). Under pytest-xdist, slow tests first: workers get tests in this order
+    (`--no-loadscope-reorder`), so the longest do not start last."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # a stable sort
+    parent = {}
+
+    def root(key):
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    keys_of = {}
+    for item in items:
+        keys = [f"{item.module.__name__}::{name}" if defs[-1].scope == "module" else name
+                for name, defs in item._fixtureinfo.name2fixturedefs.items()
+                if defs and (defs[-1].scope == "module" or name in ONE_WORKER)]
+        for key in keys[1:]:
+            parent[root(key)] = root(keys[0])
+        keys_of[item] = keys
+    for item, keys in keys_of.items():
+        if keys:
+            item.add_marker(pytest.mark.xdist_group(root(keys[0])))
+
+
 @pytest.fixture(scope="session")
 def inat500_observations() -> Path:
     """272,037 iNaturalist observations of 500 species (npz: train_locs, train_ids, taxon_names)."""
@@ -43,7 +106,8 @@ def inat500_observations() -> Path:
 def tiny_world(tmp_path_factory) -> str:
     from trainer.world.build import write_world
 
-    return str(write_world(tmp_path_factory.mktemp("world") / "tiny", "tiny", seed=0, progress=False))
+    folder = built_once(tmp_path_factory, "world", lambda out: write_world(out / "tiny", "tiny", seed=0, progress=False))
+    return str(folder / "tiny")
 
 
 @pytest.fixture(scope="session")
@@ -52,33 +116,39 @@ def random_runs(tiny_world, tmp_path_factory) -> dict:
     from harness import random_runs
     from trainer.training.runs import load_run
 
-    folders = random_runs(tiny_world, tmp_path_factory.mktemp("random_runs"))
-    return {kind: load_run(path) for kind, path in folders.items()}
+    root = built_once(tmp_path_factory, "random_runs", lambda out: random_runs(tiny_world, out))
+    return {kind: load_run(root / kind) for kind in IMAGE_MODEL_KINDS}
 
 
 @pytest.fixture(scope="session")
 def smoke_demo(tmp_path_factory) -> SmokeDemo:
     """The demo's smoke variant, run as a user runs it (each stage a `python -m` command)."""
-    out = tmp_path_factory.mktemp("smoke_demo") / "demo"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    completed = subprocess.run([sys.executable, "-m", "pipelines.demo", "--quick", "--out", str(out)], cwd=REPO,
-                               env=env, capture_output=True, text=True, timeout=1800)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return SmokeDemo(out, completed.stdout, {kind: out / "runs" / kind for kind in IMAGE_MODEL_KINDS})
+    def run(root: Path) -> None:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        completed = subprocess.run([sys.executable, "-m", "pipelines.demo", "--quick", "--out", str(root / "demo")],
+                                   cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+        (root / "stdout.txt").write_text(completed.stdout)
+
+    root = built_once(tmp_path_factory, "smoke_demo", run)
+    out = root / "demo"
+    return SmokeDemo(out, (root / "stdout.txt").read_text(), {kind: out / "runs" / kind for kind in IMAGE_MODEL_KINDS})
 
 
 @pytest.fixture(scope="session")
 def tiny_bundles(random_runs, tmp_path_factory):
-    """get(kind, mode) -> (bundle folder, manifest), each exported once per session."""
+    """get(kind, mode) -> (bundle folder, manifest), each exported once per test run (when first asked for)."""
     from converters.export import export_bundle
+    from mobile_sdk.bundle import MANIFEST_FILE
 
-    root = tmp_path_factory.mktemp("bundles")
     cache = {}
 
     def get(kind: str, mode: str):
         if (kind, mode) not in cache:
-            out = root / f"{kind}-{mode}"
-            cache[kind, mode] = (out, export_bundle(random_runs[kind], out, mode, **EXPORT_SAMPLES))
+            root = built_once(tmp_path_factory, f"bundle-{kind}-{mode}",
+                              lambda out: export_bundle(random_runs[kind], out / "bundle", mode, **EXPORT_SAMPLES))
+            out = root / "bundle"
+            cache[kind, mode] = (out, json.loads((out / MANIFEST_FILE).read_text()))
         return cache[kind, mode]
     return get
 
@@ -90,14 +160,10 @@ def tiny_bundle(tiny_bundles) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_tflite(tmp_path_factory):
-    """get(kind) -> the toy contract model's .tflite path, converted once per session (read-only: copy it)."""
+    """get(kind) -> the toy contract model's .tflite path, converted once per test run (read-only: copy it)."""
     from test_sdk import _tiny_tflite
 
-    root = tmp_path_factory.mktemp("toy_tflite")
-    cache = {}
-
     def get(kind: str) -> Path:
-        if kind not in cache:
-            cache[kind] = _tiny_tflite(root / f"{kind}.tflite", kind)
-        return cache[kind]
+        return built_once(tmp_path_factory, f"toy_tflite-{kind}", lambda out: _tiny_tflite(out / "model.tflite", kind)) \
+            / "model.tflite"
     return get

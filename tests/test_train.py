@@ -700,30 +700,39 @@ def _tiny_args(data, model, out, *extra, steps=4, epochs=2):
 
 
 @pytest.fixture(scope="module")
-def two_worker_image_run(tiny_world, tmp_path_factory):
-    """An image-only run trained by 2 workers (both exit 0 with identical weights); the chief's run
-    folder image-0 (and image-1, which must not exist) under one folder. The geo models of both
-    tests below start from it."""
+def two_worker_runs(tiny_world, tmp_path_factory):
+    """A run of every image model kind trained by 2 workers (each exits 0 with identical weights),
+    the chief's folder KIND-0 under one root (KIND-1 must not exist). The geo models start from the
+    image run, both clusters at once (mostly one core per process). The post-processing run is also
+    the parity test's: whole epochs until its tuning loss settles (4; see PARITY_NOISE_FLOOR)."""
     root = tmp_path_factory.mktemp("two_workers")
     _finish(_cluster(lambda i: _tiny_args(tiny_world, "image", root / f"image-{i}", "--strategy", "multiworker")))
+    clusters = [_cluster(lambda i: _tiny_args(tiny_world, "featuremod", root / f"featuremod-{i}", "--strategy",
+                                              "multiworker")),
+                _cluster(lambda i: _parity_postprocess_args(tiny_world, root, root / f"postprocess-{i}", "--strategy",
+                                                            "multiworker"))]
+    for cluster in clusters:
+        _finish(cluster)
     return root
 
 
+def _parity_postprocess_args(tiny_world, root, out, *extra):
+    """The parity test's post-processing run (2 workers or one process): from the 2-worker image run
+    under `root` (what both start from is not compared), 4 whole epochs, patience above the cap."""
+    return _tiny_args(tiny_world, "postprocess", out, "--init", str(root / "image-0"), "--patience", "4", *extra,
+                      steps=None, epochs=4)
+
+
 @pytest.mark.slow
-def test_two_workers_train_and_export_every_model_kind(tiny_world, two_worker_image_run, tmp_path):
+def test_two_workers_train_and_export_every_model_kind(tiny_world, two_worker_runs, tmp_path):
     """Both exit 0 with identical weights, only the chief writes its run folder, the run exports."""
     from converters.export import export_bundle
 
-    root = two_worker_image_run
-    clusters = [_cluster(lambda i: _tiny_args(tiny_world, model, root / f"{model}-{i}", "--strategy", "multiworker",
-                                              *init))  # both clusters at once: mostly one core per process
-                for model, init in (("featuremod", ()), ("postprocess", ("--init", str(root / "image-0"))))]
-    for cluster in clusters:
-        _finish(cluster)
+    root = two_worker_runs
     for model in IMAGE_MODEL_KINDS:
         assert not (root / f"{model}-1").exists()  # only the chief writes its run folder
         run = load_run(root / f"{model}-0")
-        assert run.config.strategy == "multiworker" and run.metrics["epochs_done"] == 2
+        assert run.config.strategy == "multiworker" and run.metrics["epochs_done"] == run.config.epochs >= 2
     manifest = export_bundle(str(root / "featuremod-0"), tmp_path / "bundle", "float32", data=str(tiny_world),
                              verify_samples=8)
     assert manifest["metrics"]["verification"]["samples"] > 0
@@ -738,33 +747,26 @@ PARITY_NOISE_FLOOR = 0.05
 
 
 @pytest.mark.slow
-def test_two_workers_reach_the_metrics_of_one_process_within_seed_noise(tiny_world, two_worker_image_run, tmp_path):
+def test_two_workers_reach_the_metrics_of_one_process_within_seed_noise(tiny_world, two_worker_runs, tmp_path):
     """One process and 2 workers with the same global batch of 16 on the same data: the 2-worker run's
     final tuning and training loss lie within the spread between one process's seeds. Measured on
     post-processing, whose geo head learns the tiny world's ranges within 4 epochs (tune loss about
     1.8 -> 0.8); the tiny image model does not learn within a test's budget (its tuning top-1 stays
     at the majority label for 6 epochs), so its metrics would agree whether training worked or not.
     Every run starts from the same image run (the 2-worker one: what it starts from is not compared)."""
-    post = ("--init", str(two_worker_image_run / "image-0"), "--patience", "4")
-    # The 2-worker run and both single processes at once (each process mostly uses one core).
-    two_workers = _cluster(lambda i: _tiny_args(tiny_world, "postprocess", tmp_path / f"two-{i}", "--strategy",
-                                                "multiworker", *post, steps=None, epochs=4))
-    one_process = [_python(["-m", "trainer.train", *_tiny_args(tiny_world, "postprocess", tmp_path / f"one-{seed}",
-                                                                *post, "--seed", str(seed), steps=None, epochs=4)])
-                   for seed in (0, 1)]
-    _finish(two_workers)
-    for proc in one_process:
-        out, _ = proc.communicate(timeout=1800)
-        assert proc.returncode == 0, out[-3000:]
+    # Both seeds in one process, one after the other (one TensorFlow start; train.main seeds each run).
+    runs = [_parity_postprocess_args(tiny_world, two_worker_runs, tmp_path / f"one-{seed}", "--seed", str(seed))
+            for seed in (0, 1)]
+    one_process = _python(["-c", f"import sys; from trainer import train; sys.exit(max(train.main(a) for a in {runs!r}))"])
+    out, _ = one_process.communicate(timeout=1800)
+    assert one_process.returncode == 0, out[-3000:]
     singles = [load_run(tmp_path / f"one-{seed}").metrics["history"] for seed in (0, 1)]
-    two = load_run(tmp_path / "two-0").metrics["history"]
+    two = load_run(two_worker_runs / "postprocess-0").metrics["history"]
     for metric in ("tune_loss", "loss"):
         first, last = ([h[epoch][metric] for h in singles] for epoch in (0, -1))
         noise = max(3 * abs(last[0] - last[1]), PARITY_NOISE_FLOOR)
         assert min(first) - max(last) > 5 * noise, (metric, first, last)  # training moved it far beyond the noise
         assert abs(two[-1][metric] - np.mean(last)) <= noise, (metric, two[-1][metric], last)
-
-
 
 
 @pytest.mark.slow
