@@ -5,8 +5,8 @@ built once per test run, and the shared-data guard.
 process is a pytest session of its own, so the expensive session fixtures below are built by
 `built_once` in a folder every worker of the run shares (the first worker builds it under a file
 lock, the others wait for it and read it). Tests that share a module-scoped fixture are sent to one
-worker in a row (`pytest_collection_modifyitems`), so it is built once as well; slow tests are sent
-first, so the longest ones do not start last.
+worker in a row (`pytest_collection_modifyitems`, `pytest_xdist_make_scheduler`), so it is built once
+as well; slow tests are sent first, so the longest ones do not start last.
 
 - `tiny_world`: the `tiny` world (presets/tiny.py), seed 0, as a path string.
 - `random_runs`: one untrained run folder per model kind (fast; for export and interface tests);
@@ -66,16 +66,18 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
 # Session fixtures so long to build that a second worker must not sit waiting for them: their tests
 # go to one worker, like those of a module-scoped fixture.
 ONE_WORKER = ("smoke_demo",)
+GROUPS_FILE = "xdist-groups.json"  # in the run's folder: {node id: group} from the workers to the scheduler
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
-def pytest_collection_modifyitems(items):
-    """Tests that share a module-scoped fixture (or one of ONE_WORKER) go in one xdist_group: one worker
-    runs them in a row, so the fixture is built once (a worker tears a module's fixtures down whenever
-    its next test is from another module). Under pytest-xdist, slow tests first: workers get tests in this order
-    (`--no-loadscope-reorder`), so the longest do not start last."""
-    if "PYTEST_XDIST_WORKER" in os.environ:
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # a stable sort
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Tests that share a module-scoped fixture (or one of ONE_WORKER) form one group, which one
+    worker runs in a row (`GroupScheduling`), so the fixture is built once (a worker tears a module's
+    fixtures down whenever its next test is from another module). Under pytest-xdist, slow tests
+    first: the scheduler hands tests out in this order, so the longest do not start last."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # a stable sort
     parent = {}
 
     def root(key):
@@ -90,10 +92,31 @@ def pytest_collection_modifyitems(items):
                 if defs and (defs[-1].scope == "module" or name in ONE_WORKER)]
         for key in keys[1:]:
             parent[root(key)] = root(keys[0])
-        keys_of[item] = keys
-    for item, keys in keys_of.items():
-        if keys:
-            item.add_marker(pytest.mark.xdist_group(root(keys[0])))
+        keys_of[item.nodeid] = keys
+    groups = {nodeid: root(keys[0]) for nodeid, keys in keys_of.items() if keys}
+    # Every worker collects the same tests, so they all write the same file.
+    from mobile_sdk.fileio import atomic_write_text
+    atomic_write_text(config._tmp_path_factory.getbasetemp().parent / GROUPS_FILE, json.dumps(groups))
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: plain pytest runs without it
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` with the groups above. pytest-xdist's own loadgroup reads xdist_group marks
+    by renaming each test's node id, which pytest 9 no longer lets it do (every test then runs alone),
+    so the workers hand the groups over in GROUPS_FILE, read once all of them have collected."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        groups = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = json.loads((config._tmp_path_factory.getbasetemp() / GROUPS_FILE).read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
