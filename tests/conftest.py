@@ -160,18 +160,20 @@ def smoke_demo(tmp_path_factory) -> SmokeDemo:
 
 @pytest.fixture(scope="session")
 def tiny_bundles(random_runs, tmp_path_factory):
-    """get(kind, mode) -> (bundle folder, manifest), each exported once per test run (when first asked for)."""
+    """get(kind, mode) -> (bundle folder, the manifest export_bundle returned), each exported once per
+    test run (when first asked for)."""
     from converters.export import export_bundle
-    from mobile_sdk.bundle import MANIFEST_FILE
 
     cache = {}
 
+    def export(root: Path, kind: str, mode: str) -> None:
+        manifest = export_bundle(random_runs[kind], root / "bundle", mode, **EXPORT_SAMPLES)
+        (root / "returned_manifest.json").write_text(json.dumps(manifest))  # beside the bundle, for other workers
+
     def get(kind: str, mode: str):
         if (kind, mode) not in cache:
-            root = built_once(tmp_path_factory, f"bundle-{kind}-{mode}",
-                              lambda out: export_bundle(random_runs[kind], out / "bundle", mode, **EXPORT_SAMPLES))
-            out = root / "bundle"
-            cache[kind, mode] = (out, json.loads((out / MANIFEST_FILE).read_text()))
+            root = built_once(tmp_path_factory, f"bundle-{kind}-{mode}", lambda out: export(out, kind, mode))
+            cache[kind, mode] = (root / "bundle", json.loads((root / "returned_manifest.json").read_text()))
         return cache[kind, mode]
     return get
 
