@@ -297,3 +297,24 @@ def test_train_ceiling_verdict_is_by_cpu_time():
     target, = train_ceiling.report(result).targets
     assert (target.key, target.value, target.met) == ("train_cli_vs_fit_ceiling", 0.5, False)
     assert "by wall time 1.000x" in target.detail and "Why:" in target.detail
+
+
+def test_seed_spread_targets_judge_the_mean_of_the_paired_gaps():
+    """One lucky seed does not meet a target: the gap of every seed is averaged before the limit."""
+    from benchmarks.accuracy import seed_spread_targets
+    from trainer.evaluation.report import NAMES, UNKNOWN
+
+    def report(post, fm, unknown, control, oracle):
+        methods = {NAMES["postprocess"]: post, NAMES["featuremod"]: fm, NAMES["featuremod"] + UNKNOWN: unknown,
+                   NAMES["image_control"]: control, "oracle": oracle}
+        return {"primary": {"oracle": "oracle", "methods": {k: {"top1": v / 100} for k, v in methods.items()}}}
+
+    targets = seed_spread_targets([report(74, 75, 63, 63.5, 76), report(75, 76, 61, 65, 76.5), report(75, 76.5, 63, 64, 76)])
+    by_key = {t.key: t for t in targets}
+    fm = by_key["featuremod_minus_postprocess_top1_over_seeds"]
+    unknown = by_key["featuremod_unknown_minus_image_control_top1_over_seeds"]
+    oracle = by_key["postprocess_minus_oracle_top1_over_seeds"]
+    assert (fm.met, fm.value) == (True, pytest.approx(1.17, abs=0.01))
+    assert (unknown.met, unknown.value) == (False, pytest.approx(1.83, abs=0.01))  # seed 0 alone (0.5) would have met it
+    assert (oracle.met, oracle.value) == (False, pytest.approx(-1.5))
+    assert "per seed +0.5, +4.0, +1.0" in unknown.detail
