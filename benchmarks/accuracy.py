@@ -146,7 +146,7 @@ def geo_seed(work: Path, shared: Path, settings: Settings, seed: int) -> dict:
 def from_demo(out: Path) -> Section:
     """The accuracy targets of a finished `make demo` (python -m pipelines.demo --out OUT): its
     comparison, fusion and ship tables, the targets keyed NAME_demo. Trains nothing."""
-    from converters.fusion import fusion_table
+    from converters.fusion import fusion_table, ship_table
     from presets import demo as demo_preset
 
     paths = demo.Paths(Path(out))

@@ -218,6 +218,12 @@ def test_smoke_demo_end_to_end(smoke_demo):
         assert (out / path).exists(), path
     assert "top-1" in smoke_demo.stdout and "post-processing" in smoke_demo.stdout
     assert str(out) in smoke_demo.stdout  # it ends by saying where the outputs are
+    assert "Which model to ship" in smoke_demo.stdout
+    from benchmarks.accuracy import from_demo
+
+    section = from_demo(out)  # `make bench`'s demo section reads these outputs
+    assert "Which model to ship" in section.body and section.targets
+    assert all(t.met is not None for t in section.targets)
 
 
 def test_the_image_curve_is_printed_when_the_run_records_it(tmp_path, capsys):
