@@ -2,6 +2,12 @@
 
     python -m benchmarks.run --only accuracy --seeds 3   # RUN (what `make bench` runs), 3 geo-model seeds
     python -m benchmarks.run --only accuracy --quick     # SMOKE: the tiny world
+
+Measured on the 2-core dev machine while it was shared with other work (load 2-11), seed 0: world
+3 min; image-only 27 epochs to its plateau (kept 24), about 100 s each (48 min); post-processing
+146 epochs (kept 116, 5 min); feature modulation and the image control 7 min each (3 epochs);
+evaluation, three int8 exports and the fusions 5 min; then each of seeds 1 and 2 (geo models,
+control, evaluation) 18 min: 110 minutes in all.
 """
 from presets import Settings, tiny
 
