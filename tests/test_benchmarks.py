@@ -302,6 +302,7 @@ def test_train_ceiling_verdict_is_by_cpu_time():
 def test_seed_spread_targets_judge_the_mean_of_the_paired_gaps():
     """One lucky seed does not meet a target: the gap of every seed is averaged before the limit."""
     from benchmarks.accuracy import seed_spread_targets
+    from presets import bench
     from trainer.evaluation.report import NAMES, UNKNOWN
 
     def report(post, fm, unknown, control, oracle):
@@ -309,7 +310,8 @@ def test_seed_spread_targets_judge_the_mean_of_the_paired_gaps():
                    NAMES["image_control"]: control, "oracle": oracle}
         return {"primary": {"oracle": "oracle", "methods": {k: {"top1": v / 100} for k, v in methods.items()}}}
 
-    targets = seed_spread_targets([report(74, 75, 63, 63.5, 76), report(75, 76, 61, 65, 76.5), report(75, 76.5, 63, 64, 76)])
+    targets = seed_spread_targets([report(74, 75, 63, 63.5, 76), report(75, 76, 61, 65, 76.5), report(75, 76.5, 63, 64, 76)],
+                                  bench.RUN)
     by_key = {t.key: t for t in targets}
     fm = by_key["featuremod_minus_postprocess_top1_over_seeds"]
     unknown = by_key["featuremod_unknown_minus_image_control_top1_over_seeds"]
